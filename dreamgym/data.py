@@ -1,0 +1,146 @@
+"""Rollout shards: one compressed ``.npz`` per episode, written atomically, read streaming.
+
+An episode of T steps holds ``frames`` (T, 64, 64, 3) uint8 — the observation
+before each action — ``actions`` (T, A) float32 (the env action), ``rewards`` (T,)
+float32 and ``terminated`` (T,) bool (True only on a step that ended the game;
+a truncated episode has no True). ``manifest.jsonl`` lists every finished
+episode with its frame count and sha256; it can be rebuilt from the shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+EPISODES_DIR = "episodes"
+MANIFEST = "manifest.jsonl"
+FIELDS = ("frames", "actions", "rewards", "terminated")
+
+
+class ShardError(ValueError):
+    """A shard is unreadable, truncated or inconsistent."""
+
+
+def shard_name(index: int) -> str:
+    return f"ep_{index:07d}.npz"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_episode(folder: Path, index: int, episode: dict[str, np.ndarray]) -> dict:
+    """Write one episode atomically (temporary file, fsync, rename); return its manifest row."""
+    T = len(episode["frames"])
+    for k in FIELDS:
+        if len(episode[k]) != T:
+            raise ShardError(f"episode {index}: {k} has {len(episode[k])} rows, frames have {T}")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / shard_name(index)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **{k: episode[k] for k in FIELDS})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return {
+        "index": index,
+        "file": path.name,
+        "frames": T,
+        "bytes": path.stat().st_size,
+        "return": float(np.sum(episode["rewards"])),
+        "sha256": sha256(path),
+    }
+
+
+def read_episode(path: Path, fields=FIELDS) -> dict[str, np.ndarray]:
+    """Read a shard (no pickle); a truncated or inconsistent file raises ShardError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ep = {k: z[k] for k in fields}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ShardError(f"{path}: unreadable shard ({e}); delete it and rerun collect") from None
+    lengths = {k: len(v) for k, v in ep.items()}
+    if len(set(lengths.values())) != 1:
+        raise ShardError(f"{path}: fields of different lengths {lengths}")
+    return ep
+
+
+def read_manifest(run_dir: Path) -> list[dict]:
+    """Manifest rows; a torn last line (killed mid-append) is ignored."""
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def append_manifest(run_dir: Path, row: dict) -> None:
+    with open(Path(run_dir) / MANIFEST, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def kept_episodes(run_dir: Path) -> list[Path]:
+    """Shards listed in the manifest (and present), in index order."""
+    folder = Path(run_dir) / EPISODES_DIR
+    rows = [r for r in read_manifest(run_dir) if not r.get("dropped")]
+    return [folder / r["file"] for r in sorted(rows, key=lambda r: r["index"])]
+
+
+def verify(run_dir: Path) -> list[str]:
+    """Check every manifest row against its shard's sha256; return the problems found."""
+    problems = []
+    folder = Path(run_dir) / EPISODES_DIR
+    for row in read_manifest(run_dir):
+        if row.get("dropped"):
+            continue
+        path = folder / row["file"]
+        if not path.exists():
+            problems.append(f"{path}: listed in {MANIFEST} but missing")
+        elif sha256(path) != row["sha256"]:
+            problems.append(f"{path}: sha256 differs from {MANIFEST}")
+    return problems
+
+
+def iter_frame_batches(
+    paths: list[Path],
+    batch_size: int,
+    rng: np.random.Generator,
+    buffer_episodes: int = 32,
+) -> Iterator[np.ndarray]:
+    """Shuffled (B, 64, 64, 3) uint8 batches from the shards, one pass, bounded memory.
+
+    At most ``buffer_episodes`` episodes are in memory at once: episodes are read
+    in random order into a buffer whose frames are shuffled together.
+    """
+    order = rng.permutation(len(paths))
+    for start in range(0, len(order), buffer_episodes):
+        chunk = [read_episode(paths[i], ("frames",))["frames"] for i in order[start:start + buffer_episodes]]
+        frames = np.concatenate(chunk)
+        del chunk
+        perm = rng.permutation(len(frames))
+        for b in range(0, len(perm) - batch_size + 1, batch_size):
+            yield frames[perm[b : b + batch_size]]
+
+
+__all__ = [
+    "write_episode", "read_episode", "read_manifest", "append_manifest",
+    "kept_episodes", "verify", "iter_frame_batches", "ShardError",
+]  # fmt: skip

@@ -1,0 +1,245 @@
+"""The real games: one ``GameSpec`` per game, and the real environments behind them.
+
+``make_game(name)`` returns a Gymnasium env whose observation is the
+preprocessed 64x64x3 uint8 frame and whose action space is the one the dream
+uses. Everything game-specific that the rest of dreamgym needs (sizes, episode
+limit, how the controller's tanh output becomes an action, which action M sees,
+what M must model) lives in the spec.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from PIL import Image
+
+from dreamgym._deps import require
+
+FRAME_SHAPE = (64, 64, 3)
+
+
+def resize_frame(frame: np.ndarray) -> np.ndarray:
+    """Any (H, W, 3) uint8 frame -> (64, 64, 3) uint8, by area averaging."""
+    return np.asarray(Image.fromarray(frame).resize((64, 64), Image.Resampling.BOX))
+
+
+# ---------------------------------------------------------------- Doom TakeCover
+
+
+class DoomTakeCoverEnv(gym.Env):
+    """ViZDoom TakeCover as the paper played it.
+
+    Observation: the 160x120 screen (no HUD) resized to 64x64x3 uint8.
+    Action: ``Box(-1, 1, (1,))``; below -1/3 moves left, above 1/3 moves right,
+    otherwise the agent stays (the paper's mapping). Reward +1 per tic alive.
+    Terminates on death; truncates at ``max_episode_steps`` (2100 = 60 s).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 35}
+
+    def __init__(self, render_mode: str | None = None, max_episode_steps: int = 2100):
+        vzd = require("vizdoom", "doom")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode: expected None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.max_episode_steps = int(max_episode_steps)
+        self.observation_space = spaces.Box(0, 255, FRAME_SHAPE, np.uint8)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        game = vzd.DoomGame()
+        game.load_config(os.path.join(vzd.scenarios_path, "take_cover.cfg"))
+        game.set_window_visible(False)
+        game.set_sound_enabled(False)
+        game.set_screen_resolution(vzd.ScreenResolution.RES_160X120)
+        game.set_screen_format(vzd.ScreenFormat.RGB24)
+        game.set_render_hud(False)
+        game.set_mode(vzd.Mode.PLAYER)
+        game.init()
+        self._game = game
+        self._frame = np.zeros(FRAME_SHAPE, np.uint8)
+        self._raw = None
+        self._t = 0
+
+    def _observe(self) -> np.ndarray:
+        state = self._game.get_state()
+        if state is not None:  # None once the episode has finished: keep the last frame
+            self._raw = state.screen_buffer
+            self._frame = resize_frame(self._raw)
+        return self._frame
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._game.set_seed(int(self.np_random.integers(2**31 - 1)))
+        self._game.new_episode()
+        self._t = 0
+        return self._observe().copy(), {}
+
+    def step(self, action):
+        a = float(np.asarray(action, dtype=np.float32).reshape(-1)[0])
+        buttons = [a < -1 / 3, a > 1 / 3]  # MOVE_LEFT, MOVE_RIGHT
+        reward = float(self._game.make_action([int(b) for b in buttons], 1))
+        self._t += 1
+        terminated = bool(self._game.is_episode_finished())
+        truncated = not terminated and self._t >= self.max_episode_steps
+        return self._observe().copy(), reward, terminated, truncated, {}
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return self._frame.copy() if self._raw is None else self._raw.copy()
+        return None
+
+    def close(self):
+        if getattr(self, "_game", None) is not None:
+            self._game.close()
+            self._game = None
+
+
+def doom_executed_action(action):
+    """The action the game executed, as M sees it: -1 (left), 0 (stay) or +1 (right).
+
+    Works on numpy arrays and torch tensors alike.
+    """
+    return (action > 1 / 3) * 1.0 - (action < -1 / 3) * 1.0
+
+
+# ---------------------------------------------------------------- CarRacing
+
+
+class CarRacing64(gym.ObservationWrapper):
+    """CarRacing-v3 with the dashboard (bottom 12 rows) cropped and the frame at 64x64."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = spaces.Box(0, 255, FRAME_SHAPE, np.uint8)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return resize_frame(np.ascontiguousarray(observation[:84]))
+
+
+def make_car_racing(render_mode: str | None = None, max_episode_steps: int = 1000, **kwargs):
+    require("Box2D", "carracing")
+    env = gym.make(
+        "CarRacing-v3", render_mode=render_mode, max_episode_steps=max_episode_steps, **kwargs
+    )
+    return CarRacing64(env)
+
+
+def identity_action(action):
+    return action
+
+
+# ---------------------------------------------------------------- specs
+
+
+def _doom_action(y: torch.Tensor) -> torch.Tensor:
+    return y  # the tanh output is already in Box(-1, 1, (1,))
+
+
+def _car_action(y: torch.Tensor) -> torch.Tensor:
+    # steer = a0, gas = (a1 + 1) / 2, brake = clip(a2, 0, 1)
+    return torch.stack([y[..., 0], (y[..., 1] + 1) / 2, y[..., 2].clamp(0, 1)], dim=-1)
+
+
+@dataclass(frozen=True)
+class GameSpec:
+    name: str
+    """Game name used by the CLI, configs and model folders."""
+    make_real: Callable[..., gym.Env]
+    """Factory of the real game with 64x64x3 uint8 observations."""
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    z_dim: int
+    """Latent size of V."""
+    hidden: int
+    """LSTM units of M."""
+    max_episode_steps: int
+    """Episode limit, in the real game and in the dream."""
+    constant_reward: float | None
+    """Reward per step where the game's reward is a constant; None: M predicts it."""
+    controller_reads_cell: bool
+    """The controller reads [z, c, h] (Doom) rather than [z, h] (CarRacing)."""
+    controller_bias: bool
+    controller_outputs: int
+    controller_to_action: Callable[[torch.Tensor], torch.Tensor]
+    """Maps the controller's tanh output (..., outputs) into the action space."""
+    executed_action: Callable
+    """Maps an env action to the action the game executed (what M consumes)."""
+    dream_id: str
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_low)
+
+    @property
+    def action_space(self) -> spaces.Box:
+        return spaces.Box(
+            np.array(self.action_low, np.float32), np.array(self.action_high, np.float32)
+        )
+
+    @property
+    def models_reward(self) -> bool:
+        return self.constant_reward is None
+
+    @property
+    def obs_dim(self) -> int:
+        """Size of the dream's latent observation: [z, c, h] or [z, h]."""
+        return self.z_dim + self.hidden * (2 if self.controller_reads_cell else 1)
+
+
+GAMES: dict[str, GameSpec] = {
+    "doom_take_cover": GameSpec(
+        name="doom_take_cover",
+        make_real=DoomTakeCoverEnv,
+        action_low=(-1.0,),
+        action_high=(1.0,),
+        z_dim=64,
+        hidden=512,
+        max_episode_steps=2100,
+        constant_reward=1.0,
+        controller_reads_cell=True,
+        controller_bias=False,
+        controller_outputs=1,
+        controller_to_action=_doom_action,
+        executed_action=doom_executed_action,
+        dream_id="DreamDoomTakeCover-v0",
+    ),
+    "car_racing": GameSpec(
+        name="car_racing",
+        make_real=make_car_racing,
+        action_low=(-1.0, 0.0, 0.0),
+        action_high=(1.0, 1.0, 1.0),
+        z_dim=32,
+        hidden=256,
+        max_episode_steps=1000,
+        constant_reward=None,
+        controller_reads_cell=False,
+        controller_bias=True,
+        controller_outputs=3,
+        controller_to_action=_car_action,
+        executed_action=identity_action,
+        dream_id="DreamCarRacing-v0",
+    ),
+}
+
+
+def get_game(name: str) -> GameSpec:
+    """The spec of a game by name; a clear error lists the known names."""
+    if isinstance(name, GameSpec):
+        return name
+    try:
+        return GAMES[name]
+    except KeyError:
+        raise ValueError(f"game: unknown game {name!r}; expected one of {sorted(GAMES)}") from None
+
+
+def make_game(name: str, **kwargs) -> gym.Env:
+    """The real game with 64x64x3 uint8 observations and the dream's action space."""
+    return get_game(name).make_real(**kwargs)
+
+
+__all__ = ["GameSpec", "GAMES", "get_game", "make_game", "resize_frame", "DoomTakeCoverEnv"]

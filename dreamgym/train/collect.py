@@ -1,0 +1,134 @@
+"""Stage 1: real-game rollouts in worker processes, one atomic shard per episode.
+
+Resumable: episode indices already in the manifest are never redone, a rerun
+tops up to ``episodes`` kept episodes, and a kill loses only episodes in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dreamgym import data
+from dreamgym.games import get_game
+from dreamgym.train.common import open_run, save_config
+from dreamgym.train.policies import make_collect_policy
+
+
+@dataclass
+class CollectConfig:
+    game: str
+    """Game name (``doom_take_cover`` or ``car_racing``)."""
+    episodes: int = 100
+    """Kept episodes wanted in the run directory (a rerun tops up to this)."""
+    workers: int = 2
+    """Worker processes, each with its own copy of the game."""
+    seed: int = 0
+    """Episode i uses seed ``seed + i`` for the game and the policy."""
+    min_frames: int | None = None
+    """Episodes with at most this many frames are dropped (None: the game's default)."""
+    max_steps: int | None = None
+    """Episode limit (None: the game's)."""
+
+
+DEFAULT_MIN_FRAMES = {"doom_take_cover": 100, "car_racing": 0}
+
+_env = None  # one real game per worker process
+
+
+def _init_worker(game: str, max_steps: int) -> None:
+    global _env
+    import torch
+
+    torch.set_num_threads(1)
+    _env = get_game(game).make_real(max_episode_steps=max_steps)
+
+
+def _rollout(game: str, index: int, seed: int, folder: str, min_frames: int) -> dict:
+    """Play one episode with the collection policy and write it (unless dropped)."""
+    spec = get_game(game)
+    policy = make_collect_policy(spec, np.random.default_rng(seed))
+    obs, _ = _env.reset(seed=seed)
+    frames, actions, rewards, terms = [], [], [], []
+    done = False
+    while not done:
+        a = policy(obs)
+        frames.append(obs)
+        obs, r, term, trunc, _ = _env.step(a)
+        actions.append(a)
+        rewards.append(r)
+        terms.append(term)
+        done = term or trunc
+    if len(frames) <= min_frames:
+        return {"index": index, "frames": len(frames), "dropped": True}
+    episode = {
+        "frames": np.stack(frames),
+        "actions": np.asarray(actions, np.float32).reshape(len(frames), spec.action_dim),
+        "rewards": np.asarray(rewards, np.float32),
+        "terminated": np.asarray(terms, bool),
+    }
+    return data.write_episode(Path(folder) / data.EPISODES_DIR, index, episode)
+
+
+def run(config: CollectConfig, run_dir) -> Path:
+    """Collect until the run directory holds ``config.episodes`` kept episodes."""
+    run_dir, game = open_run(run_dir, config.game)
+    spec = get_game(game)
+    if config.episodes < 1 or config.workers < 1:
+        raise ValueError("episodes and workers must be >= 1")
+    save_config(run_dir / "collect.json", config)
+    min_frames = (
+        DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
+    )
+    max_steps = config.max_steps or spec.max_episode_steps
+    rows = data.read_manifest(run_dir)
+    done_idx = {r["index"] for r in rows}
+    kept = sum(not r.get("dropped") for r in rows)
+    frames = sum(r["frames"] for r in rows if not r.get("dropped"))
+    nbytes = sum(r.get("bytes", 0) for r in rows if not r.get("dropped"))
+    if kept >= config.episodes:
+        return run_dir
+    next_index = max(done_idx, default=-1) + 1
+    bar = tqdm(total=config.episodes, initial=kept, desc=f"collect {game}", unit="ep")
+    t0, new_frames = time.time(), 0
+    with ProcessPoolExecutor(
+        config.workers, initializer=_init_worker, initargs=(game, max_steps)
+    ) as pool:
+        pending = set()
+        while kept < config.episodes or pending:
+            while kept + len(pending) < config.episodes and len(
+                pending
+            ) < 2 * config.workers and kept < config.episodes:
+                pending.add(
+                    pool.submit(
+                        _rollout, game, next_index, config.seed + next_index,
+                        str(run_dir), min_frames,
+                    )
+                )  # fmt: skip
+                next_index += 1
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                if fut.cancelled():
+                    continue
+                row = fut.result()
+                data.append_manifest(run_dir, row)
+                new_frames += row["frames"]
+                if not row.get("dropped"):
+                    kept += 1
+                    frames += row["frames"]
+                    nbytes += row["bytes"]
+                    bar.update(1)
+                rate = new_frames / max(time.time() - t0, 1e-9)
+                bar.set_postfix(
+                    frames=frames, fps=f"{rate:.0f}", kb_per_frame=f"{nbytes / max(frames, 1) / 1024:.2f}"
+                )
+            if kept >= config.episodes:
+                for fut in pending:
+                    fut.cancel()
+    bar.close()
+    return run_dir

@@ -1,0 +1,69 @@
+"""Collection policies: what drives the real game while data for V and M is gathered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from dreamgym.games import GameSpec
+
+
+def doom_random_policy(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """The paper's Doom policy: a uniform action in [-1, 1] held for 1-10 frames."""
+    state = {"left": 0, "a": np.zeros(1, np.float32)}
+
+    def act(obs):
+        if state["left"] == 0:
+            state["a"] = rng.uniform(-1, 1, 1).astype(np.float32)
+            state["left"] = int(rng.integers(1, 11))
+        state["left"] -= 1
+        return state["a"].copy()
+
+    return act
+
+
+def car_track_policy(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """A noisy track follower, so that V and M see varied driving that stays near the road.
+
+    Pure random actions barely move the car, so the frames would be almost all the
+    start line. This policy steers towards the grey road pixels ahead of the car
+    (read from the 64x64 frame), with a per-episode gain, speed target and noise
+    level, and occasional random swerves and brakes: V and M see on-track driving,
+    turns at varied speed, recoveries and some grass.
+    """
+    gain = rng.uniform(0.5, 2.0)
+    gas_level = rng.uniform(0.1, 0.6)
+    noise = rng.uniform(0.05, 0.5)
+    state = {"swerve": 0, "steer": 0.0, "brake": 0}
+    cols = np.arange(64) - 31.5
+
+    def act(obs):
+        ahead = obs[30:44].astype(np.int16)  # rows in front of the car
+        r, g, b = ahead[..., 0], ahead[..., 1], ahead[..., 2]
+        road = (np.abs(r - g) < 12) & (np.abs(g - b) < 12) & (g > 80) & (g < 140)
+        w = road.sum(0)
+        target = (w * cols).sum() / w.sum() / 32 if w.sum() > 0 else 0.0
+        steer = np.clip(gain * target + noise * rng.standard_normal(), -1, 1)
+        if state["swerve"] > 0:
+            state["swerve"] -= 1
+            steer = state["steer"]
+        elif rng.random() < 0.01:
+            state["swerve"] = int(rng.integers(5, 20))
+            state["steer"] = float(rng.uniform(-1, 1))
+        brake = 0.0
+        if state["brake"] > 0:
+            state["brake"] -= 1
+            brake = 0.8
+        elif rng.random() < 0.005:
+            state["brake"] = int(rng.integers(3, 10))
+        gas = 0.0 if brake else float(np.clip(gas_level + 0.1 * rng.standard_normal(), 0, 1))
+        return np.array([steer, gas, brake], np.float32)
+
+    return act
+
+
+def make_collect_policy(spec: GameSpec, rng: np.random.Generator):
+    if spec.name == "doom_take_cover":
+        return doom_random_policy(rng)
+    return car_track_policy(rng)

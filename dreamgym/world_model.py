@@ -1,0 +1,188 @@
+"""WorldModel = V + M + GameSpec + the bank of real first-frame encodings.
+
+A folder holds ``config.json`` (architecture, game, dreamgym version) and
+``weights.safetensors``. Loading never unpickles; every failure names the file
+and, for weights, the key that does not match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dreamgym._version import __version__
+from dreamgym.games import GameSpec, get_game
+from dreamgym.mdnrnn import MDNRNN, MDNRNNConfig
+from dreamgym.vae import ConvVAE, VAEConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+FORMAT = 1
+
+
+class WorldModelError(ValueError):
+    """A world-model folder is missing, truncated, from another game or of the wrong shape."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise WorldModelError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WorldModelError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_tensors(path: Path, device="cpu") -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WorldModelError(f"{path}: file not found")
+    try:
+        return load_file(path, device=str(device))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise WorldModelError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_state(module: torch.nn.Module, tensors: dict, prefix: str, path: Path) -> None:
+    """Copy ``prefix``-ed tensors into ``module``, naming any key that is missing or misshapen."""
+    own = module.state_dict()
+    for key, param in own.items():
+        full = prefix + key
+        if full not in tensors:
+            raise WorldModelError(f"{path}: missing key {full!r}")
+        if tensors[full].shape != param.shape:
+            raise WorldModelError(
+                f"{path}: key {full!r} has shape {tuple(tensors[full].shape)}, "
+                f"expected {tuple(param.shape)} from the config"
+            )
+    extra = [k for k in tensors if k.startswith(prefix) and k[len(prefix) :] not in own]
+    if extra:
+        raise WorldModelError(f"{path}: unexpected key {extra[0]!r}")
+    module.load_state_dict({k: tensors[prefix + k] for k in own})
+
+
+@dataclass
+class WorldModel:
+    """The trained world of one game, ready to dream in."""
+
+    game: GameSpec
+    vae: ConvVAE
+    mdnrnn: MDNRNN
+    z0_mu: torch.Tensor
+    """(N, Z) posterior means of real first frames: dream episodes start from these."""
+    z0_logvar: torch.Tensor
+    """(N, Z) posterior log-variances of the same frames."""
+
+    def __post_init__(self):
+        self.game = get_game(self.game)
+        N, Z = self.z0_mu.shape
+        assert self.z0_logvar.shape == (N, Z), "z0_mu and z0_logvar must both be (N, Z)"
+        assert Z == self.vae.z_dim == self.mdnrnn.config.z_dim, "V and M disagree on z_dim"
+        self.vae.eval()
+        self.mdnrnn.eval()
+
+    @classmethod
+    def create(cls, game: str | GameSpec, n_bank: int = 1, **mdn_overrides) -> WorldModel:
+        """An untrained world model with the game's sizes (for tests and as a starting point)."""
+        spec = get_game(game)
+        mdn = MDNRNNConfig(
+            z_dim=spec.z_dim,
+            action_dim=spec.action_dim,
+            hidden=spec.hidden,
+            reward_head=spec.models_reward,
+        )
+        mdn = MDNRNNConfig(**{**mdn.to_dict(), **mdn_overrides})
+        zeros = torch.zeros(n_bank, mdn.z_dim)
+        return cls(spec, ConvVAE(z_dim=mdn.z_dim), MDNRNN(mdn), zeros, zeros.clone())
+
+    @property
+    def device(self) -> torch.device:
+        return self.z0_mu.device
+
+    def to(self, device) -> WorldModel:
+        self.vae.to(device)
+        self.mdnrnn.to(device)
+        self.z0_mu = self.z0_mu.to(device)
+        self.z0_logvar = self.z0_logvar.to(device)
+        return self
+
+    def config(self) -> dict:
+        return {
+            "format": FORMAT,
+            "dreamgym_version": __version__,
+            "game": self.game.name,
+            "vae": self.vae.config.to_dict(),
+            "mdnrnn": self.mdnrnn.config.to_dict(),
+            "z0_bank_size": int(self.z0_mu.shape[0]),
+        }
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
+        tensors |= {f"mdnrnn.{k}": v for k, v in self.mdnrnn.state_dict().items()}
+        tensors |= {"z0.mu": self.z0_mu, "z0.logvar": self.z0_logvar}
+        atomic_save_tensors(tensors, folder / WEIGHTS_FILE, {"game": self.game.name})
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(self.config(), indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(
+        cls, folder: str | os.PathLike, game: str | None = None, device="cpu"
+    ) -> WorldModel:
+        """Rebuild V and M from ``config.json`` and fill them from ``weights.safetensors``.
+
+        ``game`` (optional) must match the folder's game.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise WorldModelError(f"{folder}: world-model folder not found")
+        cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        cfg = read_json(cfg_path)
+        for key in ("format", "game", "vae", "mdnrnn"):
+            if key not in cfg:
+                raise WorldModelError(f"{cfg_path}: missing key {key!r}")
+        if cfg["format"] != FORMAT:
+            raise WorldModelError(f"{cfg_path}: format {cfg['format']} is not {FORMAT}")
+        if game is not None and cfg["game"] != get_game(game).name:
+            raise WorldModelError(
+                f"{cfg_path}: key 'game' is {cfg['game']!r}, expected {get_game(game).name!r}"
+            )
+        try:
+            spec = get_game(cfg["game"])
+            vae = ConvVAE(VAEConfig(**cfg["vae"]))
+            mdn = MDNRNN(MDNRNNConfig(**cfg["mdnrnn"]))
+        except (TypeError, ValueError) as e:
+            raise WorldModelError(f"{cfg_path}: bad architecture config ({e})") from None
+        tensors = read_tensors(w_path)
+        load_state(vae, tensors, "vae.", w_path)
+        load_state(mdn, tensors, "mdnrnn.", w_path)
+        for key in ("z0.mu", "z0.logvar"):
+            if key not in tensors:
+                raise WorldModelError(f"{w_path}: missing key {key!r}")
+            if tensors[key].ndim != 2 or tensors[key].shape[1] != vae.z_dim:
+                raise WorldModelError(
+                    f"{w_path}: key {key!r} has shape {tuple(tensors[key].shape)}, "
+                    f"expected (N, {vae.z_dim})"
+                )
+        wm = cls(spec, vae, mdn, tensors["z0.mu"], tensors["z0.logvar"])
+        return wm.to(device)
+
+
+__all__ = ["WorldModel", "WorldModelError"]
