@@ -1,0 +1,82 @@
+"""The dream's math: batched reset and step of M, shared by the envs and by CMA-ES.
+
+Pure tensor functions over a ``WorldModel``; no Python loop over dreams.
+Semantics (Ha & Schmidhuber 2018):
+- reset: z0 = mu + sigma * eps of a random real first frame from the bank; h0 = c0 = 0;
+- step(a): M consumes (z_t, executed a_t); z_{t+1} is sampled at temperature tau
+  (logits / tau, sigma * sqrt(tau)); done when sigmoid(done_logit) > 0.5 (tau not
+  applied); reward is the game's constant, or M's reward head.
+- observation: [z, c, h] (Doom) or [z, h] (CarRacing), z clamped to +-Z_BOUND.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from dreamgym.mdnrnn import LSTMState, sample
+from dreamgym.world_model import WorldModel
+
+Z_BOUND = 10.0
+"""Latents are clamped to [-Z_BOUND, Z_BOUND] (VAE latents live well inside it)."""
+
+
+class DreamState(NamedTuple):
+    z: torch.Tensor  # (N, Z)
+    lstm: LSTMState  # h, c: (N, H)
+
+
+@torch.no_grad()
+def initial_state(wm: WorldModel, n: int, generator: torch.Generator) -> DreamState:
+    """n fresh dreams: z0 from random real first frames, zero recurrent state."""
+    dev = wm.device
+    idx = torch.randint(0, wm.z0_mu.shape[0], (n,), generator=generator, device=dev)
+    mu, logvar = wm.z0_mu[idx], wm.z0_logvar[idx]
+    eps = torch.randn(mu.shape, generator=generator, device=dev, dtype=mu.dtype)
+    z = (mu + torch.exp(0.5 * logvar) * eps).clamp_(-Z_BOUND, Z_BOUND)
+    return DreamState(z, wm.mdnrnn.initial_state(n, device=dev))
+
+
+@torch.no_grad()
+def step(
+    wm: WorldModel,
+    state: DreamState,
+    action: torch.Tensor,
+    tau: float,
+    generator: torch.Generator,
+) -> tuple[DreamState, torch.Tensor, torch.Tensor]:
+    """Advance n dreams one step. action (N, A) in the game's action space.
+
+    Returns (next state, reward (N,), terminated (N,) bool).
+    """
+    executed = wm.game.executed_action(action).to(state.z.dtype)
+    lstm, out = wm.mdnrnn.step(state.lstm, state.z, executed)
+    z = sample(out.mixture, tau, generator).clamp_(-Z_BOUND, Z_BOUND)
+    terminated = out.done_logit > 0  # sigmoid(logit) > 0.5
+    if wm.game.constant_reward is not None:
+        reward = torch.full_like(out.done_logit, wm.game.constant_reward)
+    else:
+        reward = out.reward
+    return DreamState(z, lstm), reward, terminated
+
+
+def observation(wm: WorldModel, state: DreamState) -> torch.Tensor:
+    """The controller's input: (N, Z + H) = [z, h], or (N, Z + 2H) = [z, c, h] for Doom."""
+    if wm.game.controller_reads_cell:
+        return torch.cat([state.z, state.lstm.c, state.lstm.h], dim=-1)
+    return torch.cat([state.z, state.lstm.h], dim=-1)
+
+
+def select(state: DreamState, index: torch.Tensor) -> DreamState:
+    """The rows ``index`` of a batch of dreams (to drop finished ones, or reset some)."""
+    return DreamState(state.z[index], LSTMState(state.lstm.h[index], state.lstm.c[index]))
+
+
+def where(mask: torch.Tensor, new: DreamState, old: DreamState) -> DreamState:
+    """Rows from ``new`` where mask (N,) is True, else from ``old``."""
+    m = mask.unsqueeze(-1)
+    return DreamState(
+        torch.where(m, new.z, old.z),
+        LSTMState(torch.where(m, new.lstm.h, old.lstm.h), torch.where(m, new.lstm.c, old.lstm.c)),
+    )
