@@ -12,3 +12,12 @@ __all__ = [
     "ControllerConfig", "WorldModel", "WorldModelError", "GameSpec", "GAMES", "get_game",
     "make_game",
 ]  # fmt: skip
+
+# The dream environments: importing dreamgym registers DreamDoomTakeCover-v0 (alias
+# DreamDoom-v0) and DreamCarRacing-v0 with Gymnasium.
+from dreamgym.dream import DreamEnv, DreamVectorEnv, register_envs  # noqa: E402
+from dreamgym.shipped import shipped_dir  # noqa: E402
+from dreamgym.wrappers import make_real, make_real_vec  # noqa: E402
+
+register_envs()
+__all__ += ["DreamEnv", "DreamVectorEnv", "make_real", "make_real_vec", "shipped_dir"]

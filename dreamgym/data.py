@@ -128,16 +128,26 @@ def iter_frame_batches(
     """Shuffled (B, 64, 64, 3) uint8 batches from the shards, one pass, bounded memory.
 
     At most ``buffer_episodes`` episodes are in memory at once: episodes are read
-    in random order into a buffer whose frames are shuffled together.
+    in random order into a buffer whose frames are shuffled together. Every frame
+    is yielded exactly once: frames left over from a buffer join the next one, and
+    the last batch may be smaller than ``batch_size``.
     """
     order = rng.permutation(len(paths))
+    carry = []  # < batch_size frames left over from the previous buffer
     for start in range(0, len(order), buffer_episodes):
-        chunk = [read_episode(paths[i], ("frames",))["frames"] for i in order[start:start + buffer_episodes]]
+        chunk = carry + [
+            read_episode(paths[i], ("frames",))["frames"]
+            for i in order[start : start + buffer_episodes]
+        ]
         frames = np.concatenate(chunk)
         del chunk
         perm = rng.permutation(len(frames))
-        for b in range(0, len(perm) - batch_size + 1, batch_size):
+        n_full = len(perm) - len(perm) % batch_size
+        for b in range(0, n_full, batch_size):
             yield frames[perm[b : b + batch_size]]
+        carry = [frames[perm[n_full:]]]
+    if carry and len(carry[0]):
+        yield carry[0]
 
 
 __all__ = [

@@ -80,9 +80,9 @@ class DoomTakeCoverEnv(gym.Env):
         return self._observe().copy(), {}
 
     def step(self, action):
-        a = float(np.asarray(action, dtype=np.float32).reshape(-1)[0])
-        buttons = [a < -1 / 3, a > 1 / 3]  # MOVE_LEFT, MOVE_RIGHT
-        reward = float(self._game.make_action([int(b) for b in buttons], 1))
+        # The same float32 comparison M's input uses, so the game moves exactly when M is told.
+        move = float(doom_executed_action(np.asarray(action, dtype=np.float32).reshape(-1)[:1])[0])
+        reward = float(self._game.make_action([int(move < 0), int(move > 0)], 1))  # LEFT, RIGHT
         self._t += 1
         terminated = bool(self._game.is_episode_finished())
         truncated = not terminated and self._t >= self.max_episode_steps

@@ -1,0 +1,152 @@
+"""The ``dreamgym`` command: one subcommand per pipeline stage, a thin layer over ``run``.
+
+Every stage's options are the fields of its config dataclass (``--field-name``),
+so the CLI and the library cannot drift apart. Rerunning a command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from dreamgym.games import GAMES
+
+PRESETS_PACKAGE = "dreamgym.presets"
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        t = hints[f.name]
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        base = args[0] if args else t
+        flag = "--" + f.name.replace("_", "-")
+        default = None if f.default is dataclasses.MISSING else f.default
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(flag, type=base, default=default, help=f"(default: {default})")
+
+
+def _config(cls, ns: argparse.Namespace, **fixed):
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(ns).items() if k in names}
+    return cls(**{**values, **fixed})
+
+
+def _stages():
+    """Stage name -> (config class, run function, help). Imported lazily: the CLI starts fast."""
+    from dreamgym.train import collect, encode, evaluate, evolve, fit_mdnrnn, fit_vae
+
+    return {
+        "collect": (collect.CollectConfig, collect.run, "real-game rollouts into shards"),
+        "fit-vae": (fit_vae.FitVAEConfig, fit_vae.run, "train V on the shards"),
+        "encode": (encode.EncodeConfig, encode.run, "frames -> (mu, logvar); first-frame bank"),
+        "fit-mdnrnn": (fit_mdnrnn.FitMDNRNNConfig, fit_mdnrnn.run, "train M on the latents"),
+        "evolve": (evolve.EvolveConfig, evolve.run, "CMA-ES controller in the dream"),
+        "evaluate": (evaluate.EvaluateConfig, evaluate.run, "score a controller"),
+    }
+
+
+def load_preset(game: str, preset: str) -> dict:
+    """Stage configs of a preset: ``training/presets/<game>.json`` (installed as package data)."""
+    path = Path(preset)
+    if path.suffix == ".json" and path.exists():
+        presets = {"custom": json.loads(path.read_text())}
+        preset = "custom"
+    else:
+        from importlib import resources
+
+        try:
+            text = resources.files(PRESETS_PACKAGE).joinpath(f"{game}.json").read_text()
+        except (FileNotFoundError, ModuleNotFoundError):
+            raise ValueError(f"no presets for game {game!r}") from None
+        presets = json.loads(text)
+    if preset not in presets:
+        raise ValueError(f"--preset: unknown preset {preset!r}; expected one of {sorted(presets)}")
+    return presets[preset]
+
+
+def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = None) -> Path:
+    """Every stage in order with the preset's configs; each resumes where it stopped."""
+    from dreamgym.train.export import assemble
+
+    stages = stages or _stages()
+    cfg = load_preset(game, preset)
+    run_dir = Path(run_dir)
+    for name in ("collect", "fit-vae", "encode", "fit-mdnrnn", "evolve", "evaluate"):
+        cls, fn, _ = stages[name]
+        kwargs = dict(cfg.get(name.replace("-", "_"), {}))
+        if name == "collect":
+            kwargs["game"] = game
+        print(f"== {name}", flush=True)
+        if name == "evaluate":
+            fn(cls(**kwargs), evolve_dir)
+            continue
+        result = fn(cls(**kwargs), run_dir)
+        if name == "fit-mdnrnn":
+            assemble(run_dir)
+        if name == "evolve":
+            evolve_dir = result
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dreamgym", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    stages = _stages()
+    for name, (cls, _, help_) in stages.items():
+        p = sub.add_parser(name, help=help_)
+        if name == "collect":
+            p.add_argument("game", choices=sorted(GAMES))
+            p.add_argument("--run", required=True, help="run directory")
+            _add_fields(p, cls, skip=("game",))
+        elif name == "evaluate":
+            p.add_argument("source", help="run directory, evolve directory or model folder")
+            _add_fields(p, cls)
+        else:
+            p.add_argument("run", help="run directory")
+            _add_fields(p, cls)
+    p = sub.add_parser("export", help="world model + controller -> a model folder")
+    p.add_argument("run")
+    p.add_argument("dest")
+    p.add_argument("--controller", default=None, help="folder with controller.safetensors")
+    p = sub.add_parser("pipeline", help="every stage in order")
+    p.add_argument("game", choices=sorted(GAMES))
+    p.add_argument("--preset", default="cpu", help="tiny, cpu, paper, or a JSON file")
+    p.add_argument("--run", default=None, help="run directory (default: runs/<game>-<preset>)")
+    ns = parser.parse_args(argv)
+    try:
+        if ns.command == "pipeline":
+            run_pipeline(ns.game, ns.preset, ns.run or f"runs/{ns.game}-{ns.preset}", stages)
+        elif ns.command == "export":
+            from dreamgym.train.export import export
+
+            print(export(ns.run, ns.dest, ns.controller))
+        else:
+            cls, fn, _ = stages[ns.command]
+            if ns.command == "collect":
+                out = fn(_config(cls, ns, game=ns.game), ns.run)
+            elif ns.command == "evaluate":
+                out = fn(_config(cls, ns), ns.source)
+            else:
+                out = fn(_config(cls, ns), ns.run)
+            if ns.command == "fit-mdnrnn":
+                from dreamgym.train.export import assemble
+
+                assemble(ns.run)
+            print(out)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dreamgym {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

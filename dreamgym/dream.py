@@ -1,0 +1,553 @@
+"""The dream environments: a trained world model played as a Gymnasium env.
+
+``DreamVectorEnv`` steps N dreams as one batched tensor computation (the native
+``vector_entry_point``); ``DreamEnv`` is the same machinery with one row, so both
+give the same trajectory for the same seed and actions. The math lives in
+``dream_core``; this module adds spaces, seeding, episode clocks, autoreset and
+input checks.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from dreamgym import dream_core as core
+from dreamgym.games import FRAME_SHAPE, GameSpec, get_game
+from dreamgym.shipped import load_world_model
+from dreamgym.vae import tensor_to_frames
+from dreamgym.world_model import WorldModel
+
+DEFAULT_TAU = {"doom_take_cover": 1.15, "car_racing": 1.0}
+"""The temperature each id defaults to: the paper's best Doom transfer, and plain sampling."""
+RENDER_FPS = {"doom_take_cover": 35, "car_racing": 50}
+OBS_MODES = ("latent", "pixels")
+ENV_IDS = {
+    "DreamDoomTakeCover-v0": "doom_take_cover",
+    "DreamDoom-v0": "doom_take_cover",
+    "DreamCarRacing-v0": "car_racing",
+}
+
+# ---------------------------------------------------------------- checks and spaces
+
+
+def check_tau(tau: Any) -> float:
+    """tau as a float, or a TypeError/ValueError that says what tau must be."""
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+        raise TypeError(f"tau: expected a positive finite number, got {type(tau).__name__}")
+    value = float(tau)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"tau: expected a positive finite number (the paper used 0.1 to 1.3), got {value}"
+        )
+    return value
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value}")
+    return int(value)
+
+
+def check_action(action: Any, space: spaces.Box, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``action`` as a float32 array of ``space.shape`` inside [low, high], or a clear error.
+
+    ``low``/``high`` are the per-dimension bounds (they broadcast over a batch).
+    """
+    try:
+        a = np.asarray(action)
+    except (ValueError, TypeError):
+        raise TypeError(
+            f"action: expected a float array of shape {space.shape} in {space}, "
+            f"got {type(action).__name__}"
+        ) from None
+    if a.shape != space.shape:
+        raise ValueError(f"action: expected shape {space.shape} for {space}, got shape {a.shape}")
+    if a.dtype.kind != "f":
+        raise TypeError(
+            f"action: expected floating-point values (float32) in {space}, got dtype {a.dtype}"
+        )
+    a = a.astype(np.float32, copy=False)
+    if not ((a >= low) & (a <= high)).all():  # NaN fails both comparisons
+        if not np.isfinite(a).all():
+            raise ValueError(f"action: expected finite values in {space}, got NaN or inf")
+        raise ValueError(
+            f"action: out of range; expected values in {space} (low {low.tolist()}, "
+            f"high {high.tolist()} per dimension), got min {a.min():.4g}, max {a.max():.4g}"
+        )
+    return a
+
+
+def latent_space(wm: WorldModel, max_episode_steps: int) -> spaces.Box:
+    """The latent observation's Box: z in +-Z_BOUND, c in +-max_episode_steps, h in +-1.
+
+    ``|c_t| <= t`` because each LSTM step adds at most 1 in magnitude to the cell.
+    """
+    Z, H = wm.mdnrnn.config.z_dim, wm.mdnrnn.config.hidden
+    parts = [np.full(Z, core.Z_BOUND)]
+    if wm.game.controller_reads_cell:
+        parts.append(np.full(H, float(max_episode_steps)))
+    parts.append(np.ones(H))
+    high = np.concatenate(parts).astype(np.float32)
+    return spaces.Box(-high, high, dtype=np.float32)
+
+
+def observation_space(wm: WorldModel, obs_mode: str, max_episode_steps: int) -> spaces.Box:
+    if obs_mode == "latent":
+        return latent_space(wm, max_episode_steps)
+    return spaces.Box(0, 255, FRAME_SHAPE, np.uint8)
+
+
+# ---------------------------------------------------------------- the shared machinery
+
+
+class Dreams:
+    """n dreams of one world model: state, clocks, returns, and the generator they draw from.
+
+    Both envs drive one of these; it has no notion of autoreset.
+    """
+
+    def __init__(
+        self,
+        game: str | GameSpec,
+        n: int,
+        world_model: str | os.PathLike | WorldModel | None,
+        tau: float | None,
+        obs_mode: str,
+        device: str | torch.device | None,
+        render_mode: str | None,
+        max_episode_steps: int | None,
+    ):
+        spec = get_game(game)
+        self.tau = check_tau(DEFAULT_TAU[spec.name] if tau is None else tau)
+        if not isinstance(obs_mode, str) or obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode: expected one of {OBS_MODES}, got {obs_mode!r}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode: expected None or 'rgb_array', got {render_mode!r}")
+        limit = spec.max_episode_steps if max_episode_steps is None else max_episode_steps
+        self.max_episode_steps = check_positive_int("max_episode_steps", limit)
+        self.n = n
+        self.obs_mode = obs_mode
+        self.wm = load_world_model(spec, world_model, device)
+        self.observation_space = observation_space(self.wm, obs_mode, self.max_episode_steps)
+        self.action_space = spec.action_space
+        self.generator = torch.Generator(device=self.wm.device)
+        self.seeded = False
+        self.state: core.DreamState | None = None
+        self.t = np.zeros(n, np.int64)
+        self.ret = np.zeros(n, np.float64)
+        self._frames: np.ndarray | None = None
+
+    def check_action(self, action: Any, space: spaces.Box) -> np.ndarray:
+        return check_action(action, space, self.action_space.low, self.action_space.high)
+
+    def seed(self, np_random: np.random.Generator) -> None:
+        self.generator.manual_seed(int(np_random.integers(2**63 - 1)))
+        self.seeded = True
+
+    def _index(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(rows).to(self.wm.device)
+
+    def restart(self, rows: np.ndarray | None = None) -> None:
+        """Fresh dreams in every row, or in the rows where the (n,) mask ``rows`` is True."""
+        if rows is None or self.state is None:
+            self.state = core.initial_state(self.wm, self.n, self.generator)
+            self.t[:] = 0
+            self.ret[:] = 0.0
+        else:
+            idx = np.flatnonzero(rows)
+            if idx.size == 0:
+                return
+            fresh = core.initial_state(self.wm, idx.size, self.generator)
+            put(self.state, self._index(idx), fresh)
+            self.t[idx] = 0
+            self.ret[idx] = 0.0
+        self._frames = None
+
+    def advance(
+        self, action: np.ndarray, active: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Step every dream, or those where the (n,) mask ``active`` is True (others keep still).
+
+        action (n, A) float32, already checked. Returns reward (n,) float32, terminated
+        and truncated (n,) bool; rows that did not step get 0, False, False.
+        """
+        a = torch.from_numpy(action).to(self.wm.device)
+        if active is None:
+            self.state, r, d = core.step(self.wm, self.state, a, self.tau, self.generator)
+            reward, terminated = r.cpu().numpy(), d.cpu().numpy()
+            self.t += 1
+            stepped = None
+        else:
+            reward, terminated = np.zeros(self.n, np.float32), np.zeros(self.n, np.bool_)
+            idx = np.flatnonzero(active)
+            if idx.size:  # step only these rows, so finished dreams draw no random numbers
+                i = self._index(idx)
+                sub, r, d = core.step(self.wm, core.select(self.state, i), a[i], self.tau,
+                                      self.generator)  # fmt: skip
+                put(self.state, i, sub)
+                reward[idx], terminated[idx] = r.cpu().numpy(), d.cpu().numpy()
+                self.t[idx] += 1
+            stepped = active
+        self.ret += reward
+        truncated = (self.t >= self.max_episode_steps) & ~terminated
+        if stepped is not None:
+            truncated &= stepped
+        self._frames = None
+        return reward, terminated, truncated
+
+    def frames(self) -> np.ndarray:
+        """V's decoding of every dream's z: (n, 64, 64, 3) uint8 (cached until the next change)."""
+        if self._frames is None:
+            with torch.no_grad():
+                self._frames = tensor_to_frames(self.wm.vae.decode(self.state.z))
+        return self._frames
+
+    def observe(self) -> np.ndarray:
+        """(n, D) float32 latents [z, (c,) h], or (n, 64, 64, 3) uint8 frames; a new array."""
+        if self.obs_mode == "latent":
+            return core.observation(self.wm, self.state).cpu().numpy()
+        return self.frames().copy()
+
+
+def put(state: core.DreamState, index: torch.Tensor, rows: core.DreamState) -> None:
+    """Write ``rows`` into the rows ``index`` of ``state``, in place (the env owns its state)."""
+    state.z.index_copy_(0, index, rows.z)
+    state.lstm.h.index_copy_(0, index, rows.lstm.h)
+    state.lstm.c.index_copy_(0, index, rows.lstm.c)
+
+
+# ---------------------------------------------------------------- the envs
+
+
+class DreamEnv(gym.Env):
+    """One dream: a trained world model (V + M) of a game, played as a Gymnasium env.
+
+    ## Description
+
+    The world model of Ha & Schmidhuber, "World Models" (2018): V, a convolutional
+    VAE, compresses a 64x64 frame of the real game to a latent z; M, an LSTM with a
+    mixture density head, predicts the next z, whether the episode ends, and (for
+    CarRacing) the reward. The dream feeds M's predictions back into M, so an agent
+    can train without the real game and then run unchanged in it
+    (``dreamgym.make_real``).
+
+    ## Action Space
+
+    The real game's: ``Box(-1, 1, (1,), float32)`` for Doom TakeCover (below -1/3
+    moves left, above 1/3 moves right, otherwise stays; M consumes the move
+    executed, -1, 0 or +1) and ``Box([-1, 0, 0], [1, 1, 1], float32)`` (steer, gas,
+    brake) for CarRacing. Actions must be finite floats inside the box; anything
+    else raises ``ValueError``/``TypeError`` and leaves the dream untouched.
+
+    ## Observation Space
+
+    ``obs_mode="latent"`` (default): the controller's input in the paper, one
+    float32 vector: ``[z, c, h]`` for Doom (64 + 512 + 512), ``[z, h]`` for
+    CarRacing (32 + 256), where h and c are M's LSTM state. Bounds: z in
+    ``+-dream_core.Z_BOUND`` (latents are clamped there), h in ``+-1``, c in
+    ``+-max_episode_steps`` (each step changes c by less than 1).
+    ``obs_mode="pixels"``: V's decoding of z, ``Box(0, 255, (64, 64, 3), uint8)``.
+
+    ## Rewards
+
+    Doom: +1 per step alive, as in the real game. CarRacing: M's reward head.
+
+    ## Starting State
+
+    z0 = mu + sigma * eps of a random real first frame's encoding (the world
+    model's bank of first frames); M's state h0 = c0 = 0.
+
+    ## Episode End
+
+    Terminates when M's done head gives p > 0.5 (not sampled; tau does not apply).
+    Truncates (unless terminated) after ``max_episode_steps`` steps, the game's
+    limit (Doom 2100, CarRacing 1000); the env does this itself. ``gym.make`` also
+    adds ``TimeLimit`` at the same registered limit, so it never fires first; a
+    smaller ``gym.make(..., max_episode_steps=n)`` just truncates earlier.
+
+    ## Arguments
+
+    ```python
+    >>> import gymnasium as gym, dreamgym
+    >>> env = gym.make("DreamDoom-v0", tau=1.15, world_model="models/doom_take_cover")
+    >>> env = gym.make("DreamCarRacing-v0", obs_mode="pixels", render_mode="rgb_array")
+    ```
+
+    * ``tau``: sampling temperature, a finite float > 0 (Doom default 1.15,
+      CarRacing 1.0). Settable later: ``env.unwrapped.set_tau(x)`` or ``.tau = x``.
+    * ``obs_mode``: ``"latent"`` or ``"pixels"``.
+    * ``world_model``: a folder (``dreamgym export`` / ``WorldModel.save``), a
+      ``WorldModel``, or None for the weights shipped in ``models/<game>/``.
+    * ``device``: where M runs (``"cpu"``, ``"cuda"``); None keeps a given
+      ``WorldModel`` where it is and loads folders on the CPU.
+    * ``render_mode``: None or ``"rgb_array"`` (V's decoding of the current z).
+    * ``max_episode_steps``: the truncation limit (default: the game's).
+    * ``game``: set by the registered id (``doom_take_cover`` or ``car_racing``).
+
+    ## World Model
+
+    V and M load from ``world_model`` (safetensors + JSON, never pickle). tau
+    divides M's mixture logits and multiplies each gaussian's sigma by sqrt(tau):
+    higher tau makes a harder, more uncertain dream (the paper's Doom agent
+    transferred best when trained at 1.15); tau -> 0 follows the most likely
+    mode's mean.
+
+    ## Version History
+
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 35}
+
+    def __init__(
+        self,
+        game: str = "doom_take_cover",
+        world_model: str | os.PathLike | WorldModel | None = None,
+        tau: float | None = None,
+        obs_mode: str = "latent",
+        device: str | torch.device | None = None,
+        render_mode: str | None = None,
+        max_episode_steps: int | None = None,
+    ):
+        self._dreams = Dreams(game, 1, world_model, tau, obs_mode, device, render_mode,
+                              max_episode_steps)  # fmt: skip
+        self.metadata = {**self.metadata, "render_fps": RENDER_FPS[self.game.name]}
+        self.render_mode = render_mode
+        self.observation_space = self._dreams.observation_space
+        self.action_space = self._dreams.action_space
+
+    @property
+    def game(self) -> GameSpec:
+        return self._dreams.wm.game
+
+    @property
+    def world_model(self) -> WorldModel:
+        return self._dreams.wm
+
+    @property
+    def max_episode_steps(self) -> int:
+        return self._dreams.max_episode_steps
+
+    @property
+    def tau(self) -> float:
+        return self._dreams.tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        self._dreams.tau = check_tau(value)
+
+    def set_tau(self, tau: float) -> None:
+        """Change the temperature from the next step on (same checks as the constructor)."""
+        self.tau = tau
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None or not self._dreams.seeded:
+            self._dreams.seed(self.np_random)
+        self._dreams.restart()
+        return self._dreams.observe()[0], {}
+
+    def step(self, action):
+        if self._dreams.state is None:
+            raise gym.error.ResetNeeded("step: call reset() before the first step()")
+        a = self._dreams.check_action(action, self.action_space)
+        reward, terminated, truncated = self._dreams.advance(a[None])
+        obs = self._dreams.observe()[0]
+        return obs, float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render: the env was created with render_mode=None")
+            return None
+        if self._dreams.state is None:
+            raise gym.error.ResetNeeded("render: call reset() first")
+        return self._dreams.frames()[0].copy()
+
+
+class DreamVectorEnv(VectorEnv):
+    """``num_envs`` dreams stepped as one batched tensor computation, on CPU or CUDA.
+
+    Everything in ``DreamEnv`` holds per dream (spaces, rewards, episode end,
+    arguments); ``DreamEnv`` is this env with one row, so both give the same
+    trajectories for the same seed and actions, across episodes too.
+
+    ```python
+    >>> venv = gym.make_vec("DreamDoom-v0", num_envs=1024, device="cuda")
+    ```
+
+    * ``autoreset_mode``: ``AutoresetMode.NEXT_STEP`` (default; the step after an
+      episode ends returns the first observation of the next one, with reward 0
+      and the action ignored), ``SAME_STEP`` (the ending step already returns the
+      next episode's first observation; the last one is in ``infos["final_obs"]``,
+      an object array, with mask ``infos["_final_obs"]``, and ``infos["final_info"]``
+      is empty), or ``DISABLED`` (finished dreams wait for
+      ``reset(options={"reset_mask": mask})``; stepping them raises).
+    * ``reset(options={"reset_mask": mask})`` (a (num_envs,) bool array) restarts
+      only those dreams; the others keep going.
+    * Episode statistics, as Gymnasium's ``RecordEpisodeStatistics`` reports them:
+      on the step an episode ends, ``infos["episode"] = {"r": returns (float64),
+      "l": lengths (int64)}`` (0 where no episode ended) and ``infos["_episode"]``
+      the mask of ended episodes. There is no wall-clock ``"t"``, so infos are
+      deterministic.
+    * Rewards are float32. Randomness comes from one ``torch.Generator`` on the
+      world model's device, seeded from ``reset(seed=...)``; a rows's dream draws
+      nothing on steps where it only restarts.
+    """
+
+    metadata = {
+        "render_modes": ["rgb_array"],
+        "render_fps": 35,
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        game: str = "doom_take_cover",
+        world_model: str | os.PathLike | WorldModel | None = None,
+        tau: float | None = None,
+        obs_mode: str = "latent",
+        device: str | torch.device | None = None,
+        render_mode: str | None = None,
+        max_episode_steps: int | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+    ):
+        num_envs = check_positive_int("num_envs", num_envs)
+        self.metadata = {**self.metadata, "render_fps": RENDER_FPS[get_game(game).name]}
+        self.autoreset_mode = autoreset_mode
+        self._dreams = Dreams(game, num_envs, world_model, tau, obs_mode, device, render_mode,
+                              max_episode_steps)  # fmt: skip
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.single_observation_space = self._dreams.observation_space
+        self.single_action_space = self._dreams.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._pending = np.zeros(num_envs, np.bool_)  # ended last step, not yet restarted
+
+    game = DreamEnv.game
+    world_model = DreamEnv.world_model
+    max_episode_steps = DreamEnv.max_episode_steps
+    tau = DreamEnv.tau
+    set_tau = DreamEnv.set_tau
+
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        return self.metadata["autoreset_mode"]
+
+    @autoreset_mode.setter
+    def autoreset_mode(self, mode: AutoresetMode | str) -> None:
+        """Switch modes; dreams that ended under NEXT_STEP still restart on the next step."""
+        try:
+            mode = AutoresetMode(mode)
+        except ValueError:
+            raise ValueError(
+                f"autoreset_mode: expected one of {[m.value for m in AutoresetMode]}, got {mode!r}"
+            ) from None
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+
+    def _reset_mask(self, options: dict | None) -> np.ndarray | None:
+        if not options or "reset_mask" not in options:
+            return None
+        mask = options["reset_mask"]
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+            raise TypeError(
+                f"options['reset_mask']: expected a numpy bool array of shape ({self.num_envs},), "
+                f"got {type(mask).__name__} {getattr(mask, 'dtype', '')}".rstrip()
+            )
+        if mask.shape != (self.num_envs,):
+            raise ValueError(
+                f"options['reset_mask']: expected shape ({self.num_envs},), got {mask.shape}"
+            )
+        if not mask.any():
+            raise ValueError("options['reset_mask']: expected at least one True value")
+        if self._dreams.state is None:
+            raise ValueError("options['reset_mask']: the first reset() must reset every dream")
+        return mask.copy()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+        mask = self._reset_mask(options)
+        super().reset(seed=seed)
+        if seed is not None or not self._dreams.seeded:
+            self._dreams.seed(self.np_random)
+        self._dreams.restart(mask)
+        if mask is None:
+            self._pending[:] = False
+        else:
+            self._pending[mask] = False
+        return self._dreams.observe(), {}
+
+    def step(self, actions):
+        d = self._dreams
+        if d.state is None:
+            raise gym.error.ResetNeeded("step: call reset() before the first step()")
+        a = d.check_action(actions, self.action_space)
+        mode = self.autoreset_mode
+        if self._pending.any():
+            if mode == AutoresetMode.DISABLED:
+                rows = np.flatnonzero(self._pending).tolist()
+                raise ValueError(
+                    f"actions: dreams {rows[:10]} have ended; with autoreset_mode DISABLED "
+                    "restart them with reset(options={'reset_mask': mask}) before stepping"
+                )
+            reward, terminated, truncated = d.advance(a, active=~self._pending)
+            d.restart(self._pending)
+        else:
+            reward, terminated, truncated = d.advance(a)
+        done = terminated | truncated
+        infos: dict[str, Any] = {}
+        obs = d.observe()
+        if done.any():
+            infos["episode"] = {"r": np.where(done, d.ret, 0.0), "l": np.where(done, d.t, 0)}
+            infos["_episode"] = done
+            if mode == AutoresetMode.SAME_STEP:
+                final = np.full(self.num_envs, None, dtype=object)
+                for i in np.flatnonzero(done):  # only the rows that ended
+                    final[i] = obs[i].copy()
+                infos |= {"final_obs": final, "_final_obs": done.copy(), "final_info": {},
+                          "_final_info": done.copy()}  # fmt: skip
+                d.restart(done)
+                obs = d.observe()
+                done = np.zeros_like(done)
+        self._pending = done
+        return obs, reward, terminated, truncated, infos
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """V's decoding of every dream's z: a tuple of (64, 64, 3) uint8 frames."""
+        if self.render_mode is None:
+            gym.logger.warn("render: the env was created with render_mode=None")
+            return None
+        if self._dreams.state is None:
+            raise gym.error.ResetNeeded("render: call reset() first")
+        return tuple(self._dreams.frames().copy())
+
+
+def register_envs() -> None:
+    """Register the dream ids with Gymnasium (idempotent)."""
+    for env_id, game in ENV_IDS.items():
+        if env_id in gym.registry:
+            continue
+        gym.register(
+            id=env_id,
+            entry_point="dreamgym.dream:DreamEnv",
+            vector_entry_point="dreamgym.dream:DreamVectorEnv",
+            max_episode_steps=get_game(game).max_episode_steps,
+            kwargs={"game": game, "tau": DEFAULT_TAU[game]},
+        )
+
+
+__all__ = ["DreamEnv", "DreamVectorEnv", "Dreams", "register_envs", "latent_space", "check_tau"]

@@ -1,0 +1,225 @@
+"""Trained controllers on disk, and the policy you get back from them.
+
+A controller folder holds ``controller.safetensors`` (the linear layer's
+``weight`` and, where the game uses one, ``bias``) and ``controller.json``
+(game, sizes, the temperature and generation it was trained at, the dreamgym
+version, and whatever the trainer recorded). Loading never unpickles.
+
+    policy = dreamgym.load_controller("doom_take_cover")   # the shipped controller
+    action = policy(obs)            # obs (D,) -> action (A,);  obs (B, D) -> (B, A)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from dreamgym._version import __version__
+from dreamgym.controller import ControllerConfig, LinearController
+from dreamgym.games import GAMES, GameSpec, get_game
+from dreamgym.world_model import WorldModel, atomic_write_text, read_json, read_tensors
+
+WEIGHTS_FILE = "controller.safetensors"
+CONFIG_FILE = "controller.json"
+FORMAT = 1
+
+
+class ControllerError(ValueError):
+    """A controller folder is missing, truncated, or does not match its config."""
+
+
+def controller_config(wm: WorldModel) -> ControllerConfig:
+    """The controller that reads the observations of ``wm``'s dream ([z, h] or [z, c, h])."""
+    spec, mdn = wm.game, wm.mdnrnn.config
+    in_dim = mdn.z_dim + mdn.hidden * (2 if spec.controller_reads_cell else 1)
+    return ControllerConfig(in_dim, spec.controller_outputs, spec.controller_bias)
+
+
+def _config_from_params(spec: GameSpec, n: int) -> ControllerConfig:
+    out, bias = spec.controller_outputs, spec.controller_bias
+    per_output = n // out - int(bias)
+    cfg = ControllerConfig(per_output, out, bias)
+    if per_output < 1 or cfg.num_params != n:
+        raise ControllerError(
+            f"controller_params: {n} values do not make a {spec.name} controller "
+            f"({out} outputs{' with bias' if bias else ', no bias'})"
+        )
+    return cfg
+
+
+def save_controller(
+    folder: str | os.PathLike,
+    controller_params,
+    game: str | GameSpec,
+    meta: dict | None = None,
+) -> Path:
+    """Write ``controller_params`` (flat: W row-major, then b) as a controller folder.
+
+    ``meta`` (JSON-serialisable) is stored in ``controller.json``; trainers record
+    ``tau``, ``generations`` and scores there. Each file is written atomically.
+    """
+    spec = get_game(game)
+    params = torch.as_tensor(np.asarray(controller_params, np.float32)).reshape(-1)
+    if not torch.isfinite(params).all():
+        raise ControllerError("controller_params: contains NaN or infinite values")
+    cfg = _config_from_params(spec, params.numel())
+    n_w = cfg.out_dim * cfg.in_dim
+    tensors = {"weight": params[:n_w].reshape(cfg.out_dim, cfg.in_dim).contiguous()}
+    if cfg.bias:
+        tensors["bias"] = params[n_w:].contiguous()
+    info = {
+        "format": FORMAT,
+        "game": spec.name,
+        "in_dim": cfg.in_dim,
+        "out_dim": cfg.out_dim,
+        "bias": cfg.bias,
+        "num_params": cfg.num_params,
+        "dreamgym_version": __version__,
+        **(meta or {}),
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(tensors, tmp, {"game": spec.name})
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    atomic_write_text(folder / CONFIG_FILE, json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+def read_controller(folder: str | os.PathLike) -> tuple[LinearController, dict]:
+    """The controller in ``folder`` and its ``controller.json``; errors name the file."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    try:
+        info = read_json(cfg_path)
+    except ValueError as e:
+        raise ControllerError(str(e)) from None
+    for key in ("format", "game", "in_dim", "out_dim", "bias"):
+        if key not in info:
+            raise ControllerError(f"{cfg_path}: missing key {key!r}")
+    if info["format"] != FORMAT:
+        raise ControllerError(f"{cfg_path}: format {info['format']} is not {FORMAT}")
+    if info["game"] not in GAMES:
+        raise ControllerError(
+            f"{cfg_path}: key 'game' is {info['game']!r}, expected one of {sorted(GAMES)}"
+        )
+    cfg = ControllerConfig(int(info["in_dim"]), int(info["out_dim"]), bool(info["bias"]))
+    if cfg.out_dim != get_game(info["game"]).controller_outputs:
+        raise ControllerError(
+            f"{cfg_path}: key 'out_dim' is {cfg.out_dim}, but {info['game']} has "
+            f"{get_game(info['game']).controller_outputs} action outputs"
+        )
+    try:
+        tensors = read_tensors(w_path)
+    except ValueError as e:
+        raise ControllerError(str(e)) from None
+    expected = {"weight": (cfg.out_dim, cfg.in_dim)}
+    if cfg.bias:
+        expected["bias"] = (cfg.out_dim,)
+    for key, shape in expected.items():
+        if key not in tensors:
+            raise ControllerError(f"{w_path}: missing key {key!r}")
+        if tuple(tensors[key].shape) != shape:
+            raise ControllerError(
+                f"{w_path}: key {key!r} has shape {tuple(tensors[key].shape)}, "
+                f"expected {shape} from {CONFIG_FILE}"
+            )
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise ControllerError(f"{w_path}: unexpected key {extra[0]!r}")
+    controller = LinearController(cfg)
+    controller.linear.load_state_dict({k: v.float() for k, v in tensors.items()})
+    controller.eval()
+    return controller, info
+
+
+class ControllerPolicy:
+    """A trained controller as a function from observations to env actions.
+
+    ``policy(obs)``: obs (D,) -> action (A,), or (B, D) -> (B, A), float32 numpy,
+    where D is the dream's observation size ([z, h] or [z, c, h]).
+    """
+
+    def __init__(self, controller: LinearController, game: str | GameSpec, info: dict):
+        self.controller = controller
+        self.game = get_game(game)
+        self.info = info
+
+    @property
+    def obs_dim(self) -> int:
+        return self.controller.config.in_dim
+
+    @property
+    def params(self) -> np.ndarray:
+        """The flat parameter vector (what CMA-ES optimised)."""
+        return self.controller.get_flat().numpy()
+
+    @torch.no_grad()
+    def __call__(self, obs) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
+            raise ValueError(
+                f"obs: expected shape ({self.obs_dim},) or (B, {self.obs_dim}), "
+                f"got {tuple(x.shape)}"
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError("obs: contains NaN or infinite values")
+        return self.game.controller_to_action(self.controller(x)).numpy()
+
+    def __repr__(self) -> str:
+        return (
+            f"ControllerPolicy(game={self.game.name!r}, obs_dim={self.obs_dim}, "
+            f"tau={self.info.get('tau')}, generations={self.info.get('generations')})"
+        )
+
+
+def _game_from_name(name: str) -> GameSpec | None:
+    if name in GAMES:
+        return GAMES[name]
+    for spec in GAMES.values():
+        if name == spec.dream_id:
+            return spec
+    return None
+
+
+def load_controller(path_or_game: str | os.PathLike) -> ControllerPolicy:
+    """A policy from a controller folder (or its ``controller.json``), or a game's shipped one.
+
+    A game name (``doom_take_cover``) or dream id means the controller shipped in
+    ``models/<game>/``.
+    """
+    path = Path(path_or_game)
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = path.parent
+    if not path.exists():
+        spec = _game_from_name(str(path_or_game))
+        if spec is None:
+            raise ControllerError(
+                f"{path_or_game}: no such controller folder, and not a game name "
+                f"(expected one of {sorted(GAMES)})"
+            )
+        from dreamgym.shipped import shipped_dir
+
+        path = shipped_dir(spec)
+        if not (path / CONFIG_FILE).is_file():
+            raise ControllerError(
+                f"no controller ships for {spec.name} yet ({path / CONFIG_FILE} is missing). "
+                f"Train one in the dream with `dreamgym evolve RUN_DIR --tau 1.15` and copy it "
+                f"in with `dreamgym export RUN_DIR models/{spec.name} --controller "
+                "RUN_DIR/evolve_tau1.15`, or pass a controller folder."
+            )
+    if not path.is_dir():
+        raise ControllerError(f"{path}: expected a controller folder holding {CONFIG_FILE}")
+    controller, info = read_controller(path)
+    return ControllerPolicy(controller, info["game"], info)
+
+
+__all__ = [
+    "save_controller", "read_controller", "load_controller", "ControllerPolicy",
+    "ControllerError", "controller_config",
+]  # fmt: skip

@@ -1,0 +1,91 @@
+"""Where the shipped world models live, and how an env finds the one it dreams in.
+
+The top-level ``models/`` folder installs as the package ``dreamgym.models``
+(one sub-folder per game, each with ``config.json``, ``weights.safetensors`` and
+a ``MODEL_CARD.md``). An editable install reads the repository's ``models/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import os
+from pathlib import Path
+
+import torch
+
+from dreamgym.games import GameSpec, get_game
+from dreamgym.world_model import CONFIG_FILE, WorldModel, WorldModelError
+
+RUN_NAMES = {"doom_take_cover": "runs/doom", "car_racing": "runs/car_racing"}
+"""The run folder the training instructions suggest, per game."""
+
+
+def _models_root() -> Path:
+    try:
+        root = importlib.resources.files("dreamgym.models")
+        if root.is_dir():
+            return Path(str(root))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "models"  # editable install: the repo's
+
+
+def shipped_dir(game: str | GameSpec) -> Path:
+    """The folder the shipped weights of ``game`` install to (it may not exist yet)."""
+    return _models_root() / get_game(game).name
+
+
+def training_instructions(game: str | GameSpec) -> str:
+    """How to train and export a world model of ``game`` with the CLI."""
+    name = get_game(game).name
+    run = RUN_NAMES.get(name, f"runs/{name}")
+    return (
+        f"    dreamgym pipeline {name} --preset cpu --run {run}\n"
+        f"    dreamgym export {run} models/{name}\n"
+    )
+
+
+def load_world_model(
+    game: str | GameSpec,
+    world_model: str | os.PathLike | WorldModel | None = None,
+    device: str | torch.device | None = None,
+) -> WorldModel:
+    """The world model an env of ``game`` dreams in.
+
+    ``world_model`` is a folder (``WorldModel.save`` / ``dreamgym export``), a
+    ``WorldModel``, or None for the shipped weights. ``device`` None keeps a given
+    ``WorldModel`` where it is (a folder loads on the CPU); another device moves a
+    copy, never the caller's object.
+    """
+    spec = get_game(game)
+    if isinstance(world_model, WorldModel):
+        if world_model.game.name != spec.name:
+            raise ValueError(
+                f"world_model: a {world_model.game.name!r} world model cannot dream "
+                f"{spec.dream_id}; expected one of {spec.name!r}"
+            )
+        wm = world_model
+        if device is not None and torch.device(device) != wm.device:
+            wm = copy.deepcopy(wm).to(device)
+        return wm
+    if world_model is None:
+        folder = shipped_dir(spec)
+        if not (folder / CONFIG_FILE).is_file():
+            raise WorldModelError(
+                f"{spec.dream_id} needs a trained world model and none ships in {folder} yet.\n"
+                f"Train one and export it:\n{training_instructions(spec)}"
+                f"then pass world_model='models/{spec.name}' (or export into {folder} to make it "
+                "the default), or pass world_model=FOLDER for any folder holding "
+                f"{CONFIG_FILE} and weights.safetensors."
+            )
+        return WorldModel.load(folder, game=spec.name, device=device or "cpu")
+    if isinstance(world_model, (str, os.PathLike)):
+        return WorldModel.load(world_model, game=spec.name, device=device or "cpu")
+    raise TypeError(
+        "world_model: expected a folder path, a dreamgym.WorldModel or None (the shipped "
+        f"weights), got {type(world_model).__name__}"
+    )
+
+
+__all__ = ["shipped_dir", "load_world_model", "training_instructions"]

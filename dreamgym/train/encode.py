@@ -1,0 +1,78 @@
+"""Stage 3: every frame to V's posterior (mu, logvar); the bank of first-frame encodings.
+
+Writes ``latents.npz`` (episodes concatenated, with offsets) atomically. The file
+records which V checkpoint step made it, so a rerun after more V training
+re-encodes and an up-to-date file is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dreamgym import data
+from dreamgym.train.common import load_checkpoint, open_run, set_threads
+from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
+from dreamgym.vae import frames_to_tensor
+
+LATENTS = "latents.npz"
+
+
+@dataclass
+class EncodeConfig:
+    batch_size: int = 500
+    device: str = "cpu"
+    threads: int | None = None
+
+
+def vae_step(run_dir: Path) -> int:
+    return int(load_checkpoint(run_dir / VAE_DIR / "checkpoint.pt")["step"])
+
+
+def load_latents(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(Path(run_dir) / LATENTS, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@torch.no_grad()
+def run(config: EncodeConfig, run_dir) -> Path:
+    run_dir, game = open_run(run_dir)
+    set_threads(config.threads)
+    path = run_dir / LATENTS
+    step = vae_step(run_dir)
+    paths = data.kept_episodes(run_dir)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["vae_step"]) == step and len(z["offsets"]) == len(paths) + 1:
+                return path
+    vae = load_trained_vae(run_dir, config.device)
+    mus, logvars, actions, rewards, terms, lengths = [], [], [], [], [], []
+    for p in tqdm(paths, desc=f"encode {game}", unit="ep"):
+        ep = data.read_episode(p)
+        for i in range(0, len(ep["frames"]), config.batch_size):
+            mu, logvar = vae.encode(frames_to_tensor(ep["frames"][i : i + config.batch_size], config.device))
+            mus.append(mu.cpu().numpy())
+            logvars.append(logvar.cpu().numpy())
+        actions.append(ep["actions"])
+        rewards.append(ep["rewards"])
+        terms.append(ep["terminated"])
+        lengths.append(len(ep["frames"]))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(
+        tmp,
+        mu=np.concatenate(mus).astype(np.float32),
+        logvar=np.concatenate(logvars).astype(np.float32),
+        actions=np.concatenate(actions).astype(np.float32),
+        rewards=np.concatenate(rewards).astype(np.float32),
+        terminated=np.concatenate(terms),
+        offsets=offsets,
+        vae_step=np.int64(step),
+    )
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,405 @@
+"""Scoring controllers: a population in one batched dream, or in the real game with workers.
+
+Both evaluators have the same shape, ``returns(params (P, n), trials, seed) ->
+(P, trials)``, so CMA-ES fitness, the periodic score of the CMA mean and the
+final evaluation are the same function in the dream and in the real game, and
+the transfer gap is one number. ``run(config, source)`` is the evaluate stage:
+it scores a trained controller and writes a JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dreamgym import dream_core as dc
+from dreamgym._version import __version__
+from dreamgym.controller import ControllerConfig, batched_forward
+from dreamgym.games import get_game
+from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
+from dreamgym.train.common import set_threads
+from dreamgym.vae import frames_to_tensor, reparameterize
+from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
+from dreamgym.world_model import WorldModel, atomic_write_text
+
+WORLD_MODEL_DIR = "world_model"
+COMPACT_BELOW = 0.875
+"""The dream batch drops finished rows once fewer than this fraction of its rows live."""
+
+
+def _as_params(params, cfg: ControllerConfig, device) -> torch.Tensor:
+    p = torch.as_tensor(np.asarray(params, np.float32), device=device)
+    if p.ndim != 2 or p.shape[1] != cfg.num_params:
+        raise ValueError(f"params: expected shape (P, {cfg.num_params}), got {tuple(p.shape)}")
+    return p
+
+
+# ---------------------------------------------------------------- the dream
+
+
+@torch.no_grad()
+def dream_rollouts(
+    wm: WorldModel,
+    params,
+    trials: int,
+    tau: float,
+    generator: torch.Generator,
+    max_steps: int | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Play every controller ``trials`` times in one batched dream.
+
+    params (P, n) -> (returns (P, trials) float64, dream steps computed). Trial j
+    of every controller starts from the same first frame (common random numbers).
+    Episodes end on M's done or at ``max_steps``; finished rows are dropped from
+    the batch, so they stop costing compute.
+    """
+    cfg = controller_config(wm)
+    spec = wm.game
+    params = _as_params(params, cfg, wm.device)
+    P = params.shape[0]
+    N = P * trials
+    max_steps = max_steps or spec.max_episode_steps
+    start = dc.initial_state(wm, trials, generator)
+    state = dc.select(start, torch.arange(trials, device=wm.device).repeat(P))
+    rows = torch.arange(N, device=wm.device)  # each live row's index in (P * trials)
+    row_params = params.repeat_interleave(trials, dim=0)  # (N, n)
+    alive = torch.ones(N, dtype=torch.bool, device=wm.device)
+    returns = torch.zeros(N, dtype=torch.float64, device=wm.device)
+    steps = 0
+    for _ in range(max_steps):
+        obs = dc.observation(wm, state)  # (L, D)
+        y = batched_forward(cfg, row_params, obs.unsqueeze(1)).squeeze(1)  # (L, O)
+        state, reward, terminated = dc.step(wm, state, spec.controller_to_action(y), tau, generator)
+        returns.index_add_(0, rows, torch.where(alive, reward, 0).double())
+        steps += len(rows)
+        alive &= ~terminated
+        live = int(alive.sum())
+        if live == 0:
+            break
+        if live < COMPACT_BELOW * len(rows):
+            keep = alive.nonzero().squeeze(1)
+            state, rows = dc.select(state, keep), rows[keep]
+            row_params, alive = row_params[keep], alive[keep]
+    return returns.view(P, trials), steps
+
+
+class DreamEvaluator:
+    """Scores controllers in the dream of ``wm`` at temperature ``tau``."""
+
+    def __init__(self, wm: WorldModel, tau: float, max_steps: int | None = None):
+        if not (math.isfinite(tau) and tau > 0):
+            raise ValueError(f"tau: expected a positive finite number, got {tau}")
+        self.wm, self.tau, self.max_steps = wm, float(tau), max_steps
+        self.steps = 0
+        """Dream steps computed so far (a throughput counter)."""
+
+    def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
+        """(P, n) -> (P, trials) returns; the same seed gives the same dreams."""
+        g = torch.Generator(device=self.wm.device).manual_seed(int(seed))
+        ret, steps = dream_rollouts(self.wm, params, trials, self.tau, g, self.max_steps)
+        self.steps += steps
+        if progress is not None:
+            progress(ret.numel())
+        return ret.cpu().numpy()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- the real game
+
+
+class LatentObservation(gym.Wrapper):
+    """The real game with the dream's observation: V encodes each frame, M steps alongside.
+
+    z is a sample from V's posterior (mu + sigma * eps, as the paper fed C and M);
+    M consumes (z, executed action) after each step. Seeded by ``reset(seed=...)``.
+    """
+
+    def __init__(self, env: gym.Env, wm: WorldModel):
+        super().__init__(env)
+        self.wm = wm
+        self._gen = torch.Generator(device=wm.device)
+        self._state: dc.DreamState | None = None
+
+    @torch.no_grad()
+    def _encode(self, frame: np.ndarray) -> torch.Tensor:
+        mu, logvar = self.wm.vae.encode(frames_to_tensor(frame[None], self.wm.device))
+        return reparameterize(mu, logvar, self._gen).clamp_(-dc.Z_BOUND, dc.Z_BOUND)
+
+    def _observe(self) -> np.ndarray:
+        return dc.observation(self.wm, self._state)[0].cpu().numpy()
+
+    def reset(self, *, seed=None, options=None):
+        frame, info = self.env.reset(seed=seed, options=options)
+        self._gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+        z = self._encode(frame)
+        self._state = dc.DreamState(z, self.wm.mdnrnn.initial_state(1, device=self.wm.device))
+        return self._observe(), info
+
+    @torch.no_grad()
+    def step(self, action):
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        a = torch.as_tensor(np.asarray(action, np.float32), device=self.wm.device).view(1, -1)
+        lstm, _ = self.wm.mdnrnn.step(
+            self._state.lstm, self._state.z, self.wm.game.executed_action(a)
+        )
+        self._state = dc.DreamState(self._encode(frame), lstm)
+        return self._observe(), reward, terminated, truncated, info
+
+
+def make_latent_real(wm: WorldModel) -> gym.Env:
+    """The real game of ``wm`` emitting the dream's observation.
+
+    Uses ``dreamgym.wrappers.make_real`` where it exists, else ``LatentObservation``.
+    """
+    try:
+        from dreamgym.wrappers import make_real
+    except ImportError:
+        return LatentObservation(wm.game.make_real(), wm)
+    return make_real(wm.game.dream_id, world_model=wm)
+
+
+def play_episode(env: gym.Env, wm: WorldModel, params, seed: int, max_steps: int):
+    """One real episode of the controller ``params`` (n,): (return, steps)."""
+    cfg = controller_config(wm)
+    p = _as_params(np.asarray(params).reshape(1, -1), cfg, "cpu")
+    obs, _ = env.reset(seed=int(seed))
+    total, t = 0.0, 0
+    with torch.no_grad():
+        while t < max_steps:
+            x = torch.as_tensor(np.asarray(obs, np.float32)).view(1, 1, -1)
+            action = wm.game.controller_to_action(batched_forward(cfg, p, x)[0, 0])
+            obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            total, t = total + float(reward), t + 1
+            if terminated or truncated:
+                break
+    return total, t
+
+
+_worker: tuple[gym.Env, WorldModel] | None = None  # one real game per worker process
+
+
+def _init_worker(wm_dir: str) -> None:
+    global _worker
+    torch.set_num_threads(1)
+    wm = WorldModel.load(wm_dir)
+    _worker = (make_latent_real(wm), wm)
+
+
+def _worker_episode(params: np.ndarray, seed: int, max_steps: int) -> tuple[float, int]:
+    env, wm = _worker
+    return play_episode(env, wm, params, seed, max_steps)
+
+
+class RealEvaluator:
+    """Scores controllers in the real game, one episode per task, in worker processes.
+
+    Trial j of every controller uses the game seed ``seed + j``. A worker that dies
+    raises ``RuntimeError`` in the caller (no hang).
+    """
+
+    def __init__(self, wm_dir: str | Path, workers: int = 2, max_steps: int | None = None):
+        if workers < 1:
+            raise ValueError(f"workers: expected an integer >= 1, got {workers}")
+        self.wm_dir = Path(wm_dir)
+        cfg = json.loads((self.wm_dir / WM_CONFIG).read_text())
+        self.spec = get_game(cfg["game"])
+        self.max_steps = max_steps or self.spec.max_episode_steps
+        self.workers = workers
+        self.steps = 0
+        self._pool = ProcessPoolExecutor(
+            workers,
+            mp_context=get_context("spawn"),  # no fork of a process with torch threads
+            initializer=_init_worker,
+            initargs=(str(self.wm_dir),),
+        )
+
+    def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
+        params = np.asarray(params, np.float32)
+        P = params.shape[0]
+        out = np.zeros((P, trials))
+        futures = {
+            self._pool.submit(_worker_episode, params[i], seed + j, self.max_steps): (i, j)
+            for i in range(P)
+            for j in range(trials)
+        }
+        try:
+            for fut in as_completed(futures):
+                i, j = futures[fut]
+                out[i, j], steps = fut.result()
+                self.steps += steps
+                if progress is not None:
+                    progress(1)
+        except BrokenProcessPool as e:
+            for fut in futures:
+                fut.cancel()
+            raise RuntimeError(
+                f"a real-game worker process died ({e}); it was killed or ran out of memory. "
+                "Rerun to resume; lower --workers if memory is short."
+            ) from None
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- the evaluate stage
+
+
+@dataclass
+class EvaluateConfig:
+    episodes: int = 100
+    """Episodes to score (real: episode i uses game seed ``seed + i``)."""
+    workers: int = 2
+    """Real-game worker processes."""
+    seed: int = 0
+    """Seed of the first episode (real), or of the whole batch of dreams (dream)."""
+    dream: bool = False
+    """Score in the dream instead of the real game."""
+    tau: float = 1.15
+    """Dream temperature (with ``dream``)."""
+    max_steps: int | None = None
+    """Episode limit (None: the game's)."""
+    controller: str | None = None
+    """Controller folder (None: the one in the source; in a run directory, the only
+    ``evolve_*`` folder or the one of ``tau``)."""
+    output: str | None = None
+    """JSON report path (None: ``evaluate_real.json`` / ``evaluate_dream_tau<tau>.json``
+    in the controller's folder)."""
+    device: str = "cpu"
+    """Torch device of the dream."""
+    threads: int | None = None
+    """Torch threads of this process (None: torch's default)."""
+
+
+def resolve_source(source, controller: str | None = None, tau: float | None = None):
+    """(world-model folder, controller folder) of a run dir, an evolve dir or a model folder.
+
+    A game name means its shipped model folder.
+    """
+    path = Path(source)
+    if not path.exists():
+        from dreamgym.games import GAMES
+
+        if str(source) not in GAMES:
+            raise FileNotFoundError(f"{source}: no such run directory or model folder")
+        from dreamgym.shipped import shipped_dir
+
+        path = shipped_dir(source)
+    if (path / WM_CONFIG).is_file():  # a model folder: world model and controller together
+        return path, Path(controller) if controller else path
+    if (path.parent / WORLD_MODEL_DIR / WM_CONFIG).is_file() and (path / CONFIG_FILE).is_file():
+        return path.parent / WORLD_MODEL_DIR, Path(controller) if controller else path
+    wm_dir = path / WORLD_MODEL_DIR
+    if not (wm_dir / WM_CONFIG).is_file():
+        raise FileNotFoundError(
+            f"{path}: neither a model folder ({WM_CONFIG}, weights.safetensors) nor a run "
+            f"directory with a {WORLD_MODEL_DIR}/ (run fit-mdnrnn first)"
+        )
+    if controller:
+        return wm_dir, Path(controller)
+    found = sorted(p.parent for p in path.glob(f"evolve_*/{CONFIG_FILE}"))
+    if tau is not None and (path / f"evolve_tau{tau:g}" / CONFIG_FILE).is_file():
+        return wm_dir, path / f"evolve_tau{tau:g}"
+    if len(found) == 1:
+        return wm_dir, found[0]
+    if not found:
+        raise FileNotFoundError(f"{path}: no trained controller yet; run evolve first")
+    names = ", ".join(p.name for p in found)
+    raise ValueError(f"{path}: several controllers ({names}); choose one with --controller")
+
+
+def run(config: EvaluateConfig, source) -> Path:
+    """Score a controller; write and return the JSON report (see ``format_table``)."""
+    if config.episodes < 1:
+        raise ValueError(f"episodes: expected an integer >= 1, got {config.episodes}")
+    set_threads(config.threads)
+    wm_dir, ctrl_dir = resolve_source(source, config.controller, config.tau)
+    controller, info = read_controller(ctrl_dir)
+    params = controller.get_flat().numpy()[None]
+    mode = "dream" if config.dream else "real"
+    bar = tqdm(total=config.episodes, desc=f"evaluate {info['game']} ({mode})", unit="ep")
+    t0 = time.time()
+    if config.dream:
+        wm = WorldModel.load(wm_dir, game=info["game"], device=config.device)
+        evaluator = DreamEvaluator(wm, config.tau, config.max_steps)
+    else:
+        evaluator = RealEvaluator(wm_dir, config.workers, config.max_steps)
+    with evaluator:
+        returns = evaluator.returns(params, config.episodes, config.seed, bar.update)[0]
+    bar.close()
+    result = {
+        "mode": mode,
+        "game": info["game"],
+        "tau": config.tau if config.dream else None,
+        "trained_tau": info.get("tau"),
+        "episodes": config.episodes,
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "min": float(returns.min()),
+        "max": float(returns.max()),
+        "returns": [float(r) for r in returns],
+        "seeds": [config.seed + i for i in range(config.episodes)]
+        if not config.dream
+        else [config.seed],
+        "max_steps": config.max_steps or get_game(info["game"]).max_episode_steps,
+        "wall_seconds": round(time.time() - t0, 3),
+        "controller": str(ctrl_dir),
+        "world_model": str(wm_dir),
+        "dreamgym_version": __version__,
+        "config": asdict(config),
+    }
+    name = f"evaluate_{mode}.json" if mode == "real" else f"evaluate_dream_tau{config.tau:g}.json"
+    out = Path(config.output) if config.output else ctrl_dir / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    return out
+
+
+def format_table(result: dict | str | Path) -> str:
+    """A printable table of an evaluation report (the dict, or the JSON file)."""
+    if not isinstance(result, dict):
+        result = json.loads(Path(result).read_text())
+    where = "real game" if result["mode"] == "real" else f"dream, tau {result['tau']:g}"
+    rows = [
+        ("game", result["game"]),
+        ("scored in", where),
+        ("controller", result["controller"]),
+        ("trained at tau", "-" if result.get("trained_tau") is None else result["trained_tau"]),
+        ("episodes", result["episodes"]),
+        ("mean ± std", f"{result['mean']:.1f} ± {result['std']:.1f}"),
+        ("min / max", f"{result['min']:.1f} / {result['max']:.1f}"),
+        ("wall time", f"{result['wall_seconds']:.1f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+__all__ = [
+    "EvaluateConfig", "run", "format_table", "DreamEvaluator", "RealEvaluator",
+    "dream_rollouts", "play_episode", "make_latent_real", "LatentObservation",
+]  # fmt: skip

@@ -1,0 +1,84 @@
+"""Assemble V + M + the first-frame bank into a WorldModel, and export a model folder.
+
+``assemble(run_dir)`` writes ``run_dir/world_model/`` (what evolve and the dream
+read); ``export(run_dir, dest)`` copies it with the chosen controller into a
+model folder and writes a MODEL_CARD.md skeleton filled with the run's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from dreamgym.train.common import open_run, read_jsonl
+from dreamgym.train.encode import LATENTS, load_latents
+from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn
+from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
+from dreamgym.world_model import WorldModel
+
+WORLD_MODEL_DIR = "world_model"
+
+
+def assemble(run_dir) -> Path:
+    """WorldModel from the run's V and M checkpoints and its real first frames."""
+    run_dir, game = open_run(run_dir)
+    lat = load_latents(run_dir)
+    first = lat["offsets"][:-1]
+    wm = WorldModel(
+        game,
+        load_trained_vae(run_dir),
+        load_trained_mdnrnn(run_dir),
+        torch.from_numpy(lat["mu"][first]),
+        torch.from_numpy(lat["logvar"][first]),
+    )
+    return wm.save(run_dir / WORLD_MODEL_DIR)
+
+
+def _last(path: Path) -> dict:
+    rows = read_jsonl(path)
+    return rows[-1] if rows else {}
+
+
+def run_summary(run_dir: Path) -> dict:
+    """Data size and final losses of a run, for the model card."""
+    from dreamgym import data
+
+    rows = [r for r in data.read_manifest(run_dir) if not r.get("dropped")]
+    return {
+        "episodes": len(rows),
+        "frames": sum(r["frames"] for r in rows),
+        "collect_return_mean": (sum(r["return"] for r in rows) / len(rows)) if rows else None,
+        "vae_last": _last(run_dir / VAE_DIR / "metrics.jsonl"),
+        "mdnrnn_last": _last(run_dir / MDN_DIR / "metrics.jsonl"),
+    }
+
+
+def export(run_dir, dest, controller: str | None = None) -> Path:
+    """Copy the world model (and a controller folder, if given) into ``dest``."""
+    run_dir, game = open_run(run_dir)
+    src = run_dir / WORLD_MODEL_DIR
+    if not (src / "weights.safetensors").exists():
+        if not (run_dir / LATENTS).exists():
+            raise ValueError(f"{run_dir}: no trained world model yet; run fit-mdnrnn first")
+        assemble(run_dir)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "weights.safetensors"):
+        shutil.copy2(src / name, dest / name)
+    if controller is not None:
+        for name in ("controller.json", "controller.safetensors"):
+            shutil.copy2(Path(controller) / name, dest / name)
+    summary = run_summary(run_dir)
+    card = dest / "MODEL_CARD.md"
+    if not card.exists():
+        card.write_text(
+            f"# {game}\n\n"
+            "## Training data and losses (from the run directory)\n\n"
+            f"```json\n{json.dumps(summary, indent=2)}\n```\n\n"
+            "## Commands, wall time and machine\n\nTODO: fill in.\n\n"
+            "## Scores\n\nTODO: `dreamgym evaluate` output.\n"
+        )
+    return dest

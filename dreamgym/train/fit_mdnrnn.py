@@ -1,0 +1,178 @@
+"""Stage 4: train M on V's latents: next-z mixture, done head, reward head where needed.
+
+Sequences never cross an episode boundary (shorter ones are padded and masked);
+z is re-sampled from (mu, logvar) for every batch, so M learns V's posterior
+noise rather than its means. Checkpoints atomically; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dreamgym.games import get_game
+from dreamgym.mdnrnn import MDNRNN, MDNRNNConfig, done_loss, mdn_nll
+from dreamgym.train.common import (
+    atomic_torch_save,
+    load_checkpoint,
+    log_metrics,
+    open_run,
+    save_config,
+    set_threads,
+)
+from dreamgym.train.encode import load_latents
+
+MDN_DIR = "mdnrnn"
+
+
+@dataclass
+class FitMDNRNNConfig:
+    hidden: int | None = None
+    """LSTM units (None: the game's)."""
+    n_mix: int = 5
+    steps: int = 2000
+    """Optimizer steps."""
+    batch_size: int = 64
+    seq_len: int = 500
+    """Longest training sequence; longer episodes contribute windows of this length."""
+    lr: float = 1e-3
+    lr_final: float = 1e-5
+    """The learning rate decays exponentially from lr to lr_final over the steps."""
+    grad_clip: float = 1.0
+    done_pos_weight: float = 10.0
+    """Weight of a positive (episode-ending) step in the done head's cross-entropy."""
+    reward_weight: float = 1.0
+    """Weight of the reward head's squared error (games with a reward head)."""
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+
+class SequenceSampler:
+    """Random padded windows of whole or partial episodes, as tensors."""
+
+    def __init__(self, lat: dict, executed_action, seq_len: int, seed: int):
+        self.mu, self.logvar = lat["mu"], lat["logvar"]
+        self.actions = np.asarray(executed_action(lat["actions"]), np.float32)
+        self.rewards, self.terminated = lat["rewards"], lat["terminated"]
+        self.starts, self.ends = lat["offsets"][:-1], lat["offsets"][1:]
+        self.seq_len = seq_len
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, batch_size: int, device) -> dict[str, torch.Tensor]:
+        eps = self.rng.integers(0, len(self.starts), batch_size)
+        lengths = self.ends[eps] - self.starts[eps]
+        # Half the windows start at the first frame (as dreams do); half anywhere.
+        late = self.rng.random(batch_size) < 0.5
+        off = np.where(late, (self.rng.random(batch_size) * np.maximum(lengths - self.seq_len, 0)), 0)
+        off = off.astype(np.int64)
+        n = np.minimum(lengths - off, self.seq_len)  # (B,) valid steps
+        T = int(n.max())
+        t = np.arange(T)
+        idx = self.starts[eps, None] + off[:, None] + np.minimum(t[None], n[:, None] - 1)  # (B, T)
+        valid = t[None] < n[:, None]
+        # The next frame exists inside the window or right after it (same episode).
+        has_next = (idx + 1 < self.ends[eps, None]) & valid
+        nxt = np.minimum(idx + 1, self.ends[eps, None] - 1)
+        mu, logvar = self.mu[idx], self.logvar[idx]
+        z = mu + np.exp(0.5 * logvar) * self.rng.standard_normal(mu.shape).astype(np.float32)
+        mu_n, lv_n = self.mu[nxt], self.logvar[nxt]
+        z_next = mu_n + np.exp(0.5 * lv_n) * self.rng.standard_normal(mu_n.shape).astype(np.float32)
+
+        def tt(x, dtype=torch.float32):
+            return torch.as_tensor(x, dtype=dtype, device=device)
+
+        return {
+            "z": tt(z), "a": tt(self.actions[idx]), "z_next": tt(z_next),
+            "done": tt(self.terminated[idx]), "reward": tt(self.rewards[idx]),
+            "valid": tt(valid, torch.bool), "has_next": tt(has_next, torch.bool),
+        }  # fmt: skip
+
+
+def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
+    out, _ = m(b["z"], b["a"])
+    parts = {
+        "nll": mdn_nll(out.mixture, b["z_next"], b["has_next"]),
+        "done": done_loss(out.done_logit, b["done"], cfg.done_pos_weight, b["valid"]),
+    }
+    if out.reward is not None:
+        v = b["valid"].float()
+        parts["reward"] = ((out.reward - b["reward"]).pow(2) * v).sum() / v.sum()
+    total = parts["nll"] + parts["done"] + cfg.reward_weight * parts.get("reward", 0.0)
+    return {"loss": total, **parts}
+
+
+def run(config: FitMDNRNNConfig, run_dir) -> Path:
+    run_dir, game = open_run(run_dir)
+    set_threads(config.threads)
+    spec = get_game(game)
+    out = run_dir / MDN_DIR
+    out.mkdir(exist_ok=True)
+    save_config(out / "config.json", config)
+    lat = load_latents(run_dir)
+    mcfg = MDNRNNConfig(
+        z_dim=lat["mu"].shape[1], action_dim=spec.action_dim, hidden=config.hidden or spec.hidden,
+        n_mix=config.n_mix, reward_head=spec.models_reward,
+    )  # fmt: skip
+    m = MDNRNN(mcfg).to(config.device)
+    opt = torch.optim.Adam(m.parameters(), lr=config.lr)
+    decay = math.log(config.lr_final / config.lr) / max(config.steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: math.exp(decay * s))
+    ckpt_path = out / "checkpoint.pt"
+    step = 0
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        m.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        step = ckpt["step"]
+    if step >= config.steps:
+        return out
+    sampler = SequenceSampler(lat, spec.executed_action, config.seq_len, config.seed * 100003 + step)
+
+    def checkpoint():
+        atomic_torch_save(
+            {"model": m.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "step": step, "game": game,
+             "config": mcfg.to_dict()},
+            ckpt_path,
+        )  # fmt: skip
+
+    bar = tqdm(total=config.steps, initial=step, desc=f"fit-mdnrnn {game}", unit="step")
+    t0, step0 = time.time(), step
+    m.train()
+    while step < config.steps:
+        b = sampler.batch(config.batch_size, config.device)
+        parts = losses(m, b, config)
+        opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), config.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        if step % 10 == 0 or step == config.steps:
+            rate = (step - step0) / (time.time() - t0)
+            row = {k: round(v.item(), 5) for k, v in parts.items()}
+            log_metrics(out / "metrics.jsonl", step=step, lr=sched.get_last_lr()[0],
+                        steps_per_s=round(rate, 3), **row)  # fmt: skip
+            bar.set_postfix(**{k: f"{v:.3f}" for k, v in row.items()})
+        bar.update(1)
+        if step % config.checkpoint_every == 0:
+            checkpoint()
+    checkpoint()
+    bar.close()
+    return out
+
+
+def load_trained_mdnrnn(run_dir: Path, device="cpu") -> MDNRNN:
+    ckpt = load_checkpoint(Path(run_dir) / MDN_DIR / "checkpoint.pt")
+    m = MDNRNN(MDNRNNConfig(**ckpt["config"]))
+    m.load_state_dict(ckpt["model"])
+    return m.to(device).eval()

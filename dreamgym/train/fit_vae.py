@@ -1,0 +1,154 @@
+"""Stage 2: train V on the collected frames, streaming from the shards.
+
+Memory is bounded by ``buffer_episodes`` (it does not grow with the dataset).
+Checkpoints are written atomically every ``checkpoint_every`` steps; a rerun
+resumes at the same epoch and batch without re-reading the batches already done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dreamgym import data
+from dreamgym.train.common import (
+    atomic_torch_save,
+    load_checkpoint,
+    log_metrics,
+    open_run,
+    save_config,
+    set_threads,
+)
+from dreamgym.vae import ConvVAE, VAEConfig, frames_to_tensor, vae_loss
+
+VAE_DIR = "vae"
+
+
+@dataclass
+class FitVAEConfig:
+    z_dim: int | None = None
+    """Latent size (None: the game's)."""
+    epochs: float = 1.0
+    """Passes over the data; fractions allowed (e.g. 0.5 = half the episodes' frames)."""
+    batch_size: int = 100
+    lr: float = 1e-3
+    """Adam learning rate (the paper: 1e-4 for 10 epochs of 3M frames)."""
+    kl_tolerance: float = 0.5
+    buffer_episodes: int = 32
+    """Episodes held in memory at once (their frames are shuffled together)."""
+    checkpoint_every: int = 200
+    """Steps between atomic checkpoints."""
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+
+def _epoch_plan(rows: list[dict], cfg: FitVAEConfig, epoch: int):
+    """The episode order of one epoch and the number of batches each buffer yields."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    order = rng.permutation(len(rows))
+    buffers = [order[i : i + cfg.buffer_episodes] for i in range(0, len(order), cfg.buffer_episodes)]
+    counts = [sum(rows[j]["frames"] for j in b) // cfg.batch_size for b in buffers]
+    return buffers, counts
+
+
+def run(config: FitVAEConfig, run_dir) -> Path:
+    run_dir, game = open_run(run_dir)
+    set_threads(config.threads)
+    from dreamgym.games import get_game
+
+    spec = get_game(game)
+    out = run_dir / VAE_DIR
+    out.mkdir(exist_ok=True)
+    save_config(out / "config.json", config)
+    rows = [r for r in data.read_manifest(run_dir) if not r.get("dropped")]
+    rows.sort(key=lambda r: r["index"])
+    if not rows:
+        raise ValueError(f"{run_dir}: no episodes collected yet; run `dreamgym collect` first")
+    folder = run_dir / data.EPISODES_DIR
+    vae = ConvVAE(VAEConfig(z_dim=config.z_dim or spec.z_dim, kl_tolerance=config.kl_tolerance))
+    vae.to(config.device)
+    opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    ckpt_path = out / "checkpoint.pt"
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        vae.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    frames_total = sum(r["frames"] for r in rows)
+    total_steps = int(config.epochs * frames_total / config.batch_size)
+    if step >= total_steps:
+        return out
+
+    def checkpoint():
+        atomic_torch_save(
+            {"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
+             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "game": game},
+            ckpt_path,
+        )  # fmt: skip
+
+    bar = tqdm(total=total_steps, initial=step, desc=f"fit-vae {game}", unit="step")
+    gen = torch.Generator(device=config.device).manual_seed(config.seed * 1000 + step)
+    t0, steps0 = time.time(), step
+    vae.train()
+    while step < total_steps:
+        buffers, counts = _epoch_plan(rows, config, epoch)
+        done = 0
+        for buf, n_batches in zip(buffers, counts):
+            if step >= total_steps:
+                break
+            if done + n_batches <= batch_in_epoch:  # already trained on: skip without reading
+                done += n_batches
+                continue
+            frames = np.concatenate(
+                [data.read_episode(folder / rows[j]["file"], ("frames",))["frames"] for j in buf]
+            )
+            rng = np.random.default_rng([config.seed, epoch, int(buf[0])])
+            perm = rng.permutation(len(frames))
+            for b in range(n_batches):
+                if done + b < batch_in_epoch:
+                    continue
+                if step >= total_steps:
+                    break
+                idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
+                x = frames_to_tensor(frames[idx], config.device)
+                x_hat, mu, logvar = vae(x, gen)
+                loss, rec, kl = vae_loss(x, x_hat, mu, logvar, config.kl_tolerance)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                batch_in_epoch = done + b + 1
+                if step % 20 == 0 or step == total_steps:
+                    fps = (step - steps0) * config.batch_size / (time.time() - t0)
+                    log_metrics(out / "metrics.jsonl", step=step, epoch=epoch, loss=loss.item(),
+                                rec=rec.item(), kl=kl.item(), frames_per_s=round(fps, 1))  # fmt: skip
+                    bar.set_postfix(loss=f"{loss.item():.1f}", kl=f"{kl.item():.1f}", fps=f"{fps:.0f}")
+                bar.update(1)
+                if step % config.checkpoint_every == 0:
+                    checkpoint()
+            done += n_batches
+        else:
+            epoch, batch_in_epoch = epoch + 1, 0
+    checkpoint()
+    bar.close()
+    return out
+
+
+def load_trained_vae(run_dir: Path, device="cpu") -> ConvVAE:
+    """V from a run directory's last checkpoint."""
+    ckpt = load_checkpoint(Path(run_dir) / VAE_DIR / "checkpoint.pt")
+    z_dim = ckpt["model"]["fc_mu.weight"].shape[0]
+    cfg_path = Path(run_dir) / VAE_DIR / "config.json"
+    import json
+
+    kl_tol = json.loads(cfg_path.read_text()).get("kl_tolerance", 0.5) if cfg_path.exists() else 0.5
+    vae = ConvVAE(VAEConfig(z_dim=z_dim, kl_tolerance=kl_tol))
+    vae.load_state_dict(ckpt["model"])
+    return vae.to(device).eval()

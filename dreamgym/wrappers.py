@@ -1,0 +1,150 @@
+"""The real game seen the way the dream shows itself, so an agent runs unchanged in both.
+
+``make_real("DreamDoom-v0")`` is the real game whose observation and action
+spaces are equal to the dream's (latent mode): every real frame goes through V
+(z sampled from the posterior, clamped like the dream's), and M's LSTM state is
+stepped with the action the game executed, exactly as the dream steps it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dreamgym import dream_core as core
+from dreamgym.dream import ENV_IDS, check_action, check_positive_int, latent_space
+from dreamgym.games import GameSpec, get_game
+from dreamgym.shipped import load_world_model
+from dreamgym.vae import frames_to_tensor, reparameterize
+from dreamgym.world_model import WorldModel
+
+
+class LatentObservation(gym.Wrapper):
+    """A real game (64x64x3 uint8 frames) observed as the dream's [z, (c,) h] vector.
+
+    Reset encodes the first frame and zeroes M's state; each step runs the real
+    game, advances M with (z_t, executed a_t) and encodes the new frame. z is a
+    posterior sample drawn from a ``torch.Generator`` seeded by ``reset(seed=...)``.
+    Reward, termination and truncation are the real game's. Actions are checked
+    like the dream's (``ValueError``/``TypeError``, nothing stepped).
+    """
+
+    def __init__(self, env: gym.Env, world_model: WorldModel, max_episode_steps: int):
+        super().__init__(env)
+        self.world_model = world_model
+        self.observation_space = latent_space(world_model, max_episode_steps)
+        self.action_space = world_model.game.action_space
+        self._generator = torch.Generator(device=world_model.device)
+        self._seeded = False
+        self._state: core.DreamState | None = None
+
+    @torch.no_grad()
+    def _encode(self, frame: np.ndarray) -> torch.Tensor:
+        """(64, 64, 3) uint8 frame -> (1, Z) posterior sample."""
+        wm = self.world_model
+        mu, logvar = wm.vae.encode(frames_to_tensor(frame[None], wm.device))
+        return reparameterize(mu, logvar, self._generator).clamp_(-core.Z_BOUND, core.Z_BOUND)
+
+    def _observe(self) -> np.ndarray:
+        return core.observation(self.world_model, self._state)[0].cpu().numpy()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        frame, info = self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self._generator.manual_seed(int(seed))
+            self._seeded = True
+        elif not self._seeded:
+            self._generator.seed()
+            self._seeded = True
+        wm = self.world_model
+        self._state = core.DreamState(self._encode(frame), wm.mdnrnn.initial_state(1, wm.device))
+        return self._observe(), info
+
+    @torch.no_grad()
+    def step(self, action: Any):
+        space = self.action_space
+        a = check_action(action, space, space.low, space.high)
+        if self._state is None:
+            raise gym.error.ResetNeeded("step: call reset() before the first step()")
+        frame, reward, terminated, truncated, info = self.env.step(a)
+        wm = self.world_model
+        executed = torch.as_tensor(
+            wm.game.executed_action(a), dtype=torch.float32, device=wm.device
+        )[None]
+        lstm, _ = wm.mdnrnn.step(self._state.lstm, self._state.z, executed)
+        self._state = core.DreamState(self._encode(frame), lstm)
+        return self._observe(), reward, terminated, truncated, info
+
+
+def game_of(dream_id: str) -> GameSpec:
+    """The game behind a registered dream id (aliases included)."""
+    try:
+        kwargs = gym.spec(dream_id).kwargs
+    except gym.error.Error:
+        kwargs = {}
+    if not isinstance(dream_id, str) or "game" not in kwargs or dream_id not in ENV_IDS:
+        raise ValueError(f"dream_id: expected one of {sorted(ENV_IDS)}, got {dream_id!r}")
+    return get_game(kwargs["game"])
+
+
+def make_real(
+    dream_id: str,
+    world_model: str | os.PathLike | WorldModel | None = None,
+    device: str | torch.device | None = None,
+    max_episode_steps: int | None = None,
+    render_mode: str | None = None,
+    **kwargs: Any,
+) -> gym.Env:
+    """The real game of ``dream_id`` with the dream's latent observation and action spaces.
+
+    ``world_model`` as in the dream (a folder, a ``WorldModel``, None: shipped weights);
+    ``render_mode="rgb_array"`` renders the real game's screen; other keyword
+    arguments go to the real game's factory (``dreamgym.make_game``).
+
+    ```python
+    >>> real = dreamgym.make_real("DreamDoom-v0", world_model="models/doom_take_cover")
+    >>> real.observation_space == gym.make("DreamDoom-v0", ...).observation_space
+    True
+    ```
+    """
+    spec = game_of(dream_id)
+    wm = load_world_model(spec, world_model, device)  # fail before starting the game
+    limit = check_positive_int(
+        "max_episode_steps", spec.max_episode_steps if max_episode_steps is None else max_episode_steps
+    )
+    env = spec.make_real(render_mode=render_mode, max_episode_steps=limit, **kwargs)
+    return LatentObservation(env, wm, limit)
+
+
+def _worker_env(dream_id: str, kwargs: dict) -> gym.Env:
+    torch.set_num_threads(1)  # one game per process; don't oversubscribe the cores
+    return make_real(dream_id, **kwargs)
+
+
+def make_real_vec(
+    dream_id: str,
+    num_envs: int,
+    vector_kwargs: dict | None = None,
+    **kwargs: Any,
+) -> gym.vector.AsyncVectorEnv:
+    """``num_envs`` real games in worker processes (Gymnasium's ``AsyncVectorEnv``).
+
+    ``kwargs`` go to ``make_real`` in each worker; the world model is resolved once
+    here (so a missing one fails now) and handed to the workers. ``vector_kwargs``
+    go to ``AsyncVectorEnv`` (e.g. ``autoreset_mode``, ``context``).
+    """
+    num_envs = check_positive_int("num_envs", num_envs)
+    spec = game_of(dream_id)
+    if kwargs.pop("device", None) not in (None, "cpu"):
+        raise ValueError("device: the workers of make_real_vec run V and M on the CPU")
+    kwargs["world_model"] = load_world_model(spec, kwargs.get("world_model"), "cpu")
+    fn = functools.partial(_worker_env, dream_id, kwargs)
+    return gym.vector.AsyncVectorEnv([fn] * num_envs, **(vector_kwargs or {}))
+
+
+__all__ = ["make_real", "make_real_vec", "LatentObservation"]

@@ -1,0 +1,156 @@
+"""The real games: declared spaces and dtypes, seeding, episode limits, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dreamgym import GAMES, get_game, make_game
+from dreamgym._deps import require
+from dreamgym.games import resize_frame
+
+torch.set_num_threads(1)
+
+
+def test_unknown_game_lists_the_names():
+    with pytest.raises(ValueError, match="pong") as info:
+        make_game("pong")
+    for name in GAMES:
+        assert name in str(info.value)
+    with pytest.raises(ValueError, match="doom_take_cover"):
+        get_game("DreamDoom-v0")
+
+
+def test_get_game_passes_a_spec_through():
+    spec = GAMES["car_racing"]
+    assert get_game(spec) is spec and get_game("car_racing") is spec
+
+
+def test_missing_optional_dependency_names_the_extra():
+    with pytest.raises(ImportError, match=r"pip install 'dreamgym\[doom\]'"):
+        require("dreamgym_no_such_module", "doom")
+
+
+@pytest.mark.parametrize("shape", [(120, 160, 3), (84, 96, 3), (64, 64, 3)])
+def test_resize_frame(shape):
+    frame = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    out = resize_frame(frame)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    flat = np.full(shape, 77, np.uint8)
+    assert np.all(resize_frame(flat) == 77)
+
+
+def test_spec_action_spaces():
+    doom, car = GAMES["doom_take_cover"].action_space, GAMES["car_racing"].action_space
+    assert doom.shape == (1,) and doom.dtype == np.float32
+    np.testing.assert_array_equal(doom.low, [-1]) and np.testing.assert_array_equal(doom.high, [1])
+    assert car.shape == (3,) and car.dtype == np.float32
+    np.testing.assert_array_equal(car.low, [-1, 0, 0])
+    np.testing.assert_array_equal(car.high, [1, 1, 1])
+
+
+def check_step(env, obs, spec, n_steps: int, rng: np.random.Generator):
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert env.observation_space.contains(obs)
+    assert env.observation_space.shape == (64, 64, 3)
+    assert env.observation_space.dtype == np.uint8
+    assert env.action_space == spec.action_space
+    for _ in range(n_steps):
+        a = rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32)
+        obs, reward, terminated, truncated, info = env.step(a)
+        assert env.observation_space.contains(obs)
+        assert isinstance(reward, float)
+        assert isinstance(terminated, bool) and isinstance(truncated, bool)
+        assert isinstance(info, dict)
+        if terminated or truncated:
+            break
+    return obs
+
+
+# ---------------------------------------------------------------- Doom
+
+LIMIT = 12  # a short episode limit; the view first changes with the action after 8 tics
+
+
+@pytest.fixture(scope="module")
+def doom():
+    pytest.importorskip("vizdoom", reason="install dreamgym[doom]")
+    env = make_game("doom_take_cover", max_episode_steps=LIMIT, render_mode="rgb_array")
+    yield env
+    env.close()
+
+
+def play(env, seed: int, actions) -> tuple[list[np.ndarray], list[float], list[bool]]:
+    obs, _ = env.reset(seed=seed)
+    frames, rewards, ends = [obs], [], []
+    for a in actions:
+        obs, r, term, trunc, _ = env.step(np.array([a], np.float32))
+        frames.append(obs)
+        rewards.append(r)
+        ends.append((term, trunc))
+        if term or trunc:
+            break
+    return frames, rewards, ends
+
+
+@pytest.mark.slow
+def test_doom_resets_and_steps_in_the_declared_spaces(doom):
+    obs, info = doom.reset(seed=0)
+    assert isinstance(info, dict)
+    check_step(doom, obs, GAMES["doom_take_cover"], 4, np.random.default_rng(0))
+    frame = doom.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+
+
+@pytest.mark.slow
+def test_doom_same_seed_same_episode():
+    pytest.importorskip("vizdoom", reason="install dreamgym[doom]")
+    env = make_game("doom_take_cover", max_episode_steps=60)
+    actions = np.random.default_rng(0).uniform(-1, 1, 60)
+    try:
+        f1, r1, e1 = play(env, 7, actions)
+        f2, r2, e2 = play(env, 7, actions)
+        f3, _, _ = play(env, 8, actions)
+    finally:
+        env.close()
+    assert r1 == r2 and e1 == e2 and len(f1) == len(f2)
+    np.testing.assert_array_equal(np.stack(f1), np.stack(f2))
+    assert not np.array_equal(np.stack(f1), np.stack(f3))  # the seed reaches the game
+
+
+@pytest.mark.slow
+def test_doom_truncates_at_max_episode_steps(doom):
+    frames, rewards, ends = play(doom, 1, [0.0] * 20)
+    assert len(rewards) == LIMIT  # the env's limit, well before the fireballs land
+    assert rewards == [1.0] * LIMIT  # +1 per tic alive
+    assert ends[-1] == (False, True) and all(e == (False, False) for e in ends[:-1])
+
+
+@pytest.mark.slow
+def test_doom_moves_left_and_right(doom):
+    """The action mapping reaches the game: moving changes the view differently each way."""
+    left, _, _ = play(doom, 3, [-1.0] * LIMIT)
+    stay, _, _ = play(doom, 3, [0.0] * LIMIT)
+    right, _, _ = play(doom, 3, [1.0] * LIMIT)
+    assert not np.array_equal(left[-1], right[-1])
+    assert not np.array_equal(left[-1], stay[-1]) and not np.array_equal(right[-1], stay[-1])
+
+
+# ---------------------------------------------------------------- CarRacing
+
+
+@pytest.mark.slow
+def test_car_racing_resets_and_steps_in_the_declared_spaces():
+    pytest.importorskip("Box2D", reason="install dreamgym[carracing]")
+    env = make_game("car_racing", max_episode_steps=3)
+    try:
+        obs, info = env.reset(seed=0)
+        assert isinstance(info, dict)
+        check_step(env, obs, GAMES["car_racing"], 3, np.random.default_rng(0))
+        obs2, _ = env.reset(seed=0)
+        np.testing.assert_array_equal(obs, obs2)
+        ends = [env.step(np.array([0.0, 0.5, 0.0], np.float32))[3] for _ in range(3)]
+        assert ends == [False, False, True]  # truncated at max_episode_steps
+    finally:
+        env.close()
