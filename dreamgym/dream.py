@@ -79,6 +79,8 @@ def check_action(action: Any, space: spaces.Box, low: np.ndarray, high: np.ndarr
             f"action: expected floating-point values (float32) in {space}, got dtype {a.dtype}"
         )
     a = a.astype(np.float32, copy=False)
+    if not a.flags.writeable:  # torch.from_numpy wants writable memory
+        a = a.copy()
     if not ((a >= low) & (a <= high)).all():  # NaN fails both comparisons
         if not np.isfinite(a).all():
             raise ValueError(f"action: expected finite values in {space}, got NaN or inf")
@@ -90,14 +92,16 @@ def check_action(action: Any, space: spaces.Box, low: np.ndarray, high: np.ndarr
 
 
 def latent_space(wm: WorldModel, max_episode_steps: int) -> spaces.Box:
-    """The latent observation's Box: z in +-Z_BOUND, c in +-max_episode_steps, h in +-1.
+    """The latent observation's Box: z in +-Z_BOUND, c in +-T, h in +-1.
 
-    ``|c_t| <= t`` because each LSTM step adds at most 1 in magnitude to the cell.
+    ``|c_t| <= t`` because each LSTM step adds at most 1 in magnitude to the cell,
+    so T = max(the game's episode limit, ``max_episode_steps``) bounds c. A shorter
+    limit keeps the default space, so dream and real game always agree on it.
     """
     Z, H = wm.mdnrnn.config.z_dim, wm.mdnrnn.config.hidden
     parts = [np.full(Z, core.Z_BOUND)]
     if wm.game.controller_reads_cell:
-        parts.append(np.full(H, float(max_episode_steps)))
+        parts.append(np.full(H, float(max(wm.game.max_episode_steps, max_episode_steps))))
     parts.append(np.ones(H))
     high = np.concatenate(parts).astype(np.float32)
     return spaces.Box(-high, high, dtype=np.float32)
@@ -194,8 +198,9 @@ class Dreams:
             idx = np.flatnonzero(active)
             if idx.size:  # step only these rows, so finished dreams draw no random numbers
                 i = self._index(idx)
-                sub, r, d = core.step(self.wm, core.select(self.state, i), a[i], self.tau,
-                                      self.generator)  # fmt: skip
+                sub, r, d = core.step(
+                    self.wm, core.select(self.state, i), a[i], self.tau, self.generator
+                )
                 put(self.state, i, sub)
                 reward[idx], terminated[idx] = r.cpu().numpy(), d.cpu().numpy()
                 self.t[idx] += 1
@@ -257,7 +262,8 @@ class DreamEnv(gym.Env):
     float32 vector: ``[z, c, h]`` for Doom (64 + 512 + 512), ``[z, h]`` for
     CarRacing (32 + 256), where h and c are M's LSTM state. Bounds: z in
     ``+-dream_core.Z_BOUND`` (latents are clamped there), h in ``+-1``, c in
-    ``+-max_episode_steps`` (each step changes c by less than 1).
+    ``+-2100`` for Doom, the episode limit (each step changes c by less than 1;
+    only a longer ``max_episode_steps`` widens this bound).
     ``obs_mode="pixels"``: V's decoding of z, ``Box(0, 255, (64, 64, 3), uint8)``.
 
     ## Rewards
@@ -321,8 +327,9 @@ class DreamEnv(gym.Env):
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
     ):
-        self._dreams = Dreams(game, 1, world_model, tau, obs_mode, device, render_mode,
-                              max_episode_steps)  # fmt: skip
+        self._dreams = Dreams(
+            game, 1, world_model, tau, obs_mode, device, render_mode, max_episode_steps
+        )
         self.metadata = {**self.metadata, "render_fps": RENDER_FPS[self.game.name]}
         self.render_mode = render_mode
         self.observation_space = self._dreams.observation_space
@@ -402,7 +409,7 @@ class DreamVectorEnv(VectorEnv):
       the mask of ended episodes. There is no wall-clock ``"t"``, so infos are
       deterministic.
     * Rewards are float32. Randomness comes from one ``torch.Generator`` on the
-      world model's device, seeded from ``reset(seed=...)``; a rows's dream draws
+      world model's device, seeded from ``reset(seed=...)``; a dream draws
       nothing on steps where it only restarts.
     """
 
@@ -427,8 +434,9 @@ class DreamVectorEnv(VectorEnv):
         num_envs = check_positive_int("num_envs", num_envs)
         self.metadata = {**self.metadata, "render_fps": RENDER_FPS[get_game(game).name]}
         self.autoreset_mode = autoreset_mode
-        self._dreams = Dreams(game, num_envs, world_model, tau, obs_mode, device, render_mode,
-                              max_episode_steps)  # fmt: skip
+        self._dreams = Dreams(
+            game, num_envs, world_model, tau, obs_mode, device, render_mode, max_episode_steps
+        )
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.single_observation_space = self._dreams.observation_space
@@ -437,6 +445,7 @@ class DreamVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._pending = np.zeros(num_envs, np.bool_)  # ended last step, not yet restarted
 
+    # the same accessors as DreamEnv: game, world model, episode limit, temperature
     game = DreamEnv.game
     world_model = DreamEnv.world_model
     max_episode_steps = DreamEnv.max_episode_steps
@@ -450,12 +459,15 @@ class DreamVectorEnv(VectorEnv):
     @autoreset_mode.setter
     def autoreset_mode(self, mode: AutoresetMode | str) -> None:
         """Switch modes; dreams that ended under NEXT_STEP still restart on the next step."""
-        try:
-            mode = AutoresetMode(mode)
-        except ValueError:
-            raise ValueError(
-                f"autoreset_mode: expected one of {[m.value for m in AutoresetMode]}, got {mode!r}"
-            ) from None
+        if not isinstance(mode, AutoresetMode):  # "NextStep", "next_step", "NEXT_STEP", ...
+            key = str(mode).replace("_", "").lower()
+            modes = {m.value.lower(): m for m in AutoresetMode}
+            if key not in modes:
+                raise ValueError(
+                    f"autoreset_mode: expected an AutoresetMode or one of "
+                    f"{[m.value for m in AutoresetMode]}, got {mode!r}"
+                )
+            mode = modes[key]
         self.metadata = {**self.metadata, "autoreset_mode": mode}
 
     def _reset_mask(self, options: dict | None) -> np.ndarray | None:
@@ -481,7 +493,7 @@ class DreamVectorEnv(VectorEnv):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
         mask = self._reset_mask(options)
-        super().reset(seed=seed)
+        super().reset(seed=None if seed is None else int(seed))
         if seed is not None or not self._dreams.seeded:
             self._dreams.seed(self.np_random)
         self._dreams.restart(mask)
@@ -513,13 +525,17 @@ class DreamVectorEnv(VectorEnv):
         obs = d.observe()
         if done.any():
             infos["episode"] = {"r": np.where(done, d.ret, 0.0), "l": np.where(done, d.t, 0)}
-            infos["_episode"] = done
+            infos["_episode"] = done.copy()
             if mode == AutoresetMode.SAME_STEP:
                 final = np.full(self.num_envs, None, dtype=object)
                 for i in np.flatnonzero(done):  # only the rows that ended
                     final[i] = obs[i].copy()
-                infos |= {"final_obs": final, "_final_obs": done.copy(), "final_info": {},
-                          "_final_info": done.copy()}  # fmt: skip
+                infos |= {
+                    "final_obs": final,
+                    "_final_obs": done.copy(),
+                    "final_info": {},
+                    "_final_info": done.copy(),
+                }
                 d.restart(done)
                 obs = d.observe()
                 done = np.zeros_like(done)

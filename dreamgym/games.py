@@ -98,6 +98,9 @@ class DoomTakeCoverEnv(gym.Env):
             self._game.close()
             self._game = None
 
+    def __del__(self):
+        self.close()
+
 
 def doom_executed_action(action):
     """The action the game executed, as M sees it: -1 (left), 0 (stay) or +1 (right).

@@ -8,7 +8,6 @@ a ``MODEL_CARD.md``). An editable install reads the repository's ``models/``.
 from __future__ import annotations
 
 import copy
-import importlib.resources
 import os
 from pathlib import Path
 
@@ -22,12 +21,11 @@ RUN_NAMES = {"doom_take_cover": "runs/doom", "car_racing": "runs/car_racing"}
 
 
 def _models_root() -> Path:
-    try:
-        root = importlib.resources.files("dreamgym.models")
-        if root.is_dir():
-            return Path(str(root))
-    except (ModuleNotFoundError, TypeError):
-        pass
+    # dreamgym.models has no __init__.py: importlib.resources would hand back a
+    # MultiplexedPath, whose str() is not a path. Look for the folder directly.
+    installed = Path(__file__).resolve().parent / "models"  # a regular install
+    if installed.is_dir():
+        return installed
     return Path(__file__).resolve().parent.parent / "models"  # editable install: the repo's
 
 

@@ -47,7 +47,8 @@ class LatentObservation(gym.Wrapper):
     def _encode(self, frame: np.ndarray) -> torch.Tensor:
         """(64, 64, 3) uint8 frame -> (1, Z) posterior sample."""
         wm = self.world_model
-        mu, logvar = wm.vae.encode(frames_to_tensor(frame[None], wm.device))
+        x = frames_to_tensor(np.array(frame[None]), wm.device)  # a writable copy
+        mu, logvar = wm.vae.encode(x)
         return reparameterize(mu, logvar, self._generator).clamp_(-core.Z_BOUND, core.Z_BOUND)
 
     def _observe(self) -> np.ndarray:
@@ -114,9 +115,8 @@ def make_real(
     """
     spec = game_of(dream_id)
     wm = load_world_model(spec, world_model, device)  # fail before starting the game
-    limit = check_positive_int(
-        "max_episode_steps", spec.max_episode_steps if max_episode_steps is None else max_episode_steps
-    )
+    limit = spec.max_episode_steps if max_episode_steps is None else max_episode_steps
+    limit = check_positive_int("max_episode_steps", limit)
     env = spec.make_real(render_mode=render_mode, max_episode_steps=limit, **kwargs)
     return LatentObservation(env, wm, limit)
 

@@ -154,3 +154,22 @@ def test_car_racing_resets_and_steps_in_the_declared_spaces():
         assert ends == [False, False, True]  # truncated at max_episode_steps
     finally:
         env.close()
+
+
+# ---------------------------------------------------------------- the demo (the README's main job)
+
+
+@pytest.mark.slow
+def test_demo_plays_and_writes_the_reconstruction_grid(tmp_path, capsys):
+    pytest.importorskip("vizdoom", reason="install dreamgym[doom]")
+    from PIL import Image
+
+    from dreamgym import demo
+
+    summary = demo.main(["--out", str(tmp_path), "--episodes", "2", "--seconds", "1"])
+    assert summary["episodes"] == 2 and summary["frames"] > 2
+    assert 0 <= summary["reconstruction_mse_per_pixel"] <= 1
+    with Image.open(tmp_path / "reconstruction.png") as img:
+        assert img.size == (2 * (8 * 64 + 9 * 2), 2 * (2 * 64 + 3 * 2))  # 8 frames, 2 rows, x2
+    assert "reconstruction MSE/pixel" in capsys.readouterr().out
+    assert (tmp_path / "summary.json").is_file()

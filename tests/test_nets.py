@@ -372,6 +372,9 @@ def test_doom_real_env_executes_the_mapped_action():
         def get_state(self):
             return None
 
+        def close(self):
+            pass
+
     env = object.__new__(DoomTakeCoverEnv)  # no ViZDoom process: only step's mapping
     env._game, env._t, env.max_episode_steps = FakeGame(), 0, 10**6
     env._frame, env._raw = np.zeros((64, 64, 3), np.uint8), None

@@ -43,10 +43,15 @@ _env = None  # one real game per worker process
 
 def _init_worker(game: str, max_steps: int) -> None:
     global _env
+    import multiprocessing.util
+
     import torch
 
     torch.set_num_threads(1)
     _env = get_game(game).make_real(max_episode_steps=max_steps)
+    # Worker processes end with os._exit, which skips atexit: close the game (and
+    # ViZDoom's own engine process) through multiprocessing's finalizers instead.
+    multiprocessing.util.Finalize(None, _env.close, exitpriority=10)
 
 
 def _rollout(game: str, index: int, seed: int, folder: str, min_frames: int) -> dict:

@@ -26,12 +26,13 @@ from tqdm import tqdm
 from dreamgym import dream_core as dc
 from dreamgym._version import __version__
 from dreamgym.controller import ControllerConfig, batched_forward
+from dreamgym.dream import DEFAULT_TAU
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.train.common import set_threads
-from dreamgym.vae import frames_to_tensor, reparameterize
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
-from dreamgym.world_model import WorldModel, atomic_write_text
+from dreamgym.world_model import WorldModel, atomic_write_text, read_json
+from dreamgym.wrappers import make_real
 
 WORLD_MODEL_DIR = "world_model"
 COMPACT_BELOW = 0.875
@@ -126,57 +127,6 @@ class DreamEvaluator:
 # ---------------------------------------------------------------- the real game
 
 
-class LatentObservation(gym.Wrapper):
-    """The real game with the dream's observation: V encodes each frame, M steps alongside.
-
-    z is a sample from V's posterior (mu + sigma * eps, as the paper fed C and M);
-    M consumes (z, executed action) after each step. Seeded by ``reset(seed=...)``.
-    """
-
-    def __init__(self, env: gym.Env, wm: WorldModel):
-        super().__init__(env)
-        self.wm = wm
-        self._gen = torch.Generator(device=wm.device)
-        self._state: dc.DreamState | None = None
-
-    @torch.no_grad()
-    def _encode(self, frame: np.ndarray) -> torch.Tensor:
-        mu, logvar = self.wm.vae.encode(frames_to_tensor(frame[None], self.wm.device))
-        return reparameterize(mu, logvar, self._gen).clamp_(-dc.Z_BOUND, dc.Z_BOUND)
-
-    def _observe(self) -> np.ndarray:
-        return dc.observation(self.wm, self._state)[0].cpu().numpy()
-
-    def reset(self, *, seed=None, options=None):
-        frame, info = self.env.reset(seed=seed, options=options)
-        self._gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
-        z = self._encode(frame)
-        self._state = dc.DreamState(z, self.wm.mdnrnn.initial_state(1, device=self.wm.device))
-        return self._observe(), info
-
-    @torch.no_grad()
-    def step(self, action):
-        frame, reward, terminated, truncated, info = self.env.step(action)
-        a = torch.as_tensor(np.asarray(action, np.float32), device=self.wm.device).view(1, -1)
-        lstm, _ = self.wm.mdnrnn.step(
-            self._state.lstm, self._state.z, self.wm.game.executed_action(a)
-        )
-        self._state = dc.DreamState(self._encode(frame), lstm)
-        return self._observe(), reward, terminated, truncated, info
-
-
-def make_latent_real(wm: WorldModel) -> gym.Env:
-    """The real game of ``wm`` emitting the dream's observation.
-
-    Uses ``dreamgym.wrappers.make_real`` where it exists, else ``LatentObservation``.
-    """
-    try:
-        from dreamgym.wrappers import make_real
-    except ImportError:
-        return LatentObservation(wm.game.make_real(), wm)
-    return make_real(wm.game.dream_id, world_model=wm)
-
-
 def play_episode(env: gym.Env, wm: WorldModel, params, seed: int, max_steps: int):
     """One real episode of the controller ``params`` (n,): (return, steps)."""
     cfg = controller_config(wm)
@@ -197,11 +147,11 @@ def play_episode(env: gym.Env, wm: WorldModel, params, seed: int, max_steps: int
 _worker: tuple[gym.Env, WorldModel] | None = None  # one real game per worker process
 
 
-def _init_worker(wm_dir: str) -> None:
+def _init_worker(wm_dir: str, max_steps: int) -> None:
     global _worker
     torch.set_num_threads(1)
     wm = WorldModel.load(wm_dir)
-    _worker = (make_latent_real(wm), wm)
+    _worker = (make_real(wm.game.dream_id, world_model=wm, max_episode_steps=max_steps), wm)
 
 
 def _worker_episode(params: np.ndarray, seed: int, max_steps: int) -> tuple[float, int]:
@@ -220,8 +170,7 @@ class RealEvaluator:
         if workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers}")
         self.wm_dir = Path(wm_dir)
-        cfg = json.loads((self.wm_dir / WM_CONFIG).read_text())
-        self.spec = get_game(cfg["game"])
+        self.spec = get_game(read_json(self.wm_dir / WM_CONFIG)["game"])
         self.max_steps = max_steps or self.spec.max_episode_steps
         self.workers = workers
         self.steps = 0
@@ -229,19 +178,20 @@ class RealEvaluator:
             workers,
             mp_context=get_context("spawn"),  # no fork of a process with torch threads
             initializer=_init_worker,
-            initargs=(str(self.wm_dir),),
+            initargs=(str(self.wm_dir), self.max_steps),
         )
 
     def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
+        """(P, n) -> (P, trials) returns; trial j of every controller uses seed ``seed + j``."""
         params = np.asarray(params, np.float32)
         P = params.shape[0]
         out = np.zeros((P, trials))
-        futures = {
-            self._pool.submit(_worker_episode, params[i], seed + j, self.max_steps): (i, j)
-            for i in range(P)
-            for j in range(trials)
-        }
+        futures = {}
         try:
+            for i in range(P):
+                for j in range(trials):
+                    fut = self._pool.submit(_worker_episode, params[i], seed + j, self.max_steps)
+                    futures[fut] = (i, j)
             for fut in as_completed(futures):
                 i, j = futures[fut]
                 out[i, j], steps = fut.result()
@@ -252,8 +202,9 @@ class RealEvaluator:
             for fut in futures:
                 fut.cancel()
             raise RuntimeError(
-                f"a real-game worker process died ({e}); it was killed or ran out of memory. "
-                "Rerun to resume; lower --workers if memory is short."
+                f"a real-game worker process died or could not start ({e}). It was killed, "
+                "ran out of memory, or failed to create the game (see any error printed "
+                "above); rerun to resume, with fewer --workers if memory is short."
             ) from None
         return out
 
@@ -280,8 +231,8 @@ class EvaluateConfig:
     """Seed of the first episode (real), or of the whole batch of dreams (dream)."""
     dream: bool = False
     """Score in the dream instead of the real game."""
-    tau: float = 1.15
-    """Dream temperature (with ``dream``)."""
+    tau: float | None = None
+    """Dream temperature (with ``dream``; None: the one the controller was trained at)."""
     max_steps: int | None = None
     """Episode limit (None: the game's)."""
     controller: str | None = None
@@ -342,20 +293,23 @@ def run(config: EvaluateConfig, source) -> Path:
     controller, info = read_controller(ctrl_dir)
     params = controller.get_flat().numpy()[None]
     mode = "dream" if config.dream else "real"
+    tau = config.tau if config.tau is not None else info.get("tau") or DEFAULT_TAU[info["game"]]
     bar = tqdm(total=config.episodes, desc=f"evaluate {info['game']} ({mode})", unit="ep")
     t0 = time.time()
     if config.dream:
         wm = WorldModel.load(wm_dir, game=info["game"], device=config.device)
-        evaluator = DreamEvaluator(wm, config.tau, config.max_steps)
+        evaluator = DreamEvaluator(wm, tau, config.max_steps)
+        seeds = [config.seed]  # one generator draws every dream
     else:
         evaluator = RealEvaluator(wm_dir, config.workers, config.max_steps)
+        seeds = [config.seed + i for i in range(config.episodes)]
     with evaluator:
         returns = evaluator.returns(params, config.episodes, config.seed, bar.update)[0]
     bar.close()
     result = {
         "mode": mode,
         "game": info["game"],
-        "tau": config.tau if config.dream else None,
+        "tau": tau if config.dream else None,
         "trained_tau": info.get("tau"),
         "episodes": config.episodes,
         "mean": float(returns.mean()),
@@ -363,9 +317,7 @@ def run(config: EvaluateConfig, source) -> Path:
         "min": float(returns.min()),
         "max": float(returns.max()),
         "returns": [float(r) for r in returns],
-        "seeds": [config.seed + i for i in range(config.episodes)]
-        if not config.dream
-        else [config.seed],
+        "seeds": seeds,
         "max_steps": config.max_steps or get_game(info["game"]).max_episode_steps,
         "wall_seconds": round(time.time() - t0, 3),
         "controller": str(ctrl_dir),
@@ -373,7 +325,7 @@ def run(config: EvaluateConfig, source) -> Path:
         "dreamgym_version": __version__,
         "config": asdict(config),
     }
-    name = f"evaluate_{mode}.json" if mode == "real" else f"evaluate_dream_tau{config.tau:g}.json"
+    name = f"evaluate_{mode}.json" if mode == "real" else f"evaluate_dream_tau{tau:g}.json"
     out = Path(config.output) if config.output else ctrl_dir / name
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
@@ -401,5 +353,5 @@ def format_table(result: dict | str | Path) -> str:
 
 __all__ = [
     "EvaluateConfig", "run", "format_table", "DreamEvaluator", "RealEvaluator",
-    "dream_rollouts", "play_episode", "make_latent_real", "LatentObservation",
+    "dream_rollouts", "play_episode",
 ]  # fmt: skip

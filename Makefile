@@ -1,0 +1,27 @@
+# Two commands for a fresh machine:
+#   make demo   play real Doom and show what V sees (writes runs/demo/)
+#   make test   lint and run the tests
+# Both create .venv first. torch is pinned and installed before the package,
+# so pip takes the CPU wheel instead of resolving a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.dreamgym-installed
+
+.PHONY: venv test demo
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[all]'
+	touch $@
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/python -m dreamgym.demo --out runs/demo

@@ -1,0 +1,353 @@
+"""Stage 5: CMA-ES over the controller's parameters, with its fitness scored in the dream.
+
+``CMAES`` is pycma behind ``ask()`` / ``tell(fitness)``, fitness maximised (the
+sign flip lives in ``tell``). ``run(config, run_dir)`` evolves a controller the
+paper's way: population 64, 16 rollouts per member, fitness = mean return,
+sigma0 0.1 from zeros; the whole population's rollouts are one batched dream
+(``--real``: worker processes in the real game). Every ``eval_every``
+generations the CMA mean is scored on ``eval_rollouts`` rollouts and the best
+mean so far is saved as the controller. The CMA state is checkpointed every
+generation (safetensors + JSON, no pickle), so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cma
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+from tqdm import tqdm
+
+from dreamgym.policy import WEIGHTS_FILE, controller_config, save_controller
+from dreamgym.train.common import (
+    RunDirError,
+    log_metrics,
+    open_run,
+    read_jsonl,
+    save_config,
+    set_threads,
+)
+from dreamgym.train.evaluate import WORLD_MODEL_DIR, DreamEvaluator, RealEvaluator
+from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
+
+CMA_FILE = "cma.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_NAME = "evolve.json"
+RESUME_KEYS = ("popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps")
+"""Config fields a resumed run must share with the run it continues."""
+
+
+class CMAES:
+    """pycma's CMA-ES behind ``ask()`` / ``tell(fitness)``, where higher fitness is better.
+
+    Sampling draws from a numpy Generator seeded by ``seed``, so runs repeat and the
+    whole state fits in arrays and JSON (``state`` / ``load_state``).
+    """
+
+    # the attributes that evolve between generations (pycma 3.x-4.x, CSA step size)
+    _STATE = {
+        "es": ("mean", "mean_old", "sigma", "_sigma_old", "pc", "countiter", "countevals",
+               "itereigenupdated", "count_eigen"),
+        "sm": ("C", "B", "D", "count_tell", "count_eigen", "last_update",
+               "_beta_diagonal_acceleration", "_corr_condition", "_corr_condition_count_eigen"),
+        "adapt_sigma": ("ps", "delta", "_ps_updated_iteration"),
+    }  # fmt: skip
+
+    def __init__(self, num_params: int, popsize: int = 64, sigma0: float = 0.1, seed: int = 0):
+        if num_params < 1 or popsize < 2 or not sigma0 > 0:
+            raise ValueError(
+                f"CMAES: expected num_params >= 1, popsize >= 2 and sigma0 > 0, got "
+                f"{num_params}, {popsize}, {sigma0}"
+            )
+        self.rng = np.random.default_rng(seed)
+        opts = {
+            "popsize": popsize,
+            "randn": lambda *shape: self.rng.standard_normal(shape),
+            "seed": np.nan,  # pycma must not touch numpy's global RNG
+            "AdaptSigma": cma.sigma_adaptation.CMAAdaptSigmaCSA,
+            "CMA_mirrors": 0,
+            "stall_sigma_change_on_divergence_iterations": False,
+            "verbose": -9,
+            "verb_disp": 0,
+            "verb_log": 0,
+        }
+        self.es = cma.CMAEvolutionStrategy(np.zeros(num_params), sigma0, opts)
+        self.num_params, self.popsize = num_params, popsize
+        self.best_x, self.best_f = np.zeros(num_params), -math.inf
+        self._asked: list | None = None
+
+    @property
+    def generation(self) -> int:
+        """Generations told so far."""
+        return int(self.es.countiter)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return np.array(self.es.mean, dtype=np.float64)
+
+    @property
+    def sigma(self) -> float:
+        return float(self.es.sigma)
+
+    def ask(self) -> np.ndarray:
+        """The next population, (popsize, num_params)."""
+        if self._asked is None:
+            self._asked = self.es.ask()
+        return np.array(self._asked)
+
+    def tell(self, fitness) -> None:
+        """Fitness (popsize,) of the last ``ask``, higher is better."""
+        f = np.asarray(fitness, dtype=np.float64).reshape(-1)
+        if self._asked is None:
+            raise RuntimeError("tell: call ask() first")
+        if f.shape != (len(self._asked),) or not np.isfinite(f).all():
+            raise ValueError(f"fitness: expected {len(self._asked)} finite values, got {f}")
+        i = int(np.argmax(f))
+        if f[i] > self.best_f:
+            self.best_f, self.best_x = float(f[i]), np.array(self._asked[i])
+        self.es.tell(self._asked, list(-f))  # pycma minimises
+        self._asked = None
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Everything a new ``CMAES`` needs to continue: (arrays, JSON-able values)."""
+        arrays = {"best_x": self.best_x}
+        values = {
+            "best_f": self.best_f,
+            "rng": self.rng.bit_generator.state,
+            "num_params": self.num_params,
+            "popsize": self.popsize,
+        }
+        for owner, keys in self._STATE.items():
+            obj = self.es if owner == "es" else getattr(self.es, owner)
+            for k in keys:
+                v = getattr(obj, k, None)
+                if isinstance(v, np.ndarray) and v.ndim > 0:
+                    arrays[f"{owner}.{k}"] = v
+                elif v is not None:
+                    values[f"{owner}.{k}"] = v.item() if isinstance(v, np.generic) else v
+        return arrays, values
+
+    def load_state(self, arrays: dict[str, np.ndarray], values: dict) -> None:
+        if (values.get("num_params"), values.get("popsize")) != (self.num_params, self.popsize):
+            raise ValueError(
+                f"CMA state of {values.get('num_params')} parameters, popsize "
+                f"{values.get('popsize')}; this run has {self.num_params}, {self.popsize}"
+            )
+        for key, v in [*arrays.items(), *values.items()]:
+            owner, _, k = key.partition(".")
+            if owner in self._STATE:
+                obj = self.es if owner == "es" else getattr(self.es, owner)
+                setattr(obj, k, np.array(v) if isinstance(v, np.ndarray) else v)
+        self.es._updateBDfromSM(self.es.sm)  # the strategy's copies of the sampler's B, D
+        self.es.timer = cma.utilities.utils.ElapsedWCTime()  # made by the first ask()
+        self.best_x, self.best_f = np.array(arrays["best_x"]), float(values["best_f"])
+        self.rng.bit_generator.state = values["rng"]
+        self._asked = None
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], values: dict) -> None:
+    """Arrays as safetensors, values as JSON in its metadata: one file, written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    save_file(arrays, str(tmp), {"state": json.dumps(values)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    try:
+        with safe_open(str(path), framework="np") as f:
+            values = json.loads(f.metadata()["state"])
+            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise RunDirError(
+            f"{path}: corrupt CMA-ES checkpoint ({type(e).__name__}: {e}); delete it to "
+            "restart evolve from generation 0"
+        ) from None
+    return arrays, values
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass
+class EvolveConfig:
+    tau: float = 1.15
+    """Dream temperature the controller trains at (ignored with ``real``)."""
+    generations: int = 200
+    """Total CMA-ES generations (a rerun with more continues)."""
+    popsize: int = 64
+    """Controllers per generation."""
+    trials: int = 16
+    """Rollouts per controller; fitness is their mean return."""
+    sigma0: float = 0.1
+    """Initial CMA-ES step size (the search starts at all-zero parameters)."""
+    eval_every: int = 25
+    """Score the CMA mean every this many generations (and at the last one)."""
+    eval_rollouts: int = 1024
+    """Rollouts of each score of the CMA mean."""
+    max_steps: int | None = None
+    """Episode limit (None: the game's, 2100 for Doom, 1000 for CarRacing)."""
+    seed: int = 0
+    """Seed of CMA-ES sampling and of every generation's rollouts."""
+    real: bool = False
+    """Score fitness in the real game with worker processes (the paper's CarRacing)."""
+    workers: int = 2
+    """Real-game worker processes (with ``real``)."""
+    device: str = "cpu"
+    """Torch device of the dream."""
+    threads: int | None = None
+    """Torch threads of this process (None: torch's default)."""
+
+
+def evolve_dir_name(config: EvolveConfig) -> str:
+    return "evolve_real" if config.real else f"evolve_tau{config.tau:g}"
+
+
+def _check(config: EvolveConfig) -> None:
+    for name in ("popsize", "trials", "eval_every", "eval_rollouts", "workers"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {getattr(config, name)}")
+    if config.popsize < 2:
+        raise ValueError(f"popsize: expected an integer >= 2, got {config.popsize}")
+    if config.generations < 0:
+        raise ValueError(f"generations: expected an integer >= 0, got {config.generations}")
+    if not (math.isfinite(config.sigma0) and config.sigma0 > 0):
+        raise ValueError(f"sigma0: expected a positive number, got {config.sigma0}")
+    if not (math.isfinite(config.tau) and config.tau > 0):
+        raise ValueError(f"tau: expected a positive finite number, got {config.tau}")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ValueError(f"max_steps: expected an integer >= 1 or None, got {config.max_steps}")
+
+
+def rollout_seed(seed: int, generation: int, stream: int = 0) -> int:
+    """The seed of a generation's rollouts (stream 1: the scores of the CMA mean)."""
+    return int(np.random.SeedSequence([seed, generation, stream]).generate_state(1)[0]) >> 2
+
+
+def _repair_metrics(path: Path, generation: int, last_row: dict | None) -> None:
+    """Keep the rows of the checkpointed generations (a kill may leave one extra or missing)."""
+    rows = [r for r in read_jsonl(path) if 0 < r.get("generation", 0) <= generation]
+    rows = list({r["generation"]: r for r in rows}.values())
+    if last_row and all(r["generation"] != last_row["generation"] for r in rows):
+        rows.append(last_row)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run(config: EvolveConfig, run_dir) -> Path:
+    """Evolve a controller in the run's world model; return the folder holding it."""
+    _check(config)
+    run_dir, game = open_run(run_dir)
+    set_threads(config.threads)
+    wm_dir = run_dir / WORLD_MODEL_DIR
+    try:
+        wm = WorldModel.load(wm_dir, game=game, device=config.device)
+    except WorldModelError as e:
+        raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
+    out = run_dir / evolve_dir_name(config)
+    out.mkdir(exist_ok=True)
+    es = CMAES(controller_config(wm).num_params, config.popsize, config.sigma0, config.seed)
+    log = {"evals": [], "best_eval": None, "last_row": None}
+    best_eval_x = None
+    if (out / CMA_FILE).exists():
+        arrays, values = load_checkpoint(out / CMA_FILE)
+        old = values["config"]
+        changed = [k for k in RESUME_KEYS if old.get(k) != getattr(config, k)]
+        if changed:
+            k = changed[0]
+            raise RunDirError(
+                f"{out}: started with {k}={old.get(k)!r}, now {k}={getattr(config, k)!r}; "
+                f"use the same value to resume, or delete {out / CMA_FILE} to start over"
+            )
+        es.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("cma.")}, values["cma"])
+        log = values["log"]
+        best_eval_x = arrays.get("best_eval_x")
+    save_config(out / CONFIG_NAME, config)
+    _repair_metrics(out / METRICS_FILE, es.generation, log["last_row"])
+    meta = {
+        "tau": None if config.real else config.tau,
+        "trained_in": "real" if config.real else "dream",
+        "popsize": config.popsize,
+        "trials": config.trials,
+        "seed": config.seed,
+    }
+
+    def save_best() -> None:
+        best = log["best_eval"]
+        save_controller(
+            out,
+            best_eval_x,
+            game,
+            {**meta, "generations": best["generation"], "eval": best, "evals": log["evals"]},
+        )
+
+    if es.generation >= config.generations:
+        if best_eval_x is not None and not (out / WEIGHTS_FILE).exists():
+            save_best()
+        return out
+    if config.real:
+        evaluator = RealEvaluator(wm_dir, config.workers, config.max_steps)
+    else:
+        evaluator = DreamEvaluator(wm, config.tau, config.max_steps)
+    where = "real" if config.real else f"tau={config.tau:g}"
+    bar = tqdm(total=config.generations, initial=es.generation, desc=f"evolve {where}", unit="gen")
+    with evaluator:
+        while es.generation < config.generations:
+            t0, steps0 = time.time(), evaluator.steps
+            gen = es.generation + 1
+            X = es.ask()
+            returns = evaluator.returns(X, config.trials, rollout_seed(config.seed, gen))
+            fitness = returns.mean(axis=1)
+            es.tell(fitness)
+            row = {
+                "generation": gen,
+                "best": float(fitness.max()),
+                "mean": float(fitness.mean()),
+                "worst": float(fitness.min()),
+                "sigma": es.sigma,
+                "steps": int(evaluator.steps - steps0),
+            }
+            if gen % config.eval_every == 0 or gen == config.generations:
+                mean = es.mean
+                r = evaluator.returns(
+                    mean[None], config.eval_rollouts, rollout_seed(config.seed, 0, stream=1)
+                )[0]
+                ev = {
+                    "generation": gen,
+                    "mean": float(r.mean()),
+                    "std": float(r.std()),
+                    "rollouts": config.eval_rollouts,
+                }
+                row["eval_mean"], row["eval_std"] = ev["mean"], ev["std"]
+                log["evals"].append(ev)
+                if log["best_eval"] is None or ev["mean"] > log["best_eval"]["mean"]:
+                    log["best_eval"], best_eval_x = ev, mean
+                save_best()
+            row["seconds"] = round(time.time() - t0, 3)
+            log["last_row"] = row
+            arrays, values = es.state()
+            arrays = {f"cma.{k}": v for k, v in arrays.items()}
+            if best_eval_x is not None:
+                arrays["best_eval_x"] = best_eval_x
+            save_checkpoint(
+                out / CMA_FILE, arrays, {"cma": values, "log": log, "config": asdict(config)}
+            )
+            log_metrics(out / METRICS_FILE, **row)
+            bar.update(1)
+            bar.set_postfix(
+                best=f"{row['best']:.1f}", mean=f"{row['mean']:.1f}", sigma=f"{row['sigma']:.3f}"
+            )
+    bar.close()
+    return out
+
+
+__all__ = ["CMAES", "EvolveConfig", "run", "rollout_seed", "save_checkpoint", "load_checkpoint"]

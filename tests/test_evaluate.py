@@ -1,0 +1,202 @@
+"""Controllers on disk, the policy they load as, and the evaluate stage (dream and real)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dreamgym.games import get_game
+from dreamgym.policy import (
+    ControllerError,
+    controller_config,
+    load_controller,
+    save_controller,
+)
+from dreamgym.train import evaluate
+from dreamgym.train.common import open_run
+
+torch.set_num_threads(1)
+
+GAMES = ["doom_take_cover", "car_racing"]
+
+
+def random_params(wm, seed: int = 0, scale: float = 0.3) -> np.ndarray:
+    n = controller_config(wm).num_params
+    return np.random.default_rng(seed).normal(0, scale, n).astype(np.float32)
+
+
+def make_run(tmp_path: Path, wm, params, tau: float = 1.0) -> Path:
+    """A run directory holding ``wm`` and one controller trained (nominally) at ``tau``."""
+    run_dir, _ = open_run(tmp_path / "run", wm.game.name)
+    wm.save(run_dir / evaluate.WORLD_MODEL_DIR)
+    save_controller(run_dir / f"evolve_tau{tau:g}", params, wm.game, {"tau": tau})
+    return run_dir
+
+
+# ---------------------------------------------------------------- controllers
+
+
+@pytest.mark.parametrize("game", GAMES)
+def test_controller_round_trip(tmp_path, world_models, game):
+    wm = world_models[game]
+    spec = get_game(game)
+    params = random_params(wm)
+    folder = save_controller(tmp_path / "c", params, game, {"tau": 1.15, "generations": 7})
+    info = json.loads((folder / "controller.json").read_text())
+    cfg = controller_config(wm)
+    assert info["game"] == game and info["tau"] == 1.15 and info["generations"] == 7
+    assert (info["in_dim"], info["out_dim"], info["bias"]) == (cfg.in_dim, cfg.out_dim, cfg.bias)
+    assert info["num_params"] == params.size and "dreamgym_version" in info
+
+    for source in (folder, folder / "controller.json", str(folder / "controller.safetensors")):
+        policy = load_controller(source)
+        np.testing.assert_array_equal(policy.params, params)
+    obs = np.random.default_rng(1).normal(size=(5, cfg.in_dim)).astype(np.float32)
+    actions = policy(obs)
+    assert actions.shape == (5, spec.action_dim) and actions.dtype == np.float32
+    n_w = cfg.out_dim * cfg.in_dim
+    y = obs @ params[:n_w].reshape(cfg.out_dim, cfg.in_dim).T
+    if cfg.bias:
+        y = y + params[n_w:]
+    expected = spec.controller_to_action(torch.tanh(torch.from_numpy(y))).numpy()
+    np.testing.assert_allclose(actions, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(policy(obs[2]), actions[2], rtol=1e-6)
+    assert all(spec.action_space.contains(a) for a in actions)
+
+
+def test_controller_bad_input_gets_clear_errors(tmp_path, world_models, monkeypatch):
+    wm = world_models["doom_take_cover"]
+    params = random_params(wm)
+    with pytest.raises(ControllerError, match="NaN"):
+        save_controller(tmp_path / "x", np.full_like(params, np.nan), "doom_take_cover")
+    with pytest.raises(ControllerError, match="do not make a car_racing controller"):
+        save_controller(tmp_path / "x", np.zeros(10), "car_racing")
+    with pytest.raises(ControllerError, match="not a game name"):
+        load_controller(tmp_path / "nowhere")
+
+    import dreamgym.shipped
+
+    monkeypatch.setattr(dreamgym.shipped, "shipped_dir", lambda game: tmp_path / "models" / get_game(game).name)
+    with pytest.raises(ControllerError, match="no controller ships.*dreamgym evolve"):
+        load_controller("doom_take_cover")
+
+    folder = save_controller(tmp_path / "c", params, "doom_take_cover")
+    policy = load_controller(folder)
+    with pytest.raises(ValueError, match=rf"obs: expected shape \({policy.obs_dim},\)"):
+        policy(np.zeros(policy.obs_dim + 1))
+    with pytest.raises(ValueError, match="NaN"):
+        policy(np.full(policy.obs_dim, np.nan))
+
+    info = json.loads((folder / "controller.json").read_text())
+    (folder / "controller.json").write_text(json.dumps({**info, "in_dim": info["in_dim"] + 1}))
+    with pytest.raises(ControllerError, match="key 'weight' has shape"):
+        load_controller(folder)
+    (folder / "controller.json").write_text(json.dumps(info))
+    data = (folder / "controller.safetensors").read_bytes()
+    (folder / "controller.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ControllerError, match="controller.safetensors"):
+        load_controller(folder)
+    (folder / "controller.json").write_text("{")
+    with pytest.raises(ControllerError, match="not valid JSON"):
+        load_controller(folder)
+
+
+# ---------------------------------------------------------------- evaluate in the dream
+
+
+def test_evaluate_in_the_dream_writes_the_report(tmp_path, world_models):
+    wm = world_models["doom_take_cover"]
+    params = random_params(wm)
+    run_dir = make_run(tmp_path, wm, params, tau=1.0)
+    cfg = evaluate.EvaluateConfig(episodes=12, dream=True, max_steps=30, seed=4)
+    out = evaluate.run(cfg, run_dir)
+    assert out == run_dir / "evolve_tau1" / "evaluate_dream_tau1.json"
+    report = json.loads(out.read_text())
+    returns = np.array(report["returns"])
+    expected = evaluate.DreamEvaluator(wm, 1.0, max_steps=30).returns(params[None], 12, 4)[0]
+    np.testing.assert_array_equal(returns, expected)
+    assert report["mode"] == "dream" and report["tau"] == 1.0 and report["game"] == wm.game.name
+    assert report["episodes"] == 12 and report["seeds"] == [4] and report["max_steps"] == 30
+    assert report["mean"] == pytest.approx(returns.mean())
+    assert report["std"] == pytest.approx(returns.std())
+    assert (report["min"], report["max"]) == (returns.min(), returns.max())
+    assert ((returns >= 1) & (returns <= 30)).all() and len(set(returns)) > 1
+    assert report["wall_seconds"] >= 0 and report["controller"].endswith("evolve_tau1")
+    table = evaluate.format_table(out)
+    assert "dream, tau 1" in table and f"{returns.mean():.1f} ± {returns.std():.1f}" in table
+
+    # the evolve folder and a model folder (world model + controller together) work too
+    again = evaluate.run(cfg, run_dir / "evolve_tau1")
+    assert json.loads(again.read_text())["returns"] == report["returns"]
+    model = tmp_path / "model"
+    shutil.copytree(run_dir / evaluate.WORLD_MODEL_DIR, model)
+    for name in ("controller.json", "controller.safetensors"):
+        shutil.copy(run_dir / "evolve_tau1" / name, model / name)
+    hot = evaluate.EvaluateConfig(episodes=12, dream=True, max_steps=30, seed=4, tau=1.3,
+                                  output=str(tmp_path / "r.json"))  # fmt: skip
+    report = json.loads(evaluate.run(hot, model).read_text())
+    assert report["tau"] == 1.3 and report["trained_tau"] == 1.0 and report["episodes"] == 12
+
+
+def test_source_resolution(tmp_path, world_models):
+    wm = world_models["doom_take_cover"]
+    run_dir, _ = open_run(tmp_path, "doom_take_cover")
+    with pytest.raises(FileNotFoundError, match="fit-mdnrnn"):
+        evaluate.resolve_source(run_dir)
+    wm.save(run_dir / evaluate.WORLD_MODEL_DIR)
+    with pytest.raises(FileNotFoundError, match="run evolve first"):
+        evaluate.resolve_source(run_dir)
+    for tau in (1.0, 1.15):
+        save_controller(run_dir / f"evolve_tau{tau:g}", random_params(wm), wm.game, {"tau": tau})
+    with pytest.raises(ValueError, match="several controllers.*--controller"):
+        evaluate.resolve_source(run_dir)
+    wm_dir, ctrl = evaluate.resolve_source(run_dir, tau=1.15)
+    assert (wm_dir, ctrl) == (run_dir / "world_model", run_dir / "evolve_tau1.15")
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        evaluate.resolve_source(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- evaluate in the real game
+
+
+@pytest.mark.slow
+def test_real_evaluation_in_doom(tmp_path, world_models):
+    pytest.importorskip("vizdoom")
+    wm = world_models["doom_take_cover"]
+    params = random_params(wm)
+    run_dir = make_run(tmp_path, wm, params)
+    cfg = evaluate.EvaluateConfig(episodes=3, workers=2, max_steps=12, seed=5)
+    report = json.loads(evaluate.run(cfg, run_dir).read_text())
+    assert report["mode"] == "real" and report["seeds"] == [5, 6, 7]
+    assert report["returns"] == [12.0, 12.0, 12.0]  # +1 per tic, nobody dies in 12 tics
+    with evaluate.RealEvaluator(run_dir / "world_model", workers=1, max_steps=40) as real:
+        both = np.stack([params, -params])
+        r = real.returns(both, 2, seed=0)
+        assert r.shape == (2, 2) and ((r > 0) & (r <= 40)).all()
+        assert real.steps == r.sum()  # Doom pays +1 per tic
+
+
+@pytest.mark.slow
+def test_a_dead_real_worker_raises_instead_of_hanging(tmp_path, world_models):
+    pytest.importorskip("vizdoom")
+    wm = world_models["doom_take_cover"]
+    run_dir = make_run(tmp_path, wm, random_params(wm))
+    real = evaluate.RealEvaluator(run_dir / "world_model", workers=1, max_steps=5)
+    try:
+        real.returns(random_params(wm)[None], 1, seed=0)  # starts the worker
+        for pid in list(real._pool._processes):  # the worker this test started
+            os.kill(pid, signal.SIGKILL)
+        t0 = time.time()
+        with pytest.raises(RuntimeError, match="worker process died"):
+            real.returns(random_params(wm)[None], 4, seed=0)
+        assert time.time() - t0 < 30
+    finally:
+        real.close()

@@ -1,0 +1,277 @@
+"""CMA-ES: the ask/tell wrapper, batched dream fitness, the evolve stage, resume and kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dreamgym import dream_core as dc
+from dreamgym.controller import LinearController
+from dreamgym.policy import controller_config, load_controller
+from dreamgym.train import evolve
+from dreamgym.train.common import RunDirError, open_run
+from dreamgym.train.evaluate import DreamEvaluator, dream_rollouts
+from dreamgym.world_model import WorldModel
+
+torch.set_num_threads(1)
+
+
+def tiny_world(danger: float = 0.1, threshold: float = 0.8) -> WorldModel:
+    """A Doom world model whose death depends on the action, so fitness can improve.
+
+    M's LSTM unit 0 accumulates danger: + tanh(danger * (1 - 2a)) per step for the
+    executed action a in {-1, 0, 1}; moving right lowers it, staying or moving left
+    raises it, and the done head fires once h0 > threshold (staying: ~11 steps).
+    Unit 1 is a constant (c = 1) the controller can learn to read. z ~ N(0, 1) noise.
+    """
+    wm = WorldModel.create("doom_take_cover", n_bank=4, hidden=16)
+    m, H, Z = wm.mdnrnn, 16, 64
+    i, f, g, o = 0, H, 2 * H, 3 * H
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        lstm = m.lstm
+        lstm.bias_ih_l0[[i, f, o]] = 20.0
+        lstm.weight_ih_l0[g, Z] = -2 * danger
+        lstm.bias_ih_l0[g] = danger
+        lstm.bias_ih_l0[[i + 1, g + 1, o + 1]] = 20.0
+        lstm.bias_ih_l0[f + 1] = -20.0
+        done = 3 * m.config.n_mix * Z
+        m.head.weight[done, 0] = 10.0
+        m.head.bias[done] = -10.0 * threshold
+    return wm
+
+
+def make_run(path: Path) -> Path:
+    run_dir, _ = open_run(path, "doom_take_cover")
+    tiny_world().save(run_dir / "world_model")
+    return run_dir
+
+
+def tiny_config(**kw) -> evolve.EvolveConfig:
+    base = dict(tau=1.0, generations=5, popsize=8, trials=3, max_steps=40, eval_every=2,
+                eval_rollouts=16, seed=3, threads=1)  # fmt: skip
+    return evolve.EvolveConfig(**{**base, **kw})
+
+
+def metric_rows(out: Path) -> list[dict]:
+    """The metrics log without wall times and scores of the CMA mean (a run that stops
+    early also scores the mean at its last generation)."""
+    rows = [json.loads(line) for line in (out / evolve.METRICS_FILE).read_text().splitlines()]
+    drop = ("time", "seconds", "eval_mean", "eval_std")
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+# ---------------------------------------------------------------- the wrapper
+
+
+def test_cmaes_solves_a_quadratic():
+    target = np.linspace(-1, 1, 10)
+    es = evolve.CMAES(10, popsize=12, sigma0=0.5, seed=0)
+    while es.generation < 500 and es.best_f < -1e-7:
+        X = es.ask()
+        assert X.shape == (12, 10)
+        es.tell(-np.sum((X - target) ** 2, axis=1))  # higher is better
+    assert es.best_f > -1e-6
+    assert np.sum((es.best_x - target) ** 2) < 1e-6
+    assert np.sum((es.mean - target) ** 2) < 1e-4
+
+
+def test_cmaes_rejects_misuse():
+    es = evolve.CMAES(4, popsize=6, seed=0)
+    with pytest.raises(RuntimeError, match="ask"):
+        es.tell(np.zeros(6))
+    es.ask()
+    with pytest.raises(ValueError, match="6 finite"):
+        es.tell(np.zeros(5))
+    with pytest.raises(ValueError, match="6 finite"):
+        es.tell([0, 1, 2, 3, 4, np.nan])
+    assert np.array_equal(es.ask(), es.ask())  # asking again before tell repeats the population
+    with pytest.raises(ValueError, match="popsize"):
+        evolve.CMAES(4, popsize=1)
+
+
+def test_cmaes_state_round_trip_continues_identically(tmp_path):
+    def f(X):
+        return -np.sum((X - 0.3) ** 2, axis=1) - np.abs(X[:, 0] * X[:, 1])
+
+    a = evolve.CMAES(40, popsize=10, seed=7)
+    for _ in range(25):
+        a.tell(f(a.ask()))
+    arrays, values = a.state()
+    evolve.save_checkpoint(tmp_path / "s.safetensors", arrays, values)
+    arrays, values = evolve.load_checkpoint(tmp_path / "s.safetensors")
+    b = evolve.CMAES(40, popsize=10, seed=999)  # the seed is replaced by the saved RNG state
+    b.load_state(arrays, values)
+    assert b.generation == a.generation == 25
+    for _ in range(15):
+        X = a.ask()
+        np.testing.assert_array_equal(X, b.ask())
+        a.tell(f(X))
+        b.tell(f(X))
+    np.testing.assert_array_equal(a.mean, b.mean)
+    assert a.sigma == b.sigma
+    np.testing.assert_array_equal(a.es.sm.C, b.es.sm.C)
+
+
+# ---------------------------------------------------------------- dream fitness
+
+
+def reference_returns(wm, params, trials, seed, max_steps):
+    """Each controller alone, every row stepped to the cap, no compaction (tau = 0)."""
+    cfg = controller_config(wm)
+    out = np.zeros((len(params), trials))
+    for p, theta in enumerate(params):
+        ctrl = LinearController(cfg)
+        ctrl.set_flat(torch.as_tensor(theta))
+        g = torch.Generator().manual_seed(seed)
+        state = dc.initial_state(wm, trials, g)
+        alive = torch.ones(trials, dtype=torch.bool)
+        for _ in range(max_steps):
+            a = wm.game.controller_to_action(ctrl(dc.observation(wm, state)))
+            state, r, done = dc.step(wm, state, a, 0.0, g)
+            out[p] += (r * alive).numpy()
+            alive &= ~done
+    return out
+
+
+def test_batched_dream_fitness_equals_each_member_alone():
+    wm = tiny_world()
+    n = controller_config(wm).num_params
+    params = np.random.default_rng(0).normal(0, 0.3, (6, n)).astype(np.float32)
+    g = torch.Generator().manual_seed(11)
+    batched, steps = dream_rollouts(wm, params, 5, 0.0, g, max_steps=40)
+    assert batched.shape == (6, 5)
+    ref = reference_returns(wm, params, 5, 11, 40)
+    np.testing.assert_allclose(batched.numpy(), ref)
+    assert 0 < ref.min() and ref.max() == 40 and len(np.unique(ref)) > 3  # varied endings
+    assert steps < 6 * 5 * 40  # finished rollouts were dropped from the batch
+    for p in range(6):
+        alone, _ = dream_rollouts(wm, params[p : p + 1], 5, 0.0,
+                                  torch.Generator().manual_seed(11), max_steps=40)  # fmt: skip
+        np.testing.assert_allclose(alone.numpy()[0], ref[p])
+
+
+def test_dream_evaluator_is_reproducible_and_checks_shapes():
+    wm = tiny_world()
+    n = controller_config(wm).num_params
+    params = np.random.default_rng(1).normal(0, 0.1, (4, n))
+    ev = DreamEvaluator(wm, tau=1.0, max_steps=30)
+    a = ev.returns(params, 3, seed=5)
+    np.testing.assert_array_equal(a, ev.returns(params, 3, seed=5))
+    assert not np.array_equal(a, ev.returns(params, 3, seed=6))
+    with pytest.raises(ValueError, match=f"\\(P, {n}\\)"):
+        ev.returns(params[:, :-1], 3, seed=5)
+    with pytest.raises(ValueError, match="tau"):
+        DreamEvaluator(wm, tau=0.0)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def test_evolve_improves_fitness_in_a_tiny_dream(tmp_path):
+    run_dir = make_run(tmp_path)
+    cfg = tiny_config(generations=10, popsize=12, trials=4, eval_every=5, eval_rollouts=32)
+    out = evolve.run(cfg, run_dir)
+    rows = metric_rows(out)
+    assert [r["generation"] for r in rows] == list(range(1, 11))
+    assert rows[0]["mean"] < 20  # doing nothing dies after ~11 steps
+    assert rows[-1]["mean"] > rows[0]["mean"] + 10
+    info = json.loads((out / "controller.json").read_text())
+    assert info["tau"] == 1.0 and info["eval"]["mean"] > 25
+    assert [e["generation"] for e in info["evals"]] == [5, 10]
+    policy = load_controller(out)
+    ev = DreamEvaluator(WorldModel.load(run_dir / "world_model"), 1.0, max_steps=40)
+    still = ev.returns(np.zeros((1, policy.params.size)), 32, seed=0).mean()
+    assert still < 15
+    assert ev.returns(policy.params[None], 32, seed=0).mean() > 2 * still
+
+
+def test_rerun_resumes_to_the_same_state_as_a_straight_run(tmp_path):
+    straight = evolve.run(tiny_config(generations=5), make_run(tmp_path / "a"))
+    run_b = make_run(tmp_path / "b")
+    evolve.run(tiny_config(generations=3), run_b)
+    _, values = evolve.load_checkpoint(run_b / "evolve_tau1" / evolve.CMA_FILE)
+    assert values["cma"]["es.countiter"] == 3
+    resumed = evolve.run(tiny_config(generations=5), run_b)
+    assert metric_rows(resumed) == metric_rows(straight)
+    a, va = evolve.load_checkpoint(straight / evolve.CMA_FILE)
+    b, vb = evolve.load_checkpoint(resumed / evolve.CMA_FILE)
+    assert va["cma"] == vb["cma"] and sorted(a) == sorted(b)
+    for k in a:
+        if k != "best_eval_x":  # the stop at 3 also scored the mean there
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    evals = [e["generation"] for e in json.loads((resumed / "controller.json").read_text())["evals"]]
+    assert evals == [2, 3, 4, 5]
+    # a finished run returns at once
+    mtime = (resumed / evolve.CMA_FILE).stat().st_mtime_ns
+    assert evolve.run(tiny_config(generations=5), run_b) == resumed
+    assert (resumed / evolve.CMA_FILE).stat().st_mtime_ns == mtime
+
+
+def test_resume_refuses_a_changed_config_and_a_corrupt_checkpoint(tmp_path):
+    run_dir = make_run(tmp_path)
+    out = evolve.run(tiny_config(generations=1), run_dir)
+    with pytest.raises(RunDirError, match="popsize=8"):
+        evolve.run(tiny_config(generations=2, popsize=10), run_dir)
+    (out / evolve.CMA_FILE).write_bytes(b"\x00" * 100)
+    with pytest.raises(RunDirError, match="corrupt CMA-ES checkpoint.*delete it"):
+        evolve.run(tiny_config(generations=2), run_dir)
+
+
+def test_evolve_needs_a_world_model(tmp_path):
+    run_dir, _ = open_run(tmp_path, "doom_take_cover")
+    with pytest.raises(ValueError, match="fit-mdnrnn"):
+        evolve.run(tiny_config(), run_dir)
+    with pytest.raises(ValueError, match="trials"):
+        evolve.run(tiny_config(trials=0), run_dir)
+
+
+KILL_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from dreamgym.train.evolve import EvolveConfig, run
+run(EvolveConfig(tau=1.0, generations=100000, popsize=8, trials=3, max_steps=40,
+                 eval_every=2, eval_rollouts=16, seed=3, threads=1), sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_evolve_then_rerun_continues(tmp_path):
+    run_dir = make_run(tmp_path / "k")
+    out = run_dir / "evolve_tau1"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (
+            (out / evolve.METRICS_FILE).exists()
+            and len((out / evolve.METRICS_FILE).read_text().splitlines()) >= 3
+        ):
+            time.sleep(0.05)
+        assert proc.poll() is None, "evolve exited before it could be killed"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    done = values["cma"]["es.countiter"]
+    assert done >= 3
+    evolve.run(tiny_config(generations=done + 2), run_dir)
+    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    assert values["cma"]["es.countiter"] == done + 2
+    assert [r["generation"] for r in metric_rows(out)] == list(range(1, done + 3))
+    load_controller(out)
+    straight = evolve.run(tiny_config(generations=done + 2), make_run(tmp_path / "s"))
+    assert metric_rows(out) == metric_rows(straight)

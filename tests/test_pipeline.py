@@ -1,0 +1,152 @@
+"""The pipeline through the real CLI on the real games, on tiny budgets; kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dreamgym import data
+from dreamgym.train.common import load_checkpoint
+from dreamgym.world_model import WorldModel
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args, check=True, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "dreamgym.cli", *map(str, args)],
+        capture_output=True, text=True, env=ENV, check=check, timeout=timeout,
+    )  # fmt: skip
+
+
+def start(*args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "dreamgym.cli", *map(str, args)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True,
+    )  # fmt: skip
+
+
+def kill(proc):
+    """SIGKILL the job and every process it started (workers, game engines)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def wait_for(predicate, proc, timeout=120):
+    t0 = time.time()
+    while not predicate():
+        assert proc.poll() is None, "the job ended before it could be killed"
+        assert time.time() - t0 < timeout, "timed out waiting for the job's first artifact"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("game", ["doom_take_cover", "car_racing"])
+def test_tiny_pipeline_through_cli(game, tmp_path):
+    run = tmp_path / "run"
+    cli("pipeline", game, "--preset", "tiny", "--run", run)
+    assert json.loads((run / "run.json").read_text())["game"] == game
+    assert not data.verify(run)
+    assert len(data.kept_episodes(run)) >= 2
+    assert load_checkpoint(run / "vae" / "checkpoint.pt")["step"] > 0
+    assert (run / "vae" / "metrics.jsonl").exists()
+    with np.load(run / "latents.npz") as z:
+        assert z["mu"].shape[0] == z["offsets"][-1]
+    assert load_checkpoint(run / "mdnrnn" / "checkpoint.pt")["step"] == 3
+    wm = WorldModel.load(run / "world_model", game=game)
+    assert wm.z0_mu.shape[0] == len(data.kept_episodes(run))
+    evolve_dirs = [p for p in run.iterdir() if p.name.startswith("evolve")]
+    assert len(evolve_dirs) == 1
+    ev = evolve_dirs[0]
+    assert (ev / "controller.safetensors").exists() and (ev / "metrics.jsonl").exists()
+    results = list(ev.glob("eval*.json"))
+    assert results, f"no evaluation JSON in {ev}"
+    res = json.loads(results[0].read_text())
+    assert len(res["returns"]) == 2 and np.isfinite(res["mean"])
+    # Rerunning resumes: nothing is redone, the artifacts stay.
+    before = load_checkpoint(run / "vae" / "checkpoint.pt")["step"]
+    out = cli("pipeline", game, "--preset", "tiny", "--run", run)
+    assert load_checkpoint(run / "vae" / "checkpoint.pt")["step"] == before
+    assert "== evaluate" in out.stdout
+    # Another game's command refuses the run directory.
+    other = "car_racing" if game == "doom_take_cover" else "doom_take_cover"
+    bad = cli("collect", other, "--run", run, "--episodes", "1", check=False)
+    assert bad.returncode == 2 and "is for" in bad.stderr
+
+
+def test_collect_survives_sigkill(tmp_path):
+    run = tmp_path / "run"
+    args = ("collect", "doom_take_cover", "--run", run, "--workers", "2", "--min-frames", "0")
+    proc = start(*args, "--episodes", "400", "--max-steps", "60")
+    wait_for(lambda: len(data.read_manifest(run)) >= 3, proc)
+    kill(proc)
+    kept = len(data.kept_episodes(run))
+    assert not data.verify(run), "a shard listed in the manifest is corrupt"
+    cli(*args, "--episodes", str(kept + 3), "--max-steps", "60")
+    rows = data.read_manifest(run)
+    assert len(data.kept_episodes(run)) >= kept + 3
+    assert len({r["index"] for r in rows}) == len(rows), "an episode index was redone"
+    assert not data.verify(run)
+    for p in data.kept_episodes(run):
+        assert len(data.read_episode(p)["frames"]) > 0
+
+
+def test_fit_vae_survives_sigkill(tmp_path):
+    run = tmp_path / "run"
+    cli("collect", "doom_take_cover", "--run", run, "--episodes", "2", "--max-steps", "80",
+        "--min-frames", "0")  # fmt: skip
+    ckpt = run / "vae" / "checkpoint.pt"
+    vae_args = ("fit-vae", run, "--batch-size", "8", "--checkpoint-every", "2", "--threads", "1")
+    proc = start(*vae_args, "--epochs", "50")
+    wait_for(lambda: ckpt.exists(), proc)
+    time.sleep(0.5)
+    kill(proc)
+    step = load_checkpoint(ckpt)["step"]  # loadable: the checkpoint was never half-written
+    assert step >= 2
+    cli(*vae_args, "--epochs", "2")
+    total = sum(r["frames"] for r in data.read_manifest(run)) * 2 // 8
+    final = load_checkpoint(ckpt)
+    assert final["step"] == max(step, total)
+    rows = [json.loads(x) for x in (run / "vae" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] <= final["step"]
+
+
+def test_corrupt_shard_is_named(tmp_path):
+    run = tmp_path / "run"
+    cli("collect", "doom_take_cover", "--run", run, "--episodes", "1", "--max-steps", "30",
+        "--min-frames", "0")  # fmt: skip
+    shard = data.kept_episodes(run)[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    out = cli("fit-vae", run, "--batch-size", "4", "--epochs", "1", check=False)
+    assert out.returncode == 2 and shard.name in out.stderr
+
+
+def test_unknown_preset_and_game(tmp_path):
+    out = cli("pipeline", "doom_take_cover", "--preset", "huge", "--run", tmp_path, check=False)
+    assert out.returncode == 2 and "tiny" in out.stderr
+    out = cli("collect", "pong", "--run", tmp_path, check=False)
+    assert out.returncode != 0 and "doom_take_cover" in out.stderr
+
+
+def test_presets_cover_every_stage():
+    from dreamgym.cli import _stages, load_preset
+
+    stages = _stages()
+    for game in ("doom_take_cover", "car_racing"):
+        for preset in ("tiny", "cpu", "paper"):
+            cfg = load_preset(game, preset)
+            for name, (cls, _, _) in stages.items():
+                key = name.replace("-", "_")
+                kwargs = dict(cfg[key])
+                if key == "collect":
+                    kwargs["game"] = game
+                cls(**kwargs)  # every field name in the preset is a real config field
+    assert Path(__file__).parents[1].joinpath("training", "presets").is_dir()

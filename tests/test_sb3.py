@@ -1,0 +1,111 @@
+"""Stable-Baselines3 in the dream: its env checker, the batched VecEnv adapter, a tiny PPO run."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import tiny_world_model
+
+import dreamgym
+from dreamgym.dream import ENV_IDS, DreamEnv
+from dreamgym.sb3 import as_vec_env
+
+sb3 = pytest.importorskip("stable_baselines3")
+from stable_baselines3.common.env_checker import check_env  # noqa: E402
+
+# CarRacing's real action space, Box([-1, 0, 0], [1, 1, 1]), is not symmetric; SB3 says so.
+ACTION_SPACE_ADVICE = "symmetric and normalized Box action space"
+
+
+@pytest.mark.parametrize("obs_mode", ["latent", "pixels"])
+def test_sb3_check_env(dream_id, wm, obs_mode):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(DreamEnv(ENV_IDS[dream_id], world_model=wm, obs_mode=obs_mode))
+    assert [str(w.message) for w in caught if ACTION_SPACE_ADVICE not in str(w.message)] == []
+
+
+def test_vec_env_autoresets_like_sb3(dream_id, wm):
+    venv = as_vec_env(gym.make_vec(dream_id, num_envs=4, world_model=wm, max_episode_steps=5))
+    H = wm.mdnrnn.config.hidden
+    assert venv.num_envs == 4
+    assert venv.observation_space == DreamEnv(ENV_IDS[dream_id], world_model=wm).observation_space
+    venv.seed(0)
+    obs = venv.reset()
+    assert obs.shape == (4, *venv.observation_space.shape)
+    ended = truncated = 0
+    for _ in range(12):
+        obs, rewards, dones, infos = venv.step(np.stack([venv.action_space.sample()] * 4))
+        assert rewards.dtype == np.float32 and dones.dtype == np.bool_ and len(infos) == 4
+        for i in np.flatnonzero(dones):
+            info = infos[i]
+            assert info["terminal_observation"] in venv.observation_space
+            assert (obs[i, -H:] == 0).all(), "a finished env returns the next episode's start"
+            assert 1 <= info["episode"]["l"] <= 5
+            ended += 1
+            truncated += info["TimeLimit.truncated"]
+        assert all(infos[i] == {} for i in np.flatnonzero(~dones))
+    assert ended >= 4 and truncated >= 1
+
+
+def test_vec_env_seeding_and_tau(wm):
+    venv = as_vec_env(gym.make_vec(wm.game.dream_id, num_envs=3, world_model=wm))
+    venv.seed(7)
+    first = venv.reset()
+    venv.seed(7)
+    np.testing.assert_array_equal(venv.reset(), first)
+    assert venv.env_method("set_tau", 0.5) == [None] * 3
+    assert venv.get_attr("tau") == [0.5] * 3
+    venv.set_attr("tau", 0.75)
+    assert venv.get_attr("tau", indices=[1]) == [0.75]
+    with pytest.raises(ValueError, match="tau"):
+        venv.env_method("set_tau", -1.0)
+    with pytest.raises(ValueError, match="indices"):
+        venv.env_method("set_tau", 0.5, indices=[0])
+    assert venv.get_attr("tau") == [0.75] * 3
+    assert venv.env_is_wrapped(gym.Wrapper) == [False] * 3
+
+
+def test_as_vec_env_needs_the_native_dream(world_models):
+    sync = gym.make_vec(
+        "DreamDoom-v0",
+        num_envs=2,
+        vectorization_mode="sync",
+        world_model=world_models["doom_take_cover"],
+    )
+    with pytest.raises(TypeError, match="DreamVectorEnv"):
+        as_vec_env(sync)
+
+
+@pytest.mark.slow
+def test_ppo_trains_in_the_dream_and_runs_in_the_real_game():
+    from stable_baselines3 import PPO
+
+    wm = tiny_world_model("doom_take_cover")
+    venv = as_vec_env(gym.make_vec("DreamDoom-v0", num_envs=4, world_model=wm))
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        n_steps=32,
+        batch_size=64,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+        policy_kwargs={"net_arch": [16]},
+    )
+    model.learn(total_timesteps=256)
+    assert len(model.ep_info_buffer) > 0  # episode stats reached SB3 from the batched dream
+
+    real = dreamgym.make_real("DreamDoom-v0", world_model=wm, max_episode_steps=15)
+    for episode in range(2):
+        obs, _ = real.reset(seed=episode)
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, _, terminated, truncated, _ = real.step(action)
+            assert obs in real.observation_space
+            done = terminated or truncated
+    real.close()
