@@ -50,12 +50,23 @@ def main() -> None:
         frames = sum(r["frames"] for r in rows)
         nbytes = sum(r.get("bytes", 0) for r in rows)
     fps = frames / wall
-    print(json.dumps({"game": game, "workers": workers, "raw_fps_one_core": round(raw, 1),
-                      "collect_fps": round(fps, 1), "frames": frames,
-                      "kb_per_frame": round(nbytes / frames / 1024, 2)}))
-    print(f"{game}: raw {raw:.0f} frames/s on one core; collect {fps:.0f} frames/s with "
-          f"{workers} workers; ratio per core used {fps / (raw * workers):.2f} (target >= 0.9); "
-          f"{nbytes / frames / 1024:.2f} KB/frame on disk")
+    print(
+        json.dumps(
+            {
+                "game": game,
+                "workers": workers,
+                "raw_fps_one_core": round(raw, 1),
+                "collect_fps": round(fps, 1),
+                "frames": frames,
+                "kb_per_frame": round(nbytes / frames / 1024, 2),
+            }
+        )
+    )
+    print(
+        f"{game}: raw {raw:.0f} frames/s on one core; collect {fps:.0f} frames/s with "
+        f"{workers} workers; ratio per core used {fps / (raw * workers):.2f} (target >= 0.9); "
+        f"{nbytes / frames / 1024:.2f} KB/frame on disk"
+    )
 
 
 if __name__ == "__main__":

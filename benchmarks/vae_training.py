@@ -21,7 +21,8 @@ CHILD = """
 import json, resource, sys, time
 from dreamgym.train.fit_vae import FitVAEConfig, run
 t0 = time.time()
-run(FitVAEConfig(epochs=float(sys.argv[2]), batch_size=100, threads=2, checkpoint_every=10**9), sys.argv[1])
+cfg = FitVAEConfig(epochs=float(sys.argv[2]), batch_size=100, threads=2, checkpoint_every=10**9)
+run(cfg, sys.argv[1])
 rows = [json.loads(x) for x in open(sys.argv[1] + '/vae/metrics.jsonl')]
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "frames_per_s": rows[-1]["frames_per_s"], "seconds": time.time() - t0}))
@@ -54,18 +55,25 @@ def main() -> None:
             frames = sum(r["frames"] for r in data.read_manifest(rd))
             # The same number of training steps at both sizes: a fixed slice of an epoch.
             epochs = 30 * 100 / frames
-            out = subprocess.run([sys.executable, "-c", CHILD, str(rd), str(epochs)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(rd), str(epochs)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             res = json.loads(out.stdout.strip().splitlines()[-1])
             res.update(episodes=n, frames=frames)
             results.append(res)
             print(json.dumps(res))
     small, big = results
-    print(f"V training: {small['frames_per_s']:.0f} frames/s ({small['frames']} frames), "
-          f"{big['frames_per_s']:.0f} frames/s ({big['frames']} frames); peak RSS "
-          f"{small['peak_rss_mb']:.0f} MB vs {big['peak_rss_mb']:.0f} MB: ratio "
-          f"{big['peak_rss_mb'] / small['peak_rss_mb']:.2f} for {big['frames'] / small['frames']:.0f}x "
-          "the data (bounded memory: ~1)")
+    print(
+        f"V training: {small['frames_per_s']:.0f} frames/s ({small['frames']} frames), "
+        f"{big['frames_per_s']:.0f} frames/s ({big['frames']} frames); peak RSS "
+        f"{small['peak_rss_mb']:.0f} MB vs {big['peak_rss_mb']:.0f} MB: ratio "
+        f"{big['peak_rss_mb'] / small['peak_rss_mb']:.2f} for "
+        f"{big['frames'] / small['frames']:.0f}x "
+        "the data (bounded memory: ~1)"
+    )
 
 
 if __name__ == "__main__":

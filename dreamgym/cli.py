@@ -15,7 +15,11 @@ from pathlib import Path
 
 from dreamgym.games import GAMES
 
-PRESETS_PACKAGE = "dreamgym.presets"
+
+def presets_dir() -> Path:
+    """training/presets, installed as dreamgym/presets; the repo's folder in a checkout."""
+    installed = Path(__file__).parent / "presets"
+    return installed if installed.is_dir() else Path(__file__).parents[1] / "training" / "presets"
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
@@ -61,13 +65,10 @@ def load_preset(game: str, preset: str) -> dict:
         presets = {"custom": json.loads(path.read_text())}
         preset = "custom"
     else:
-        from importlib import resources
-
-        try:
-            text = resources.files(PRESETS_PACKAGE).joinpath(f"{game}.json").read_text()
-        except (FileNotFoundError, ModuleNotFoundError):
-            raise ValueError(f"no presets for game {game!r}") from None
-        presets = json.loads(text)
+        path = presets_dir() / f"{game}.json"
+        if not path.is_file():
+            raise ValueError(f"no presets for game {game!r} (looked for {path})")
+        presets = json.loads(path.read_text())
     if preset not in presets:
         raise ValueError(f"--preset: unknown preset {preset!r}; expected one of {sorted(presets)}")
     return presets[preset]
@@ -80,6 +81,7 @@ def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = Non
     stages = stages or _stages()
     cfg = load_preset(game, preset)
     run_dir = Path(run_dir)
+    evolve_dir = None
     for name in ("collect", "fit-vae", "encode", "fit-mdnrnn", "evolve", "evaluate"):
         cls, fn, _ = stages[name]
         kwargs = dict(cfg.get(name.replace("-", "_"), {}))

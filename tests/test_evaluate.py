@@ -84,7 +84,9 @@ def test_controller_bad_input_gets_clear_errors(tmp_path, world_models, monkeypa
 
     import dreamgym.shipped
 
-    monkeypatch.setattr(dreamgym.shipped, "shipped_dir", lambda game: tmp_path / "models" / get_game(game).name)
+    monkeypatch.setattr(
+        dreamgym.shipped, "shipped_dir", lambda game: tmp_path / "models" / get_game(game).name
+    )
     with pytest.raises(ControllerError, match="no controller ships.*dreamgym evolve"):
         load_controller("doom_take_cover")
 
@@ -184,19 +186,37 @@ def test_real_evaluation_in_doom(tmp_path, world_models):
         assert real.steps == r.sum()  # Doom pays +1 per tic
 
 
+def process_group(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 @pytest.mark.slow
 def test_a_dead_real_worker_raises_instead_of_hanging(tmp_path, world_models):
     pytest.importorskip("vizdoom")
     wm = world_models["doom_take_cover"]
     run_dir = make_run(tmp_path, wm, random_params(wm))
-    real = evaluate.RealEvaluator(run_dir / "world_model", workers=1, max_steps=5)
+    real = evaluate.RealEvaluator(run_dir / "world_model", workers=1, max_steps=5, poll=0.2)
     try:
-        real.returns(random_params(wm)[None], 1, seed=0)  # starts the worker
-        for pid in list(real._pool._processes):  # the worker this test started
-            os.kill(pid, signal.SIGKILL)
+        real.returns(random_params(wm)[None], 1, seed=0)  # starts the worker and its game
+        (pid,) = list(real._pool._processes)  # the worker this test started
+        assert len(process_group(pid)) >= 2  # the worker and the game it runs
+        os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
         t0 = time.time()
-        with pytest.raises(RuntimeError, match="worker process died"):
+        with pytest.raises(evaluate.WorkerDiedError, match="worker process died"):
             real.returns(random_params(wm)[None], 4, seed=0)
-        assert time.time() - t0 < 30
+        assert time.time() - t0 < 10
+        deadline = time.time() + 5
+        while process_group(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert process_group(pid) == []  # no game process left behind
     finally:
-        real.close()
+        real.close(kill=True)

@@ -210,7 +210,9 @@ def test_rerun_resumes_to_the_same_state_as_a_straight_run(tmp_path):
     for k in a:
         if k != "best_eval_x":  # the stop at 3 also scored the mean there
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    evals = [e["generation"] for e in json.loads((resumed / "controller.json").read_text())["evals"]]
+    evals = [
+        e["generation"] for e in json.loads((resumed / "controller.json").read_text())["evals"]
+    ]
     assert evals == [2, 3, 4, 5]
     # a finished run returns at once
     mtime = (resumed / evolve.CMA_FILE).stat().st_mtime_ns

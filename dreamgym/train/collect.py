@@ -87,9 +87,7 @@ def run(config: CollectConfig, run_dir) -> Path:
     if config.episodes < 1 or config.workers < 1:
         raise ValueError("episodes and workers must be >= 1")
     save_config(run_dir / "collect.json", config)
-    min_frames = (
-        DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
-    )
+    min_frames = DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
     max_steps = config.max_steps or spec.max_episode_steps
     rows = data.read_manifest(run_dir)
     done_idx = {r["index"] for r in rows}
@@ -106,9 +104,11 @@ def run(config: CollectConfig, run_dir) -> Path:
     ) as pool:
         pending = set()
         while kept < config.episodes or pending:
-            while kept + len(pending) < config.episodes and len(
-                pending
-            ) < 2 * config.workers and kept < config.episodes:
+            while (
+                kept + len(pending) < config.episodes
+                and len(pending) < 2 * config.workers
+                and kept < config.episodes
+            ):
                 pending.add(
                     pool.submit(
                         _rollout, game, next_index, config.seed + next_index,
@@ -130,7 +130,9 @@ def run(config: CollectConfig, run_dir) -> Path:
                     bar.update(1)
                 rate = new_frames / max(time.time() - t0, 1e-9)
                 bar.set_postfix(
-                    frames=frames, fps=f"{rate:.0f}", kb_per_frame=f"{nbytes / max(frames, 1) / 1024:.2f}"
+                    frames=frames,
+                    fps=f"{rate:.0f}",
+                    kb_per_frame=f"{nbytes / max(frames, 1) / 1024:.2f}",
                 )
             if kept >= config.episodes:
                 for fut in pending:

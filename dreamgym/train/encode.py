@@ -55,7 +55,9 @@ def run(config: EncodeConfig, run_dir) -> Path:
     for p in tqdm(paths, desc=f"encode {game}", unit="ep"):
         ep = data.read_episode(p)
         for i in range(0, len(ep["frames"]), config.batch_size):
-            mu, logvar = vae.encode(frames_to_tensor(ep["frames"][i : i + config.batch_size], config.device))
+            mu, logvar = vae.encode(
+                frames_to_tensor(ep["frames"][i : i + config.batch_size], config.device)
+            )
             mus.append(mu.cpu().numpy())
             logvars.append(logvar.cpu().numpy())
         actions.append(ep["actions"])

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -149,6 +151,7 @@ _worker: tuple[gym.Env, WorldModel] | None = None  # one real game per worker pr
 
 def _init_worker(wm_dir: str, max_steps: int) -> None:
     global _worker
+    os.setsid()  # its own process group, so the game processes it starts can be ended with it
     torch.set_num_threads(1)
     wm = WorldModel.load(wm_dir)
     _worker = (make_real(wm.game.dream_id, world_model=wm, max_episode_steps=max_steps), wm)
@@ -159,27 +162,48 @@ def _worker_episode(params: np.ndarray, seed: int, max_steps: int) -> tuple[floa
     return play_episode(env, wm, params, seed, max_steps)
 
 
+class WorkerDiedError(RuntimeError):
+    """A real-game worker process died (killed, out of memory) or could not start."""
+
+
 class RealEvaluator:
     """Scores controllers in the real game, one episode per task, in worker processes.
 
     Trial j of every controller uses the game seed ``seed + j``. A worker that dies
-    raises ``RuntimeError`` in the caller (no hang).
+    raises ``WorkerDiedError`` in the caller within ``poll`` seconds, never a hang:
+    liveness is polled, because a game process the worker started (ViZDoom) keeps
+    the pipes a dead worker would otherwise close.
     """
 
-    def __init__(self, wm_dir: str | Path, workers: int = 2, max_steps: int | None = None):
+    def __init__(
+        self,
+        wm_dir: str | Path,
+        workers: int = 2,
+        max_steps: int | None = None,
+        poll: float = 1.0,
+    ):
         if workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers}")
         self.wm_dir = Path(wm_dir)
         self.spec = get_game(read_json(self.wm_dir / WM_CONFIG)["game"])
         self.max_steps = max_steps or self.spec.max_episode_steps
-        self.workers = workers
+        self.workers, self.poll = workers, poll
         self.steps = 0
+        self._groups: set[int] = set()  # worker pids = their process-group ids
         self._pool = ProcessPoolExecutor(
             workers,
             mp_context=get_context("spawn"),  # no fork of a process with torch threads
             initializer=_init_worker,
             initargs=(str(self.wm_dir), self.max_steps),
         )
+
+    def _dead_worker(self) -> str | None:
+        procs = dict(getattr(self._pool, "_processes", None) or {})
+        self._groups |= set(procs)
+        for pid, proc in procs.items():
+            if not proc.is_alive():
+                return f"worker {pid} exited with code {proc.exitcode}"
+        return None
 
     def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
         """(P, n) -> (P, trials) returns; trial j of every controller uses seed ``seed + j``."""
@@ -192,24 +216,40 @@ class RealEvaluator:
                 for j in range(trials):
                     fut = self._pool.submit(_worker_episode, params[i], seed + j, self.max_steps)
                     futures[fut] = (i, j)
-            for fut in as_completed(futures):
-                i, j = futures[fut]
-                out[i, j], steps = fut.result()
-                self.steps += steps
-                if progress is not None:
-                    progress(1)
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=self.poll, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i, j = futures[fut]
+                    out[i, j], steps = fut.result()
+                    self.steps += steps
+                    if progress is not None:
+                        progress(1)
+                dead = None if done else self._dead_worker()
+                if dead:
+                    raise BrokenProcessPool(dead)
         except BrokenProcessPool as e:
-            for fut in futures:
-                fut.cancel()
-            raise RuntimeError(
+            self.close(kill=True)
+            raise WorkerDiedError(
                 f"a real-game worker process died or could not start ({e}). It was killed, "
                 "ran out of memory, or failed to create the game (see any error printed "
-                "above); rerun to resume, with fewer --workers if memory is short."
+                "above); rerun to resume, with fewer workers if memory is short."
             ) from None
         return out
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers (``kill``: at once) and any game process they left behind."""
+        self._dead_worker()  # note the pids of workers started since the last check
+        if not kill:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for pgid in self._groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._groups.clear()
+        if kill:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self):
         return self

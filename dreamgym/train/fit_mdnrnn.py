@@ -71,7 +71,9 @@ class SequenceSampler:
         lengths = self.ends[eps] - self.starts[eps]
         # Half the windows start at the first frame (as dreams do); half anywhere.
         late = self.rng.random(batch_size) < 0.5
-        off = np.where(late, (self.rng.random(batch_size) * np.maximum(lengths - self.seq_len, 0)), 0)
+        off = np.where(
+            late, (self.rng.random(batch_size) * np.maximum(lengths - self.seq_len, 0)), 0
+        )
         off = off.astype(np.int64)
         n = np.minimum(lengths - off, self.seq_len)  # (B,) valid steps
         T = int(n.max())
@@ -135,7 +137,9 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
         step = ckpt["step"]
     if step >= config.steps:
         return out
-    sampler = SequenceSampler(lat, spec.executed_action, config.seq_len, config.seed * 100003 + step)
+    sampler = SequenceSampler(
+        lat, spec.executed_action, config.seq_len, config.seed * 100003 + step
+    )
 
     def checkpoint():
         atomic_torch_save(

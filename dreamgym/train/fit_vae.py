@@ -52,7 +52,9 @@ def _epoch_plan(rows: list[dict], cfg: FitVAEConfig, epoch: int):
     """The episode order of one epoch and the number of batches each buffer yields."""
     rng = np.random.default_rng([cfg.seed, epoch])
     order = rng.permutation(len(rows))
-    buffers = [order[i : i + cfg.buffer_episodes] for i in range(0, len(order), cfg.buffer_episodes)]
+    buffers = [
+        order[i : i + cfg.buffer_episodes] for i in range(0, len(order), cfg.buffer_episodes)
+    ]
     counts = [sum(rows[j]["frames"] for j in b) // cfg.batch_size for b in buffers]
     return buffers, counts
 
@@ -100,7 +102,7 @@ def run(config: FitVAEConfig, run_dir) -> Path:
     while step < total_steps:
         buffers, counts = _epoch_plan(rows, config, epoch)
         done = 0
-        for buf, n_batches in zip(buffers, counts):
+        for buf, n_batches in zip(buffers, counts, strict=True):
             if step >= total_steps:
                 break
             if done + n_batches <= batch_in_epoch:  # already trained on: skip without reading
@@ -127,9 +129,17 @@ def run(config: FitVAEConfig, run_dir) -> Path:
                 batch_in_epoch = done + b + 1
                 if step % 20 == 0 or step == total_steps:
                     fps = (step - steps0) * config.batch_size / (time.time() - t0)
-                    log_metrics(out / "metrics.jsonl", step=step, epoch=epoch, loss=loss.item(),
-                                rec=rec.item(), kl=kl.item(), frames_per_s=round(fps, 1))  # fmt: skip
-                    bar.set_postfix(loss=f"{loss.item():.1f}", kl=f"{kl.item():.1f}", fps=f"{fps:.0f}")
+                    row = {"loss": loss.item(), "rec": rec.item(), "kl": kl.item()}
+                    log_metrics(
+                        out / "metrics.jsonl",
+                        step=step,
+                        epoch=epoch,
+                        frames_per_s=round(fps, 1),
+                        **row,
+                    )
+                    bar.set_postfix(
+                        loss=f"{loss.item():.1f}", kl=f"{kl.item():.1f}", fps=f"{fps:.0f}"
+                    )
                 bar.update(1)
                 if step % config.checkpoint_every == 0:
                     checkpoint()
