@@ -40,7 +40,7 @@ def raw_fps(game: str, seconds: float) -> float:
 def main() -> None:
     game = sys.argv[1] if len(sys.argv) > 1 else "doom_take_cover"
     workers = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    episodes = {"doom_take_cover": 60, "car_racing": 4}[game]
+    episodes = {"doom_take_cover": 200, "car_racing": 6}[game]
     raw = raw_fps(game, 20)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.time()

