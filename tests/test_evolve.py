@@ -91,9 +91,9 @@ def test_cmaes_rejects_misuse():
     with pytest.raises(RuntimeError, match="ask"):
         es.tell(np.zeros(6))
     es.ask()
-    with pytest.raises(ValueError, match="6 finite"):
+    with pytest.raises(ValueError, match="6 finite values"):
         es.tell(np.zeros(5))
-    with pytest.raises(ValueError, match="6 finite"):
+    with pytest.raises(ValueError, match="6 finite values"):
         es.tell([0, 1, 2, 3, 4, np.nan])
     assert np.array_equal(es.ask(), es.ask())  # asking again before tell repeats the population
     with pytest.raises(ValueError, match="popsize"):
@@ -277,3 +277,19 @@ def test_sigkill_during_evolve_then_rerun_continues(tmp_path):
     load_controller(out)
     straight = evolve.run(tiny_config(generations=done + 2), make_run(tmp_path / "s"))
     assert metric_rows(out) == metric_rows(straight)
+
+
+@pytest.mark.slow
+def test_evolve_with_fitness_in_the_real_game(tmp_path):
+    pytest.importorskip("vizdoom")
+    run_dir = make_run(tmp_path)
+    cfg = tiny_config(real=True, generations=1, popsize=3, trials=2, max_steps=8,
+                      eval_rollouts=2, workers=2)  # fmt: skip
+    out = evolve.run(cfg, run_dir)
+    assert out.name == "evolve_real"
+    (row,) = metric_rows(out)
+    assert row["best"] == row["worst"] == 8.0  # +1 per tic, nobody dies in 8 tics
+    assert row["steps"] == 3 * 2 * 8
+    info = json.loads((out / "controller.json").read_text())
+    assert info["trained_in"] == "real" and info["tau"] is None
+    assert info["eval"] == {"generation": 1, "mean": 8.0, "std": 0.0, "rollouts": 2}

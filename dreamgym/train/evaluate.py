@@ -151,7 +151,6 @@ _worker: tuple[gym.Env, WorldModel] | None = None  # one real game per worker pr
 
 def _init_worker(wm_dir: str, max_steps: int) -> None:
     global _worker
-    os.setsid()  # its own process group, so the game processes it starts can be ended with it
     torch.set_num_threads(1)
     wm = WorldModel.load(wm_dir)
     _worker = (make_real(wm.game.dream_id, world_model=wm, max_episode_steps=max_steps), wm)
@@ -160,6 +159,33 @@ def _init_worker(wm_dir: str, max_steps: int) -> None:
 def _worker_episode(params: np.ndarray, seed: int, max_steps: int) -> tuple[float, int]:
     env, wm = _worker
     return play_episode(env, wm, params, seed, max_steps)
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of a live process (Linux /proc), to tell it from a reused pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every live descendant of ``pid`` (empty where /proc has none)."""
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in children.read_text().split()]
+            except OSError:
+                continue
+            for kid in kids:
+                start = _start_time(kid)
+                if start is not None and kid not in found:
+                    found[kid] = start
+                    todo.append(kid)
+    return found
 
 
 class WorkerDiedError(RuntimeError):
@@ -189,7 +215,7 @@ class RealEvaluator:
         self.max_steps = max_steps or self.spec.max_episode_steps
         self.workers, self.poll = workers, poll
         self.steps = 0
-        self._groups: set[int] = set()  # worker pids = their process-group ids
+        self._games: dict[int, str] = {}  # processes the workers started (the games)
         self._pool = ProcessPoolExecutor(
             workers,
             mp_context=get_context("spawn"),  # no fork of a process with torch threads
@@ -198,12 +224,15 @@ class RealEvaluator:
         )
 
     def _dead_worker(self) -> str | None:
+        """Note every worker's game processes; describe the first worker that has died."""
         procs = dict(getattr(self._pool, "_processes", None) or {})
-        self._groups |= set(procs)
+        dead = None
         for pid, proc in procs.items():
-            if not proc.is_alive():
-                return f"worker {pid} exited with code {proc.exitcode}"
-        return None
+            if proc.is_alive():
+                self._games.update(_descendants(pid))
+            elif dead is None:
+                dead = f"worker {pid} exited with code {proc.exitcode}"
+        return dead
 
     def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
         """(P, n) -> (P, trials) returns; trial j of every controller uses seed ``seed + j``."""
@@ -211,6 +240,7 @@ class RealEvaluator:
         P = params.shape[0]
         out = np.zeros((P, trials))
         futures = {}
+        self._dead_worker()
         try:
             for i in range(P):
                 for j in range(trials):
@@ -238,18 +268,19 @@ class RealEvaluator:
         return out
 
     def close(self, kill: bool = False) -> None:
-        """Stop the workers (``kill``: at once) and any game process they left behind."""
-        self._dead_worker()  # note the pids of workers started since the last check
-        if not kill:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        for pgid in self._groups:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self._groups.clear()
+        """Stop the workers (``kill``: at once) and any game process left behind."""
+        self._dead_worker()
         if kill:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                proc.kill()
+        self._pool.shutdown(wait=not kill, cancel_futures=True)
+        for pid, start in self._games.items():  # a game outlives a worker that was killed
+            if _start_time(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self._games.clear()
 
     def __enter__(self):
         return self

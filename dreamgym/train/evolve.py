@@ -8,6 +8,12 @@ sigma0 0.1 from zeros; the whole population's rollouts are one batched dream
 generations the CMA mean is scored on ``eval_rollouts`` rollouts and the best
 mean so far is saved as the controller. The CMA state is checkpointed every
 generation (safetensors + JSON, no pickle), so a rerun resumes.
+
+The folder ``evolve_tau<tau>/`` (``evolve_real/``) holds ``evolve.json`` (the
+config), ``cma.safetensors`` (the checkpoint), ``metrics.jsonl`` (per generation:
+best, mean and worst fitness, sigma, dream steps, seconds, and ``eval_mean`` /
+``eval_std`` where the mean was scored) and ``controller.safetensors`` +
+``controller.json`` (the CMA mean that scored best, with every score).
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ class CMAES:
     whole state fits in arrays and JSON (``state`` / ``load_state``).
     """
 
-    # the attributes that evolve between generations (pycma 3.x-4.x, CSA step size)
+    # the attributes that change between generations (pycma 4.x with CSA step size; the
+    # round-trip test checks that a restored strategy continues bit for bit)
     _STATE = {
         "es": ("mean", "mean_old", "sigma", "_sigma_old", "pc", "countiter", "countevals",
                "itereigenupdated", "count_eigen"),
@@ -61,9 +68,9 @@ class CMAES:
     }  # fmt: skip
 
     def __init__(self, num_params: int, popsize: int = 64, sigma0: float = 0.1, seed: int = 0):
-        if num_params < 1 or popsize < 2 or not sigma0 > 0:
+        if num_params < 1 or popsize < 3 or not sigma0 > 0:
             raise ValueError(
-                f"CMAES: expected num_params >= 1, popsize >= 2 and sigma0 > 0, got "
+                f"CMAES: expected num_params >= 1, popsize >= 3 and sigma0 > 0, got "
                 f"{num_params}, {popsize}, {sigma0}"
             )
         self.rng = np.random.default_rng(seed)
@@ -108,7 +115,10 @@ class CMAES:
         if self._asked is None:
             raise RuntimeError("tell: call ask() first")
         if f.shape != (len(self._asked),) or not np.isfinite(f).all():
-            raise ValueError(f"fitness: expected {len(self._asked)} finite values, got {f}")
+            raise ValueError(
+                f"fitness: expected {len(self._asked)} finite values, got shape {f.shape} "
+                f"with {int((~np.isfinite(f)).sum())} not finite"
+            )
         i = int(np.argmax(f))
         if f[i] > self.best_f:
             self.best_f, self.best_x = float(f[i]), np.array(self._asked[i])
@@ -145,7 +155,8 @@ class CMAES:
             if owner in self._STATE:
                 obj = self.es if owner == "es" else getattr(self.es, owner)
                 setattr(obj, k, np.array(v) if isinstance(v, np.ndarray) else v)
-        self.es._updateBDfromSM(self.es.sm)  # the strategy's copies of the sampler's B, D
+        if hasattr(self.es, "_updateBDfromSM"):
+            self.es._updateBDfromSM(self.es.sm)  # the strategy's copies of the sampler's B, D
         self.es.timer = cma.utilities.utils.ElapsedWCTime()  # made by the first ask()
         self.best_x, self.best_f = np.array(arrays["best_x"]), float(values["best_f"])
         self.rng.bit_generator.state = values["rng"]
@@ -217,8 +228,8 @@ def _check(config: EvolveConfig) -> None:
     for name in ("popsize", "trials", "eval_every", "eval_rollouts", "workers"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {getattr(config, name)}")
-    if config.popsize < 2:
-        raise ValueError(f"popsize: expected an integer >= 2, got {config.popsize}")
+    if config.popsize < 3:
+        raise ValueError(f"popsize: expected an integer >= 3, got {config.popsize}")
     if config.generations < 0:
         raise ValueError(f"generations: expected an integer >= 0, got {config.generations}")
     if not (math.isfinite(config.sigma0) and config.sigma0 > 0):
@@ -261,7 +272,8 @@ def run(config: EvolveConfig, run_dir) -> Path:
     if (out / CMA_FILE).exists():
         arrays, values = load_checkpoint(out / CMA_FILE)
         old = values["config"]
-        changed = [k for k in RESUME_KEYS if old.get(k) != getattr(config, k)]
+        keys = [k for k in RESUME_KEYS if not (k == "tau" and config.real)]
+        changed = [k for k in keys if old.get(k) != getattr(config, k)]
         if changed:
             k = changed[0]
             raise RunDirError(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dreamgym._version import __version__
 from dreamgym.train.common import open_run, read_jsonl
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn
@@ -42,18 +43,35 @@ def _last(path: Path) -> dict:
     return rows[-1] if rows else {}
 
 
-def run_summary(run_dir: Path) -> dict:
-    """Data size and final losses of a run, for the model card."""
+def _span_seconds(path: Path) -> float | None:
+    """Wall time between the first and last row of a metrics file (a lower bound)."""
+    rows = read_jsonl(path)
+    return round(rows[-1]["time"] - rows[0]["time"], 1) if len(rows) > 1 else None
+
+
+def run_summary(run_dir: Path, controller: Path | None = None) -> dict:
+    """Data size, final losses, stage wall times and scores of a run, for the model card."""
     from dreamgym import data
 
     rows = [r for r in data.read_manifest(run_dir) if not r.get("dropped")]
-    return {
+    summary = {
         "episodes": len(rows),
         "frames": sum(r["frames"] for r in rows),
+        "disk_bytes": sum(r.get("bytes", 0) for r in rows),
         "collect_return_mean": (sum(r["return"] for r in rows) / len(rows)) if rows else None,
         "vae_last": _last(run_dir / VAE_DIR / "metrics.jsonl"),
+        "vae_seconds": _span_seconds(run_dir / VAE_DIR / "metrics.jsonl"),
         "mdnrnn_last": _last(run_dir / MDN_DIR / "metrics.jsonl"),
+        "mdnrnn_seconds": _span_seconds(run_dir / MDN_DIR / "metrics.jsonl"),
     }
+    if controller is not None:
+        summary["evolve_last"] = _last(controller / "metrics.jsonl")
+        summary["evolve_seconds"] = _span_seconds(controller / "metrics.jsonl")
+        summary["evaluations"] = {
+            p.name: {k: v for k, v in json.loads(p.read_text()).items() if k != "returns"}
+            for p in sorted(controller.glob("evaluate_*.json"))
+        }
+    return summary
 
 
 def export(run_dir, dest, controller: str | None = None) -> Path:
@@ -71,14 +89,15 @@ def export(run_dir, dest, controller: str | None = None) -> Path:
     if controller is not None:
         for name in ("controller.json", "controller.safetensors"):
             shutil.copy2(Path(controller) / name, dest / name)
-    summary = run_summary(run_dir)
+    summary = run_summary(run_dir, Path(controller) if controller else None)
     card = dest / "MODEL_CARD.md"
-    if not card.exists():
+    if not card.exists():  # a skeleton: the commands and the machine are the author's to add
         card.write_text(
             f"# {game}\n\n"
-            "## Training data and losses (from the run directory)\n\n"
+            f"Exported from run directory `{run_dir}` by dreamgym {__version__}.\n\n"
+            "## Data, losses, wall time per stage and scores (read from the run)\n\n"
             f"```json\n{json.dumps(summary, indent=2)}\n```\n\n"
-            "## Commands, wall time and machine\n\nTODO: fill in.\n\n"
-            "## Scores\n\nTODO: `dreamgym evaluate` output.\n"
+            "## Commands and machine\n\n"
+            "The exact commands that made this run, and the machine they ran on.\n"
         )
     return dest
