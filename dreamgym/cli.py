@@ -76,6 +76,7 @@ def load_preset(game: str, preset: str) -> dict:
 
 def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = None) -> Path:
     """Every stage in order with the preset's configs; each resumes where it stopped."""
+    from dreamgym.train.evaluate import format_table
     from dreamgym.train.export import assemble
 
     stages = stages or _stages()
@@ -89,7 +90,7 @@ def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = Non
             kwargs["game"] = game
         print(f"== {name}", flush=True)
         if name == "evaluate":
-            fn(cls(**kwargs), evolve_dir)
+            print(format_table(fn(cls(**kwargs), evolve_dir)), flush=True)
             continue
         result = fn(cls(**kwargs), run_dir)
         if name == "fit-mdnrnn":
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu", help="tiny, cpu, paper, or a JSON file")
     p.add_argument("--run", default=None, help="run directory (default: runs/<game>-<preset>)")
     ns = parser.parse_args(argv)
+    from dreamgym.train.evaluate import format_table
+
     try:
         if ns.command == "pipeline":
             run_pipeline(ns.game, ns.preset, ns.run or f"runs/{ns.game}-{ns.preset}", stages)
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = fn(_config(cls, ns, game=ns.game), ns.run)
             elif ns.command == "evaluate":
                 out = fn(_config(cls, ns), ns.source)
+                print(format_table(out))
             else:
                 out = fn(_config(cls, ns), ns.run)
             if ns.command == "fit-mdnrnn":
