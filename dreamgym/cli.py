@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default=None, help="run directory (default: runs/<game>-<preset>)")
     ns = parser.parse_args(argv)
     from dreamgym.train.evaluate import format_table
+    from dreamgym.train.workers import WorkerDiedError
 
     try:
         if ns.command == "pipeline":
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 assemble(ns.run)
             print(out)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, WorkerDiedError) as e:
         print(f"dreamgym {ns.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -148,9 +148,7 @@ def done_loss(
     return (loss * m).sum() / m.sum().clamp(min=1)
 
 
-def sample(
-    mixture: Mixture, tau: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def sample(mixture: Mixture, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw z' (..., Z) from the mixture at temperature tau.
 
     Mixture logits are divided by tau and each gaussian's sigma multiplied by

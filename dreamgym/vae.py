@@ -110,5 +110,10 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
 
 
 __all__ = [
-    "ConvVAE", "VAEConfig", "vae_loss", "reparameterize", "frames_to_tensor", "tensor_to_frames"
+    "ConvVAE",
+    "VAEConfig",
+    "vae_loss",
+    "reparameterize",
+    "frames_to_tensor",
+    "tensor_to_frames",
 ]

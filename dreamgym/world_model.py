@@ -143,9 +143,7 @@ class WorldModel:
         return folder
 
     @classmethod
-    def load(
-        cls, folder: str | os.PathLike, game: str | None = None, device="cpu"
-    ) -> WorldModel:
+    def load(cls, folder: str | os.PathLike, game: str | None = None, device="cpu") -> WorldModel:
         """Rebuild V and M from ``config.json`` and fill them from ``weights.safetensors``.
 
         ``game`` (optional) must match the folder's game.

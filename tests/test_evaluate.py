@@ -20,7 +20,7 @@ from dreamgym.policy import (
     load_controller,
     save_controller,
 )
-from dreamgym.train import evaluate
+from dreamgym.train import evaluate, workers
 from dreamgym.train.common import open_run
 
 torch.set_num_threads(1)
@@ -204,17 +204,17 @@ def test_a_dead_real_worker_raises_instead_of_hanging(tmp_path, world_models):
     real = evaluate.RealEvaluator(run_dir / "world_model", workers=1, max_steps=5, poll=0.2)
     try:
         real.returns(random_params(wm)[None], 1, seed=0)  # starts the worker and its game
-        (pid,) = list(real._pool._processes)  # the worker this test started
-        games = evaluate._descendants(pid)
+        (pid,) = list(real.pool._pool._processes)  # the worker this test started
+        games = workers._descendants(pid)
         assert games, "the worker runs ViZDoom in a child process"
         os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
         t0 = time.time()
-        with pytest.raises(evaluate.WorkerDiedError, match="worker process died"):
+        with pytest.raises(workers.WorkerDiedError, match="worker process died"):
             real.returns(random_params(wm)[None], 4, seed=0)
         assert time.time() - t0 < 10
         deadline = time.time() + 5
-        while any(evaluate._start_time(g) for g in games) and time.time() < deadline:
+        while any(workers._start_time(g) for g in games) and time.time() < deadline:
             time.sleep(0.1)
-        assert not any(evaluate._start_time(g) for g in games), "a game process was left behind"
+        assert not any(workers._start_time(g) for g in games), "a game process was left behind"
     finally:
         real.close(kill=True)

@@ -150,3 +150,38 @@ def test_presets_cover_every_stage():
                     kwargs["game"] = game
                 cls(**kwargs)  # every field name in the preset is a real config field
     assert Path(__file__).parents[1].joinpath("training", "presets").is_dir()
+
+
+def test_collect_worker_killed_fails_fast_and_resumes(tmp_path):
+    from dreamgym.train.workers import _descendants
+
+    run = tmp_path / "run"
+    args = ("collect", "doom_take_cover", "--run", run, "--workers", "2", "--min-frames", "0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamgym.cli", *map(str, args), "--episodes", "400",
+         "--max-steps", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(data.read_manifest(run)) >= 2, proc)
+        workers = [p for p in _descendants(proc.pid) if b"vizdoom" not in _cmdline(p)]
+        workers = [p for p in workers if b"spawn_main" in _cmdline(p)]
+        assert workers, "no collect worker found"
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)  # never a hang
+    finally:
+        if proc.poll() is None:
+            kill(proc)
+    assert proc.returncode == 2 and "worker process died" in err
+    assert not data.verify(run)
+    kept = len(data.kept_episodes(run))
+    cli(*args, "--episodes", str(kept + 2), "--max-steps", "60")
+    assert len(data.kept_episodes(run)) >= kept + 2 and not data.verify(run)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

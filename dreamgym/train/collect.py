@@ -7,7 +7,6 @@ tops up to ``episodes`` kept episodes, and a kill loses only episodes in flight.
 from __future__ import annotations
 
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from dreamgym import data
 from dreamgym.games import get_game
 from dreamgym.train.common import open_run, save_config
 from dreamgym.train.policies import make_collect_policy
+from dreamgym.train.workers import GamePool
 
 
 @dataclass
@@ -99,9 +99,7 @@ def run(config: CollectConfig, run_dir) -> Path:
     next_index = max(done_idx, default=-1) + 1
     bar = tqdm(total=config.episodes, initial=kept, desc=f"collect {game}", unit="ep")
     t0, new_frames = time.time(), 0
-    with ProcessPoolExecutor(
-        config.workers, initializer=_init_worker, initargs=(game, max_steps)
-    ) as pool:
+    with GamePool(config.workers, _init_worker, (game, max_steps)) as pool:
         pending = set()
         while kept < config.episodes or pending:
             while (
@@ -116,7 +114,7 @@ def run(config: CollectConfig, run_dir) -> Path:
                     )
                 )  # fmt: skip
                 next_index += 1
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished, pending = pool.wait_first(pending)
             for fut in finished:
                 if fut.cancelled():
                     continue

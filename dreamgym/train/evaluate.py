@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import gymnasium as gym
@@ -32,6 +27,7 @@ from dreamgym.dream import DEFAULT_TAU
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.train.common import set_threads
+from dreamgym.train.workers import GamePool
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text, read_json
 from dreamgym.wrappers import make_real
@@ -161,44 +157,12 @@ def _worker_episode(params: np.ndarray, seed: int, max_steps: int) -> tuple[floa
     return play_episode(env, wm, params, seed, max_steps)
 
 
-def _start_time(pid: int) -> str | None:
-    """The start time of a live process (Linux /proc), to tell it from a reused pid."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    """pid -> start time of every live descendant of ``pid`` (empty where /proc has none)."""
-    found: dict[int, str] = {}
-    todo = [pid]
-    while todo:
-        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
-            try:
-                kids = [int(k) for k in children.read_text().split()]
-            except OSError:
-                continue
-            for kid in kids:
-                start = _start_time(kid)
-                if start is not None and kid not in found:
-                    found[kid] = start
-                    todo.append(kid)
-    return found
-
-
-class WorkerDiedError(RuntimeError):
-    """A real-game worker process died (killed, out of memory) or could not start."""
-
-
 class RealEvaluator:
     """Scores controllers in the real game, one episode per task, in worker processes.
 
     Trial j of every controller uses the game seed ``seed + j``. A worker that dies
-    raises ``WorkerDiedError`` in the caller within ``poll`` seconds, never a hang:
-    liveness is polled, because a game process the worker started (ViZDoom) keeps
-    the pipes a dead worker would otherwise close.
+    raises ``WorkerDiedError`` in the caller within ``poll`` seconds, never a hang
+    (see ``dreamgym.train.workers``).
     """
 
     def __init__(
@@ -213,26 +177,9 @@ class RealEvaluator:
         self.wm_dir = Path(wm_dir)
         self.spec = get_game(read_json(self.wm_dir / WM_CONFIG)["game"])
         self.max_steps = max_steps or self.spec.max_episode_steps
-        self.workers, self.poll = workers, poll
+        self.workers = workers
         self.steps = 0
-        self._games: dict[int, str] = {}  # processes the workers started (the games)
-        self._pool = ProcessPoolExecutor(
-            workers,
-            mp_context=get_context("spawn"),  # no fork of a process with torch threads
-            initializer=_init_worker,
-            initargs=(str(self.wm_dir), self.max_steps),
-        )
-
-    def _dead_worker(self) -> str | None:
-        """Note every worker's game processes; describe the first worker that has died."""
-        procs = dict(getattr(self._pool, "_processes", None) or {})
-        dead = None
-        for pid, proc in procs.items():
-            if proc.is_alive():
-                self._games.update(_descendants(pid))
-            elif dead is None:
-                dead = f"worker {pid} exited with code {proc.exitcode}"
-        return dead
+        self.pool = GamePool(workers, _init_worker, (str(self.wm_dir), self.max_steps), poll)
 
     def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
         """(P, n) -> (P, trials) returns; trial j of every controller uses seed ``seed + j``."""
@@ -240,47 +187,23 @@ class RealEvaluator:
         P = params.shape[0]
         out = np.zeros((P, trials))
         futures = {}
-        self._dead_worker()
-        try:
-            for i in range(P):
-                for j in range(trials):
-                    fut = self._pool.submit(_worker_episode, params[i], seed + j, self.max_steps)
-                    futures[fut] = (i, j)
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=self.poll, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    i, j = futures[fut]
-                    out[i, j], steps = fut.result()
-                    self.steps += steps
-                    if progress is not None:
-                        progress(1)
-                dead = None if done else self._dead_worker()
-                if dead:
-                    raise BrokenProcessPool(dead)
-        except BrokenProcessPool as e:
-            self.close(kill=True)
-            raise WorkerDiedError(
-                f"a real-game worker process died or could not start ({e}). It was killed, "
-                "ran out of memory, or failed to create the game (see any error printed "
-                "above); rerun to resume, with fewer workers if memory is short."
-            ) from None
+        for i in range(P):
+            for j in range(trials):
+                fut = self.pool.submit(_worker_episode, params[i], seed + j, self.max_steps)
+                futures[fut] = (i, j)
+        pending = set(futures)
+        while pending:
+            done, pending = self.pool.wait_first(pending)
+            for fut in done:
+                i, j = futures[fut]
+                out[i, j], steps = fut.result()
+                self.steps += steps
+                if progress is not None:
+                    progress(1)
         return out
 
     def close(self, kill: bool = False) -> None:
-        """Stop the workers (``kill``: at once) and any game process left behind."""
-        self._dead_worker()
-        if kill:
-            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
-                proc.kill()
-        self._pool.shutdown(wait=not kill, cancel_futures=True)
-        for pid, start in self._games.items():  # a game outlives a worker that was killed
-            if _start_time(pid) == start:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        self._games.clear()
+        self.pool.close(kill)
 
     def __enter__(self):
         return self
