@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu", help="tiny, cpu, paper, or a JSON file")
     p.add_argument("--run", default=None, help="run directory (default: runs/<game>-<preset>)")
     ns = parser.parse_args(argv)
+    from dreamgym._io import WriteError
     from dreamgym.train.evaluate import format_table
     from dreamgym.train.workers import WorkerDiedError
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 assemble(ns.run)
             print(out)
-    except (ValueError, FileNotFoundError, WorkerDiedError) as e:
+    except (ValueError, FileNotFoundError, WorkerDiedError, WriteError) as e:
         print(f"dreamgym {ns.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

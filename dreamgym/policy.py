@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from dreamgym._io import atomic_path
 from dreamgym._version import __version__
 from dreamgym.controller import ControllerConfig, LinearController
 from dreamgym.games import GAMES, GameSpec, get_game
@@ -84,9 +85,8 @@ def save_controller(
     }
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, tmp, {"game": spec.name})
-    os.replace(tmp, folder / WEIGHTS_FILE)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(tensors, tmp, {"game": spec.name})
     atomic_write_text(folder / CONFIG_FILE, json.dumps(info, indent=2) + "\n")
     return folder
 

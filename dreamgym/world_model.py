@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from dreamgym._io import atomic_path
 from dreamgym._version import __version__
 from dreamgym.games import GameSpec, get_game
 from dreamgym.mdnrnn import MDNRNN, MDNRNNConfig
@@ -30,15 +31,14 @@ class WorldModelError(ValueError):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata=None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata)
-    os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata)
 
 
 def read_json(path: Path) -> dict:

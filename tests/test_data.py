@@ -172,3 +172,27 @@ def test_iter_frame_batches_holds_a_bounded_number_of_episodes(run_dir, monkeypa
 def test_manifest_rows_are_json_lines(run_dir):
     lines = (run_dir[0] / data.MANIFEST).read_text().splitlines()
     assert all(isinstance(json.loads(line), dict) for line in lines)
+
+
+def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, monkeypatch):
+    import errno
+
+    from dreamgym import _io
+
+    folder = tmp_path / "episodes"
+    ep = {
+        "frames": np.zeros((3, 64, 64, 3), np.uint8),
+        "actions": np.zeros((3, 1), np.float32),
+        "rewards": np.ones(3, np.float32),
+        "terminated": np.zeros(3, bool),
+    }
+    first = data.write_episode(folder, 0, ep)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "write_array", full)
+    with pytest.raises(_io.WriteError, match=r"ep_0000001\.npz.*No space left"):
+        data.write_episode(folder, 1, ep)
+    assert sorted(p.name for p in folder.iterdir()) == [first["file"]]  # no temporary left
+    assert data.sha256(folder / first["file"]) == first["sha256"]

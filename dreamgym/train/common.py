@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from dreamgym._io import atomic_path
 from dreamgym._version import __version__
 from dreamgym.games import get_game
 from dreamgym.world_model import atomic_write_text
@@ -70,9 +71,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def atomic_torch_save(obj: dict, path: Path) -> None:
     """Save a checkpoint of tensors and plain values (loaded back with weights_only=True)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -7,7 +7,6 @@ re-encodes and an up-to-date file is kept.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from dreamgym import data
+from dreamgym._io import atomic_path
 from dreamgym.train.common import load_checkpoint, open_run, set_threads
 from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
 from dreamgym.vae import frames_to_tensor
@@ -65,16 +65,15 @@ def run(config: EncodeConfig, run_dir) -> Path:
         terms.append(ep["terminated"])
         lengths.append(len(ep["frames"]))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
-        mu=np.concatenate(mus).astype(np.float32),
-        logvar=np.concatenate(logvars).astype(np.float32),
-        actions=np.concatenate(actions).astype(np.float32),
-        rewards=np.concatenate(rewards).astype(np.float32),
-        terminated=np.concatenate(terms),
-        offsets=offsets,
-        vae_step=np.int64(step),
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: no .npz suffix added
+        np.savez(
+            f,
+            mu=np.concatenate(mus).astype(np.float32),
+            logvar=np.concatenate(logvars).astype(np.float32),
+            actions=np.concatenate(actions).astype(np.float32),
+            rewards=np.concatenate(rewards).astype(np.float32),
+            terminated=np.concatenate(terms),
+            offsets=offsets,
+            vae_step=np.int64(step),
+        )
     return path

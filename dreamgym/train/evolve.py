@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
+from dreamgym._io import atomic_path
 from dreamgym.policy import WEIGHTS_FILE, controller_config, save_controller
 from dreamgym.train.common import (
     RunDirError,
@@ -168,10 +168,9 @@ class CMAES:
 
 def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], values: dict) -> None:
     """Arrays as safetensors, values as JSON in its metadata: one file, written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    save_file(arrays, str(tmp), {"state": json.dumps(values)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(arrays, str(tmp), {"state": json.dumps(values)})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:

@@ -1,0 +1,31 @@
+"""Atomic file writes: write a temporary file, then rename; a failed write leaves nothing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class WriteError(OSError):
+    """A file could not be written (a full disk, most often); nothing earlier was touched."""
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` once written.
+
+    On failure the temporary file is removed and ``WriteError`` names ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(
+            f"{path}: could not be written ({e.strerror or e}); free disk space and rerun "
+            "the same command: it resumes, and what was already written is intact"
+        ) from e
