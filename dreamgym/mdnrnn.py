@@ -102,8 +102,9 @@ class MDNRNN(nn.Module):
         nn.LSTM's per-call overhead in the dream's hot loop.
         """
         lstm = self.lstm
-        gates = torch.addmm(lstm.bias_ih_l0, torch.cat([z, a], dim=-1), lstm.weight_ih_l0.t())
-        gates = torch.addmm(gates, state.h, lstm.weight_hh_l0.t()).add_(lstm.bias_hh_l0)
+        gates = torch.mm(torch.cat([z, a], dim=-1), lstm.weight_ih_l0.t())  # (B, 4H)
+        gates.addmm_(state.h, lstm.weight_hh_l0.t())
+        gates += lstm.bias_ih_l0 + lstm.bias_hh_l0
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * state.c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
