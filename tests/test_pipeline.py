@@ -185,3 +185,23 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_fit_mdnrnn_survives_sigkill(tmp_path):
+    run = tmp_path / "run"
+    cli("collect", "doom_take_cover", "--run", run, "--episodes", "2", "--max-steps", "60",
+        "--min-frames", "0")  # fmt: skip
+    cli("fit-vae", run, "--batch-size", "8", "--epochs", "0.1", "--threads", "1")
+    cli("encode", run, "--batch-size", "32")
+    ckpt = run / "mdnrnn" / "checkpoint.pt"
+    args = ("fit-mdnrnn", run, "--hidden", "16", "--batch-size", "2", "--seq-len", "20",
+            "--checkpoint-every", "2", "--threads", "1")  # fmt: skip
+    proc = start(*args, "--steps", "100000")
+    wait_for(lambda: ckpt.exists(), proc)
+    time.sleep(0.5)
+    kill(proc)
+    step = load_checkpoint(ckpt)["step"]  # loadable: never half-written
+    assert step >= 2
+    cli(*args, "--steps", str(step + 3))
+    assert load_checkpoint(ckpt)["step"] == step + 3
+    assert WorldModel.load(run / "world_model", game="doom_take_cover").mdnrnn.config.hidden == 16
