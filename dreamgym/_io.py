@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,3 +30,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             f"{path}: could not be written ({e.strerror or e}); free disk space and rerun "
             "the same command: it resumes, and what was already written is intact"
         ) from e
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSON-lines file (none if it is missing); a line torn by a kill is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamgym._io import atomic_path
+from dreamgym._io import atomic_path, read_jsonl
 
 EPISODES_DIR = "episodes"
 MANIFEST = "manifest.jsonl"
@@ -84,16 +84,7 @@ def read_episode(path: Path, fields=FIELDS) -> dict[str, np.ndarray]:
 
 def read_manifest(run_dir: Path) -> list[dict]:
     """Manifest rows; a torn last line (killed mid-append) is ignored."""
-    path = Path(run_dir) / MANIFEST
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(Path(run_dir) / MANIFEST)
 
 
 def append_manifest(run_dir: Path, row: dict) -> None:

@@ -21,7 +21,7 @@ from dreamgym.policy import (
     save_controller,
 )
 from dreamgym.train import evaluate, workers
-from dreamgym.train.common import open_run
+from dreamgym.train.common import WORLD_MODEL_DIR, open_run
 
 torch.set_num_threads(1)
 
@@ -36,7 +36,7 @@ def random_params(wm, seed: int = 0, scale: float = 0.3) -> np.ndarray:
 def make_run(tmp_path: Path, wm, params, tau: float = 1.0) -> Path:
     """A run directory holding ``wm`` and one controller trained (nominally) at ``tau``."""
     run_dir, _ = open_run(tmp_path / "run", wm.game.name)
-    wm.save(run_dir / evaluate.WORLD_MODEL_DIR)
+    wm.save(run_dir / WORLD_MODEL_DIR)
     save_controller(run_dir / f"evolve_tau{tau:g}", params, wm.game, {"tau": tau})
     return run_dir
 
@@ -149,7 +149,7 @@ def test_evaluate_in_the_dream_writes_the_report(tmp_path, world_models):
     again = evaluate.run(cfg, run_dir / "evolve_tau1")
     assert json.loads(again.read_text())["returns"] == report["returns"]
     model = tmp_path / "model"
-    shutil.copytree(run_dir / evaluate.WORLD_MODEL_DIR, model)
+    shutil.copytree(run_dir / WORLD_MODEL_DIR, model)
     for name in ("controller.json", "controller.safetensors"):
         shutil.copy(run_dir / "evolve_tau1" / name, model / name)
     hot = evaluate.EvaluateConfig(episodes=12, dream=True, max_steps=30, seed=4, tau=1.3,
@@ -163,7 +163,7 @@ def test_source_resolution(tmp_path, world_models):
     run_dir, _ = open_run(tmp_path, "doom_take_cover")
     with pytest.raises(FileNotFoundError, match="fit-mdnrnn"):
         evaluate.resolve_source(run_dir)
-    wm.save(run_dir / evaluate.WORLD_MODEL_DIR)
+    wm.save(run_dir / WORLD_MODEL_DIR)
     with pytest.raises(FileNotFoundError, match="run evolve first"):
         evaluate.resolve_source(run_dir)
     for tau in (1.0, 1.15):

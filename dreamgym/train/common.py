@@ -16,6 +16,8 @@ from dreamgym.games import get_game
 from dreamgym.world_model import atomic_write_text
 
 RUN_FILE = "run.json"
+WORLD_MODEL_DIR = "world_model"
+"""Where a run directory keeps its assembled world model (what evolve and the dream read)."""
 
 
 class RunDirError(ValueError):
@@ -55,18 +57,6 @@ def log_metrics(path: Path, **row) -> None:
     row = {"time": round(time.time(), 3), **row}
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill
-    return rows
 
 
 def atomic_torch_save(obj: dict, path: Path) -> None:

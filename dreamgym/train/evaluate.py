@@ -26,13 +26,12 @@ from dreamgym.controller import ControllerConfig, batched_forward
 from dreamgym.dream import DEFAULT_TAU
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
-from dreamgym.train.common import set_threads
+from dreamgym.train.common import WORLD_MODEL_DIR, set_threads
 from dreamgym.train.workers import GamePool
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text, read_json
 from dreamgym.wrappers import make_real
 
-WORLD_MODEL_DIR = "world_model"
 COMPACT_BELOW = 0.875
 """The dream batch drops finished rows once fewer than this fraction of its rows live."""
 

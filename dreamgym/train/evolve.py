@@ -30,17 +30,17 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from dreamgym._io import atomic_path
+from dreamgym._io import atomic_path, read_jsonl
 from dreamgym.policy import WEIGHTS_FILE, controller_config, save_controller
 from dreamgym.train.common import (
+    WORLD_MODEL_DIR,
     RunDirError,
     log_metrics,
     open_run,
-    read_jsonl,
     save_config,
     set_threads,
 )
-from dreamgym.train.evaluate import WORLD_MODEL_DIR, DreamEvaluator, RealEvaluator
+from dreamgym.train.evaluate import DreamEvaluator, RealEvaluator
 from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
 
 CMA_FILE = "cma.safetensors"

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
+from dreamgym._io import read_jsonl
 from dreamgym._version import __version__
-from dreamgym.train.common import open_run, read_jsonl
+from dreamgym.train.common import WORLD_MODEL_DIR, open_run
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn
 from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
 from dreamgym.world_model import WorldModel
-
-WORLD_MODEL_DIR = "world_model"
 
 
 def assemble(run_dir) -> Path:
