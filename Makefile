@@ -1,5 +1,5 @@
 # Two commands for a fresh machine:
-#   make demo   play real Doom and show what V sees (writes runs/demo/)
+#   make demo   train a controller in the shipped Doom dream, score it in real VizDoom (runs/demo/)
 #   make test   lint and run the tests
 # Both create .venv first. torch is pinned and installed before the package,
 # so pip takes the CPU wheel instead of resolving a multi-GB CUDA build.

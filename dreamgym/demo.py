@@ -1,13 +1,21 @@
-"""Play real Doom and show what V sees.
+"""Train a controller inside the shipped Doom dream, then score it in real VizDoom.
 
-Plays a few real DoomTakeCover episodes with the paper's random policy (a
-uniform action in [-1, 1] held for 1-10 frames). V is the shipped world model's
-if one is in ``models/doom_take_cover/``; otherwise a fresh ConvVAE (z=64) is
-trained on the frames just played for a short CPU budget, keeping the last
-episode aside to measure it on. Writes ``OUT/reconstruction.png`` (real frames
-above, V's reconstructions below) and ``OUT/summary.json``, and prints a table.
+    python -m dreamgym.demo --out runs/demo        # what `make demo` runs
 
-    python -m dreamgym.demo --out runs/demo
+1. Loads the shipped world model (``models/doom_take_cover``: V, M and the bank
+   of real first frames).
+2. Evolves a linear controller with CMA-ES inside ``DreamDoom-v0`` at tau 1.15
+   for ``--minutes`` of wall time. Every rollout is one row of a batched dream;
+   the real game is never played while training.
+3. Scores it on ``--episodes`` real episodes, next to the shipped controller and
+   the paper's random policy on the same game seeds.
+4. Prints a table with the paper's numbers and writes, into ``--out``:
+   ``summary.json``; ``cma_curve.png`` (dream fitness per generation);
+   ``side_by_side.gif`` (the real game | V's reconstruction of it | the dream
+   continuing from the same first frame, both driven by the new controller); and
+   ``evolve_tau1.15/`` (the controller, its CMA-ES checkpoint and metrics).
+
+A rerun continues the CMA-ES run in ``--out`` for another ``--minutes``.
 """
 
 from __future__ import annotations
@@ -19,92 +27,134 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from dreamgym import dream_core as dc
+from dreamgym._io import read_jsonl
+from dreamgym.controller import batched_forward
 from dreamgym.games import make_game
-from dreamgym.shipped import shipped_dir
+from dreamgym.policy import CONFIG_FILE as CONTROLLER_FILE
+from dreamgym.policy import controller_config, read_controller
+from dreamgym.shipped import load_world_model, shipped_dir
+from dreamgym.train.evaluate import RealEvaluator
+from dreamgym.train.evolve import METRICS_FILE, EvolveConfig, evolve
 from dreamgym.train.policies import doom_random_policy
-from dreamgym.vae import ConvVAE, frames_to_tensor, tensor_to_frames, vae_loss
-from dreamgym.world_model import CONFIG_FILE, WEIGHTS_FILE, WorldModel
+from dreamgym.vae import frames_to_tensor, tensor_to_frames
+from dreamgym.wrappers import make_real
 
 GAME = "doom_take_cover"
+ENV_ID = "DreamDoom-v0"
+TAU = 1.15
+PAPER_ROWS = [
+    ("paper: controller trained in the dream, tau 1.15", "1092 ± 556", 100),
+    ("paper: random policy", "210 ± 108", 100),
+]
 
 
-def play(episodes: int, seed: int) -> tuple[list[np.ndarray], list[float]]:
-    """Real episodes with the random policy: frames (T, 64, 64, 3) uint8 and the return of each."""
+def random_policy_returns(episodes: int, seed: int) -> np.ndarray:
+    """Real returns of the paper's random policy (an action held 1-10 frames), seeds seed+i."""
     env = make_game(GAME)
-    frames, returns = [], []
+    out = []
     try:
-        for i in tqdm(range(episodes), desc="play real Doom", unit="ep"):
-            policy = doom_random_policy(np.random.default_rng(seed + i))
+        for i in tqdm(range(episodes), desc="real Doom, random policy", unit="ep"):
+            policy = doom_random_policy(np.random.default_rng(seed + i), max_hold=10)
             obs, _ = env.reset(seed=seed + i)
-            ep, ret, done = [obs], 0.0, False
+            total, done = 0.0, False
             while not done:
                 obs, reward, terminated, truncated, _ = env.step(policy(obs))
-                ep.append(obs)
-                ret += reward
+                total += reward
                 done = terminated or truncated
-            frames.append(np.stack(ep))
-            returns.append(ret)
+            out.append(total)
     finally:
         env.close()
-    return frames, returns
-
-
-def train_vae(frames: np.ndarray, seconds: float, seed: int, batch_size: int = 32):
-    """A ConvVAE (z=64) trained on ``frames`` for ``seconds`` of wall time; returns (V, steps)."""
-    torch.manual_seed(seed)
-    vae = ConvVAE(z_dim=64)
-    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)  # 10x the paper's: a budget of seconds
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    steps, t0 = 0, time.time()
-    bar = tqdm(
-        total=round(seconds),
-        desc="train V",
-        unit="s",
-        bar_format="{l_bar}{bar}| {n:.0f}/{total}s{postfix}",
-    )
-    while (elapsed := time.time() - t0) < seconds:
-        x = frames_to_tensor(frames[rng.integers(0, len(frames), batch_size)])
-        x_hat, mu, logvar = vae(x, generator=gen)
-        loss, rec, kl = vae_loss(x, x_hat, mu, logvar, vae.config.kl_tolerance)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        steps += 1
-        bar.update(min(time.time() - t0, seconds) - elapsed)
-        bar.set_postfix(step=steps, rec=f"{rec.item():.0f}", kl=f"{kl.item():.1f}")
-    bar.close()
-    return vae.eval(), steps
+    return np.array(out)
 
 
 @torch.no_grad()
-def reconstruct(vae: ConvVAE, frames: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """V's reconstruction of each frame: decode(mu), uint8."""
-    out = [
-        tensor_to_frames(vae.decode(vae.encode(frames_to_tensor(frames[i : i + batch_size]))[0]))
-        for i in range(0, len(frames), batch_size)
-    ]
-    return np.concatenate(out)
+def side_by_side(wm, params: np.ndarray, seed: int, max_steps: int) -> list[np.ndarray]:
+    """Frames (64, 196, 3): real | V's reconstruction | the dream from the same first frame.
+
+    The controller ``params`` drives both the real game and the dream. When the dream
+    ends (M predicts death) its panel stays on its last frame, darkened.
+    """
+    cfg = controller_config(wm)
+    p = torch.as_tensor(params, dtype=torch.float32)[None]
+    real = make_real(ENV_ID, world_model=wm, max_episode_steps=max_steps)
+    g = torch.Generator().manual_seed(seed)
+    obs, _ = real.reset(seed=seed)
+    mu, _ = wm.vae.encode(frames_to_tensor(real.frame[None]))
+    dream = dc.DreamState(mu, wm.mdnrnn.initial_state(1))
+    dream_frame, dream_alive = tensor_to_frames(wm.vae.decode(mu))[0], True
+    out, done = [], False
+    try:
+        while True:
+            mu, _ = wm.vae.encode(frames_to_tensor(real.frame[None]))
+            recon = tensor_to_frames(wm.vae.decode(mu))[0]
+            shown = dream_frame if dream_alive else (dream_frame * 0.4).astype(np.uint8)
+            gap = np.full((64, 2, 3), 255, np.uint8)
+            out.append(np.concatenate([real.frame, gap, recon, gap, shown], axis=1))
+            if done:
+                break
+            y = batched_forward(cfg, p, torch.as_tensor(obs)[None, None])[0, 0]
+            obs, _, terminated, truncated, _ = real.step(wm.game.controller_to_action(y).numpy())
+            done = terminated or truncated
+            if dream_alive:
+                y = batched_forward(cfg, p, dc.observation(wm, dream)[:, None])[:, 0]
+                dream, _, dream_done = dc.step(wm, dream, wm.game.controller_to_action(y), TAU, g)
+                dream_frame = tensor_to_frames(wm.vae.decode(dream.z))[0]
+                dream_alive = not bool(dream_done[0])
+    finally:
+        real.close()
+    return out
 
 
-def mse_per_pixel(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean squared error per pixel and channel, on the [0, 1] scale."""
-    return float(np.mean((a.astype(np.float32) / 255 - b.astype(np.float32) / 255) ** 2))
+def save_gif(path: Path, frames: list[np.ndarray], stride: int = 2, scale: int = 2) -> None:
+    """Every ``stride``-th frame, upscaled, with the panels labelled, at the game's speed."""
+    images = []
+    for frame in frames[::stride]:
+        img = Image.fromarray(frame).resize(
+            (frame.shape[1] * scale, frame.shape[0] * scale), Image.Resampling.NEAREST
+        )
+        canvas = Image.new("RGB", (img.width, img.height + 14), "white")
+        canvas.paste(img, (0, 14))
+        draw = ImageDraw.Draw(canvas)
+        for i, label in enumerate(("real game", "V's reconstruction", "dream")):
+            draw.text((i * 66 * scale + 2, 1), label, fill="black")
+        images.append(canvas)
+    images[0].save(
+        path, save_all=True, append_images=images[1:], duration=round(1000 * stride / 35), loop=0
+    )
 
 
-def save_grid(path: Path, real: np.ndarray, recon: np.ndarray, scale: int = 2, gap: int = 2):
-    """Row of real frames above the row of their reconstructions, as a PNG."""
-    n = len(real)
-    grid = np.full((2 * 64 + 3 * gap, n * 64 + (n + 1) * gap, 3), 255, np.uint8)
-    for row, images in enumerate((real, recon)):
-        for j, image in enumerate(images):
-            y, x = gap + row * (64 + gap), gap + j * (64 + gap)
-            grid[y : y + 64, x : x + 64] = image
-    img = Image.fromarray(grid)
-    img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST).save(path)
+def save_curve(path: Path, metrics: list[dict], tau: float) -> None:
+    """CMA-ES fitness per generation (best, mean, worst) and the scores of the CMA mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gen = [r["generation"] for r in metrics]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.fill_between(gen, [r["worst"] for r in metrics], [r["best"] for r in metrics],
+                    alpha=0.2, label="population: worst to best")  # fmt: skip
+    ax.plot(gen, [r["mean"] for r in metrics], label="population mean")
+    evals = [r for r in metrics if "eval_mean" in r]
+    if evals:
+        ax.errorbar([r["generation"] for r in evals], [r["eval_mean"] for r in evals],
+                    [r["eval_std"] for r in evals], fmt="o", capsize=3,
+                    label="CMA mean, scored on fresh dreams")  # fmt: skip
+    ax.set_xlabel("generation")
+    ax.set_ylabel(f"steps survived in the dream (tau {tau:g})")
+    ax.set_title("CMA-ES inside DreamDoom-v0")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fmt(r: np.ndarray) -> str:
+    return f"{r.mean():.0f} ± {r.std():.0f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -112,72 +162,104 @@ def main(argv: list[str] | None = None) -> dict:
         prog="python -m dreamgym.demo", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    parser.add_argument("--episodes", type=int, default=4, help="real episodes to play")
     parser.add_argument(
-        "--seconds", type=float, default=60.0, help="V's training budget when none ships"
+        "--world-model", type=Path, default=None, help="world-model folder (default: shipped)"
     )
+    parser.add_argument("--minutes", type=float, default=5.0, help="CMA-ES wall-time budget")
+    parser.add_argument("--episodes", type=int, default=20, help="real episodes per policy")
+    parser.add_argument("--popsize", type=int, default=32, help="CMA-ES population")
+    parser.add_argument("--trials", type=int, default=8, help="dreams per controller")
+    parser.add_argument("--gif-steps", type=int, default=700, help="length of the GIF's episode")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the dream")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes: expected at least 1")
-    if args.seconds < 0:
-        parser.error("--seconds: expected a number >= 0")
+    if not args.minutes > 0:
+        parser.error("--minutes: expected a positive number")
+    if args.gif_steps < 1:
+        parser.error("--gif-steps: expected at least 1")
 
     t0 = time.time()
-    episodes, returns = play(args.episodes, args.seed)
-    folder = shipped_dir(GAME)
-    if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
-        vae = WorldModel.load(folder, game=GAME).vae
-        v_source = f"shipped weights, {folder}"
-        test, measured_on = np.concatenate(episodes), "all frames played (V never saw them)"
-    else:
-        train = np.concatenate(episodes[:-1] if len(episodes) > 1 else episodes)
-        vae, steps = train_vae(train, args.seconds, args.seed)
-        v_source = (
-            f"none shipped: trained {args.seconds:.0f} s ({steps} steps) on {len(train)} frames"
-        )
-        if len(episodes) > 1:
-            test, measured_on = episodes[-1], "the last episode (kept out of training)"
-        else:
-            test, measured_on = train, "the frames V trained on (one episode only)"
-    recon = reconstruct(vae, test)
-    mean_frame = np.concatenate(episodes).mean(0, keepdims=True)
-    pick = np.linspace(0, len(test) - 1, 8).round().astype(int)
+    wm_dir = args.world_model or shipped_dir(GAME)
+    # a clear error, with the training commands, if no world model ships
+    wm = load_world_model(GAME, args.world_model)
     args.out.mkdir(parents=True, exist_ok=True)
-    save_grid(args.out / "reconstruction.png", test[pick], recon[pick])
+    config = EvolveConfig(
+        tau=TAU,
+        generations=10_000,  # the wall-time budget ends the run
+        popsize=args.popsize,
+        trials=args.trials,
+        eval_every=10,
+        eval_rollouts=256,
+        seed=args.seed,
+        threads=args.threads,
+        seconds=60 * args.minutes,
+    )
+    evolve_dir = evolve(config, wm_dir, args.out / f"evolve_tau{TAU:g}")
+    train_seconds = time.time() - t0
+    metrics = list(read_jsonl(evolve_dir / METRICS_FILE))
+    controller, info = read_controller(evolve_dir)
+    ours = controller.get_flat().numpy()
 
-    lengths = [len(e) for e in episodes]
+    candidates = {"this run (CMA-ES in the dream)": ours}
+    if (wm_dir / CONTROLLER_FILE).is_file():
+        shipped, _ = read_controller(wm_dir)
+        candidates["shipped controller"] = shipped.get_flat().numpy()
+    t1 = time.time()
+    bar = tqdm(total=len(candidates) * args.episodes, desc="real Doom, controllers", unit="ep")
+    with RealEvaluator(wm_dir, workers=2) as real:
+        returns = real.returns(np.stack(list(candidates.values())), args.episodes, args.seed,
+                               bar.update)  # fmt: skip
+    bar.close()
+    scores = dict(zip(candidates, returns, strict=True))
+    scores["random policy"] = random_policy_returns(args.episodes, args.seed)
+    eval_seconds = time.time() - t1
+
+    frames = side_by_side(wm, ours, args.seed, args.gif_steps)
+    save_gif(args.out / "side_by_side.gif", frames)
+    save_curve(args.out / "cma_curve.png", metrics, TAU)
+
+    best = info["eval"]
     summary = {
         "game": GAME,
-        "episodes": len(episodes),
-        "frames": int(sum(lengths)),
-        "return_mean": float(np.mean(returns)),
-        "return_std": float(np.std(returns)),
-        "V": v_source,
-        "reconstruction_mse_per_pixel": mse_per_pixel(test, recon),
-        "mean_frame_mse_per_pixel": mse_per_pixel(test, np.broadcast_to(mean_frame, test.shape)),
-        "measured_on": measured_on,
+        "world_model": str(wm_dir),
+        "cma_es": {
+            "tau": TAU,
+            "generations": len(metrics),
+            "popsize": args.popsize,
+            "trials": args.trials,
+            "dream_steps": int(sum(r["steps"] for r in metrics)),
+            "seconds": round(train_seconds, 1),
+            "controller_generation": best["generation"],
+            "controller_dream_score": [best["mean"], best["std"], best["rollouts"]],
+        },
+        "real_episodes": args.episodes,
+        "real_seeds": [args.seed, args.seed + args.episodes - 1],
+        "real": {
+            k: {"mean": float(v.mean()), "std": float(v.std()), "returns": v.tolist()}
+            for k, v in scores.items()
+        },  # fmt: skip
+        "real_seconds": round(eval_seconds, 1),
         "seconds": round(time.time() - t0, 1),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    rows = [
-        ("episodes", f"{summary['episodes']} (real DoomTakeCover, random policy)"),
-        ("frames", f"{summary['frames']}"),
-        ("return", f"{summary['return_mean']:.1f} ± {summary['return_std']:.1f}"),
-        ("V", v_source),
-        (
-            "reconstruction MSE/pixel",
-            f"{summary['reconstruction_mse_per_pixel']:.4f} on {measured_on}",
-        ),
-        ("  mean-frame baseline", f"{summary['mean_frame_mse_per_pixel']:.4f}"),
-        ("seconds", f"{summary['seconds']:.1f}"),
-    ]
-    print()
-    for key, value in rows:
-        print(f"{key:<26} {value}")
+
+    n = args.episodes
+    rows = [(name, fmt(r), n) for name, r in scores.items()] + PAPER_ROWS
+    width = max(len(r[0]) for r in rows)
+    print(f"\nReal VizDoom TakeCover, steps survived (seeds {args.seed}-{args.seed + n - 1}; "
+          "solved = 750)")  # fmt: skip
+    print(f"{'policy':<{width}}  {'mean ± std':>12}  episodes")
+    for name, score, episodes in rows:
+        print(f"{name:<{width}}  {score:>12}  {episodes:>8}")
     print(
-        f"\nwrote {args.out / 'reconstruction.png'} (top: real frames, bottom: V's reconstructions)"
+        f"\nCMA-ES: {len(metrics)} generations of {args.popsize} x {args.trials} dreams in "
+        f"{train_seconds:.0f} s; its controller (generation {best['generation']}) survives "
+        f"{best['mean']:.0f} ± {best['std']:.0f} steps in {best['rollouts']} dreams at tau {TAU}."
     )
+    print(f"total {summary['seconds']:.0f} s; wrote {args.out}/side_by_side.gif, "
+          f"{args.out}/cma_curve.png, {args.out}/summary.json")  # fmt: skip
     return summary
 
 

@@ -35,7 +35,7 @@ def resize_frame(frame: np.ndarray) -> np.ndarray:
 class DoomTakeCoverEnv(gym.Env):
     """ViZDoom TakeCover as the paper played it.
 
-    Observation: the 160x120 screen (no HUD) resized to 64x64x3 uint8.
+    Observation: the 160x120 screen (no HUD, damage flashes on) resized to 64x64x3 uint8.
     Action: ``Box(-1, 1, (1,))``; below -1/3 moves left, above 1/3 moves right,
     otherwise the agent stays (the paper's mapping). Reward +1 per tic alive.
     Terminates on death; truncates at ``max_episode_steps`` (2100 = 60 s).
@@ -58,6 +58,9 @@ class DoomTakeCoverEnv(gym.Env):
         game.set_screen_resolution(vzd.ScreenResolution.RES_160X120)
         game.set_screen_format(vzd.ScreenFormat.RGB24)
         game.set_render_hud(False)
+        # take_cover.cfg turns damage flashes off; on, a hit tints the frame red, so V and M
+        # can see being hit instead of having to infer health from nothing.
+        game.set_render_screen_flashes(True)
         game.set_mode(vzd.Mode.PLAYER)
         game.init()
         self._game = game

@@ -31,7 +31,8 @@ class LatentObservation(gym.Wrapper):
     game, advances M with (z_t, executed a_t) and encodes the new frame. z is a
     posterior sample drawn from a ``torch.Generator`` seeded by ``reset(seed=...)``.
     Reward, termination and truncation are the real game's. Actions are checked
-    like the dream's (``ValueError``/``TypeError``, nothing stepped).
+    like the dream's (``ValueError``/``TypeError``, nothing stepped). ``frame`` is
+    the last real frame, the one V encoded into the current observation.
     """
 
     def __init__(self, env: gym.Env, world_model: WorldModel, max_episode_steps: int):
@@ -42,12 +43,14 @@ class LatentObservation(gym.Wrapper):
         self._generator = torch.Generator(device=world_model.device)
         self._seeded = False
         self._state: core.DreamState | None = None
+        self.frame: np.ndarray | None = None
 
     @torch.no_grad()
     def _encode(self, frame: np.ndarray) -> torch.Tensor:
         """(64, 64, 3) uint8 frame -> (1, Z) posterior sample."""
         wm = self.world_model
-        x = frames_to_tensor(np.array(frame[None]), wm.device)  # a writable copy
+        self.frame = np.array(frame)  # a writable copy
+        x = frames_to_tensor(self.frame[None], wm.device)
         mu, logvar = wm.vae.encode(x)
         return reparameterize(mu, logvar, self._generator).clamp_(-core.Z_BOUND, core.Z_BOUND)
 

@@ -196,6 +196,22 @@ def test_evolve_improves_fitness_in_a_tiny_dream(tmp_path):
     assert ev.returns(policy.params[None], 32, seed=0).mean() > 2 * still
 
 
+def test_wall_time_budget_ends_the_run_with_the_mean_scored_and_a_rerun_continues(tmp_path):
+    wm_dir = tiny_world().save(tmp_path / "wm")  # a world-model folder, not a run directory
+    cfg = tiny_config(generations=10_000, eval_every=1000, max_steps=400, seconds=1.0)
+    t0 = time.time()
+    out = evolve.evolve(cfg, wm_dir, tmp_path / "out")
+    assert time.time() - t0 < 5
+    rows = metric_rows(out)
+    assert 1 <= len(rows) < 10_000
+    info = json.loads((out / "controller.json").read_text())
+    assert info["eval"]["generation"] == len(rows)  # the last generation scored the mean
+    again = evolve.evolve(cfg, wm_dir, tmp_path / "out")
+    assert metric_rows(again)[: len(rows)] == rows and len(metric_rows(again)) > len(rows)
+    with pytest.raises(ValueError, match="seconds"):
+        evolve.evolve(tiny_config(seconds=0.0), wm_dir, tmp_path / "bad")
+
+
 def test_rerun_resumes_to_the_same_state_as_a_straight_run(tmp_path):
     straight = evolve.run(tiny_config(generations=5), make_run(tmp_path / "a"))
     run_b = make_run(tmp_path / "b")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -160,16 +162,33 @@ def test_car_racing_resets_and_steps_in_the_declared_spaces():
 
 
 @pytest.mark.slow
-def test_demo_plays_and_writes_the_reconstruction_grid(tmp_path, capsys):
+def test_demo_trains_in_the_dream_scores_in_real_doom_and_writes_its_files(
+    tmp_path, capsys, world_models
+):
     pytest.importorskip("vizdoom", reason="install dreamgym[doom]")
+    pytest.importorskip("matplotlib", reason="install dreamgym[viz]")
     from PIL import Image
 
     from dreamgym import demo
 
-    summary = demo.main(["--out", str(tmp_path), "--episodes", "2", "--seconds", "1"])
-    assert summary["episodes"] == 2 and summary["frames"] > 2
-    assert 0 <= summary["reconstruction_mse_per_pixel"] <= 1
-    with Image.open(tmp_path / "reconstruction.png") as img:
-        assert img.size == (2 * (8 * 64 + 9 * 2), 2 * (2 * 64 + 3 * 2))  # 8 frames, 2 rows, x2
-    assert "reconstruction MSE/pixel" in capsys.readouterr().out
-    assert (tmp_path / "summary.json").is_file()
+    wm_dir = world_models["doom_take_cover"].save(tmp_path / "wm")
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--world-model", str(wm_dir), "--minutes", "0.02",
+            "--episodes", "2", "--popsize", "4", "--trials", "2", "--gif-steps", "6"]  # fmt: skip
+    summary = demo.main(args)
+    assert summary["cma_es"]["generations"] >= 1
+    assert set(summary["real"]) == {"this run (CMA-ES in the dream)", "random policy"}
+    for scores in summary["real"].values():
+        assert len(scores["returns"]) == 2 and all(r >= 1 for r in scores["returns"])
+    table = capsys.readouterr().out
+    assert "random policy" in table and "1092 ± 556" in table
+    with Image.open(out / "side_by_side.gif") as gif:
+        assert gif.size == (2 * (3 * 64 + 2 * 2), 2 * 64 + 14)
+        assert gif.n_frames >= 2
+    with Image.open(out / "cma_curve.png") as png:
+        assert png.size[0] > 100
+    assert (out / "evolve_tau1.15" / "controller.safetensors").is_file()
+    assert json.loads((out / "summary.json").read_text())["real_episodes"] == 2
+    # a rerun continues the same CMA-ES run
+    again = demo.main(args)
+    assert again["cma_es"]["generations"] > summary["cma_es"]["generations"]

@@ -217,6 +217,9 @@ class EvolveConfig:
     """Torch device of the dream."""
     threads: int | None = None
     """Torch threads of this process (None: torch's default)."""
+    seconds: float | None = None
+    """Wall-time budget of this call: the generation the next one would not fit after
+    ends the call, with the CMA mean scored and saved (a rerun continues)."""
 
 
 def evolve_dir_name(config: EvolveConfig) -> str:
@@ -237,6 +240,8 @@ def _check(config: EvolveConfig) -> None:
         raise ValueError(f"tau: expected a positive finite number, got {config.tau}")
     if config.max_steps is not None and config.max_steps < 1:
         raise ValueError(f"max_steps: expected an integer >= 1 or None, got {config.max_steps}")
+    if config.seconds is not None and not (math.isfinite(config.seconds) and config.seconds > 0):
+        raise ValueError(f"seconds: expected a positive number or None, got {config.seconds}")
 
 
 def rollout_seed(seed: int, generation: int, stream: int = 0) -> int:
@@ -257,14 +262,22 @@ def run(config: EvolveConfig, run_dir) -> Path:
     """Evolve a controller in the run's world model; return the folder holding it."""
     _check(config)
     run_dir, game = open_run(run_dir)
-    set_threads(config.threads)
     wm_dir = run_dir / WORLD_MODEL_DIR
     try:
-        wm = WorldModel.load(wm_dir, game=game, device=config.device)
+        WorldModel.load(wm_dir, game=game)
     except WorldModelError as e:
         raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
-    out = run_dir / evolve_dir_name(config)
-    out.mkdir(exist_ok=True)
+    return evolve(config, wm_dir, run_dir / evolve_dir_name(config))
+
+
+def evolve(config: EvolveConfig, wm_dir, out) -> Path:
+    """Evolve a controller in the world model in ``wm_dir``, writing (and resuming) ``out``."""
+    _check(config)
+    set_threads(config.threads)
+    wm_dir, out = Path(wm_dir), Path(out)
+    wm = WorldModel.load(wm_dir, device=config.device)
+    game = wm.game.name
+    out.mkdir(parents=True, exist_ok=True)
     es = CMAES(controller_config(wm).num_params, config.popsize, config.sigma0, config.seed)
     log = {"evals": [], "best_eval": None, "last_row": None}
     best_eval_x = None
@@ -311,10 +324,17 @@ def run(config: EvolveConfig, run_dir) -> Path:
         evaluator = DreamEvaluator(wm, config.tau, config.max_steps)
     where = "real" if config.real else f"tau={config.tau:g}"
     bar = tqdm(total=config.generations, initial=es.generation, desc=f"evolve {where}", unit="gen")
+    started, last_seconds = time.time(), 0.0
     with evaluator:
         while es.generation < config.generations:
             t0, steps0 = time.time(), evaluator.steps
             gen = es.generation + 1
+            # the last generation of the budget: the next one would not fit in it
+            out_of_time = (
+                config.seconds is not None
+                and t0 - started + 2 * last_seconds > config.seconds
+                and last_seconds > 0
+            )
             X = es.ask()
             returns = evaluator.returns(X, config.trials, rollout_seed(config.seed, gen))
             fitness = returns.mean(axis=1)
@@ -327,7 +347,7 @@ def run(config: EvolveConfig, run_dir) -> Path:
                 "sigma": es.sigma,
                 "steps": int(evaluator.steps - steps0),
             }
-            if gen % config.eval_every == 0 or gen == config.generations:
+            if gen % config.eval_every == 0 or gen == config.generations or out_of_time:
                 mean = es.mean
                 r = evaluator.returns(
                     mean[None], config.eval_rollouts, rollout_seed(config.seed, 0, stream=1)
@@ -357,8 +377,13 @@ def run(config: EvolveConfig, run_dir) -> Path:
             bar.set_postfix(
                 best=f"{row['best']:.1f}", mean=f"{row['mean']:.1f}", sigma=f"{row['sigma']:.3f}"
             )
+            last_seconds = row["seconds"]
+            if out_of_time:
+                break
     bar.close()
     return out
 
 
-__all__ = ["CMAES", "EvolveConfig", "run", "rollout_seed", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "CMAES", "EvolveConfig", "run", "evolve", "rollout_seed", "save_checkpoint", "load_checkpoint",
+]  # fmt: skip

@@ -9,14 +9,27 @@ import numpy as np
 from dreamgym.games import GameSpec
 
 
-def doom_random_policy(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
-    """The paper's Doom policy: a uniform action in [-1, 1] held for 1-10 frames."""
+def doom_random_policy(
+    rng: np.random.Generator, max_hold: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A uniform action in [-1, 1] held for 1 to ``max_hold`` frames.
+
+    ``max_hold=10`` is the paper's random policy. None (collection) draws it per
+    episode: 10 in half the episodes, 50 in the other half. The long holds put
+    wall-hugging and standing still for seconds into the data, so M learns that
+    fireballs still kill there; with 1-10 frame holds alone, a dream trained on
+    little data let "always move left" survive ten times longer than the real game.
+    """
+    if max_hold is None:
+        max_hold = 10 if rng.random() < 0.5 else 50
+    if max_hold < 1:
+        raise ValueError(f"max_hold: expected an integer >= 1, got {max_hold}")
     state = {"left": 0, "a": np.zeros(1, np.float32)}
 
     def act(obs):
         if state["left"] == 0:
             state["a"] = rng.uniform(-1, 1, 1).astype(np.float32)
-            state["left"] = int(rng.integers(1, 11))
+            state["left"] = int(rng.integers(1, max_hold + 1))
         state["left"] -= 1
         return state["a"].copy()
 
