@@ -69,12 +69,14 @@ class SequenceSampler:
     def batch(self, batch_size: int, device) -> dict[str, torch.Tensor]:
         eps = self.rng.integers(0, len(self.starts), batch_size)
         lengths = self.ends[eps] - self.starts[eps]
-        # Half the windows start at the first frame (as dreams do); half anywhere.
-        late = self.rng.random(batch_size) < 0.5
-        off = np.where(
-            late, (self.rng.random(batch_size) * np.maximum(lengths - self.seq_len, 0)), 0
-        )
-        off = off.astype(np.int64)
+        # Half the windows start at the first frame (as dreams do), a quarter end at the
+        # episode's last frame, a quarter lie anywhere. Without the windows that end at
+        # the last frame, an episode longer than seq_len would almost never show M its
+        # end, and M would learn that an episode which lasts never ends.
+        last = np.maximum(lengths - self.seq_len, 0)  # the largest offset
+        kind = self.rng.random(batch_size)
+        anywhere = (self.rng.random(batch_size) * (last + 1)).astype(np.int64)
+        off = np.where(kind < 0.5, 0, np.where(kind < 0.75, last, anywhere))
         n = np.minimum(lengths - off, self.seq_len)  # (B,) valid steps
         T = int(n.max())
         t = np.arange(T)
