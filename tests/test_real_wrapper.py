@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 from conftest import DREAM_IDS
 
 import dreamgym
+from dreamgym import shipped
 from dreamgym.dream import ENV_IDS
 from dreamgym.world_model import WorldModelError
 
@@ -118,7 +121,8 @@ def test_bad_arguments(world_models):
         dreamgym.make_real("DreamCarRacing-v0", world_model=wm)
     with pytest.raises(ValueError, match="num_envs"):
         dreamgym.make_real_vec("DreamDoom-v0", 0, world_model=wm)
-    if not (dreamgym.shipped_dir("doom_take_cover") / "config.json").is_file():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shipped, "_models_root", lambda: Path("no-models-here"))
         with pytest.raises(WorldModelError, match="dreamgym pipeline doom_take_cover"):
             dreamgym.make_real("DreamDoom-v0")
         with pytest.raises(WorldModelError, match="dreamgym export"):
