@@ -179,12 +179,12 @@ class ControllerPolicy:
 
 
 def _game_from_name(name: str) -> GameSpec | None:
+    """The game of a game name or of any registered dream id (aliases included)."""
+    from dreamgym.dream import ENV_IDS
+
     if name in GAMES:
         return GAMES[name]
-    for spec in GAMES.values():
-        if name == spec.dream_id:
-            return spec
-    return None
+    return GAMES[ENV_IDS[name]] if name in ENV_IDS else None
 
 
 def load_controller(path_or_game: str | os.PathLike) -> ControllerPolicy:
@@ -200,8 +200,8 @@ def load_controller(path_or_game: str | os.PathLike) -> ControllerPolicy:
         spec = _game_from_name(str(path_or_game))
         if spec is None:
             raise ControllerError(
-                f"{path_or_game}: no such controller folder, and not a game name "
-                f"(expected one of {sorted(GAMES)})"
+                f"{path_or_game}: no such controller folder, and not a game name or dream id "
+                f"(expected one of {sorted(GAMES)} or a DreamX-v0 id)"
             )
         from dreamgym.shipped import shipped_dir
 

@@ -18,9 +18,10 @@ import argparse
 import json
 from pathlib import Path
 
+from dreamgym._io import read_jsonl
 from dreamgym.shipped import shipped_dir
 from dreamgym.train import evaluate
-from dreamgym.train.evolve import EvolveConfig, evolve
+from dreamgym.train.evolve import METRICS_FILE, EvolveConfig, evolve
 
 TAUS = (0.10, 0.50, 1.00, 1.15, 1.30)
 PAPER = {  # tau: (dream score, real score), 100 real episodes each
@@ -69,14 +70,16 @@ def score(controller: Path, wm_dir: Path, mode: str, tau: float, args) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| tau | dream score (here) | real score (here) | dream (paper) | real (paper) |",
-        "|---|---|---|---|---|",
+        "| tau | CMA-ES generations | dream score (here) | real score (here) "
+        "| dream (paper) | real (paper) |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["tau"]):
         paper = PAPER.get(round(r["tau"], 2), ("-", "-"))
         d, x = r["dream"], r["real"]
         here = f"{d['mean']:.0f} ± {d['std']:.0f} | {x['mean']:.0f} ± {x['std']:.0f}"
-        lines.append(f"| {r['tau']:.2f} | {here} | {paper[0]} | {paper[1]} |")
+        gens = f"{r['generations']} (kept: {r['generation']})"
+        lines.append(f"| {r['tau']:.2f} | {gens} | {here} | {paper[0]} | {paper[1]} |")
     return "\n".join(lines)
 
 
@@ -101,6 +104,7 @@ def main() -> None:
         rows.append(
             {
                 "tau": tau,
+                "generations": len(read_jsonl(controller / METRICS_FILE)),
                 "generation": info["eval"]["generation"],
                 "dream": score(controller, wm_dir, "dream", tau, args),
                 "real": score(controller, wm_dir, "real", tau, args),
@@ -109,17 +113,20 @@ def main() -> None:
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     text = table(rows)
     (args.run / "tau_table.md").write_text(
-        f"{text}\n\nEach row: CMA-ES {args.generations} generations of {args.popsize} x "
-        f"{args.trials} dreams; scores over {args.episodes} real episodes (seeds "
+        f"{text}\n\nEach row: CMA-ES generations of {args.popsize} x {args.trials} dreams (a "
+        "rerun with more generations continues a row; kept: the generation whose CMA mean "
+        f"scored best on {args.eval_rollouts} fresh dreams, the controller scored here); "
+        f"scores over {args.episodes} real episodes (seeds "
         f"{args.seed}-{args.seed + args.episodes - 1}) and {args.episodes} dreams at the "
         "row's tau.\n"
     )
     (args.run / "tau_table.json").write_text(
         json.dumps(
             [
-                {"tau": r["tau"], "controller_generation": r["generation"]}
+                {k: r[k] for k in ("tau", "generations")}
+                | {"controller_generation": r["generation"]}
                 | {m: {k: r[m][k] for k in ("mean", "std", "episodes")} for m in ("dream", "real")}
-                for r in rows
+                for r in sorted(rows, key=lambda r: r["tau"])
             ],
             indent=2,
         )

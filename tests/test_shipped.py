@@ -1,0 +1,59 @@
+"""The shipped Doom controller: what it is, and that its recorded real score reproduces."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import dreamgym
+
+torch.set_num_threads(1)
+
+FOLDER = dreamgym.shipped_dir("doom_take_cover")
+
+
+def report() -> dict:
+    return json.loads((FOLDER / "evaluate_real.json").read_text())
+
+
+def test_the_shipped_controller_was_trained_only_in_the_dream():
+    policy = dreamgym.load_controller("DreamDoom-v0")
+    info = policy.info
+    assert info["game"] == "doom_take_cover" and info["trained_in"] == "dream"
+    assert info["tau"] == 1.15 and info["num_params"] == 1088  # the paper's C: [z, c, h] -> 1
+    env = dreamgym.make_real("DreamDoom-v0")
+    assert policy.obs_dim == env.observation_space.shape[0]
+    env.close()
+
+
+def test_the_shipped_report_is_100_real_episodes_at_or_above_solved():
+    r = report()
+    assert r["mode"] == "real" and r["episodes"] == 100 and len(r["returns"]) == 100
+    assert r["seeds"] == list(range(100))
+    assert r["mean"] == pytest.approx(np.mean(r["returns"]))
+    assert r["mean"] >= 750  # "solved"
+
+
+@pytest.mark.slow
+def test_the_shipped_controller_replays_its_reported_episodes_exactly():
+    """The real game is deterministic per seed: two episodes of the report, replayed the way
+    a user plays the shipped controller."""
+    r = report()
+    returns = np.array(r["returns"])
+    seeds = [int(np.argmin(returns)), int(np.argsort(returns)[len(returns) // 4])]
+    policy = dreamgym.load_controller("DreamDoom-v0")
+    env = dreamgym.make_real("DreamDoom-v0")
+    try:
+        for seed in seeds:
+            obs, _ = env.reset(seed=seed)
+            total, done = 0.0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(policy(obs))
+                total += reward
+                done = terminated or truncated
+            assert total == returns[seed], f"seed {seed}"
+    finally:
+        env.close()
