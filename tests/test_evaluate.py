@@ -124,7 +124,7 @@ def test_dream_scores_every_game(world_models, game):
         assert ((scores >= 1) & (scores <= 25)).all()
 
 
-def test_evaluate_in_the_dream_writes_the_report(tmp_path, world_models):
+def test_evaluate_in_the_dream_writes_the_report(tmp_path, world_models, monkeypatch):
     wm = world_models["doom_take_cover"]
     params = random_params(wm)
     run_dir = make_run(tmp_path, wm, params, tau=1.0)
@@ -144,6 +144,7 @@ def test_evaluate_in_the_dream_writes_the_report(tmp_path, world_models):
     assert report["wall_seconds"] >= 0 and report["controller"].endswith("evolve_tau1")
     table = evaluate.format_table(out)
     assert "dream, tau 1" in table and f"{returns.mean():.1f} ± {returns.std():.1f}" in table
+    report_first = report
 
     # the evolve folder and a model folder (world model + controller together) work too
     again = evaluate.run(cfg, run_dir / "evolve_tau1")
@@ -156,6 +157,18 @@ def test_evaluate_in_the_dream_writes_the_report(tmp_path, world_models):
                                   output=str(tmp_path / "r.json"))  # fmt: skip
     report = json.loads(evaluate.run(hot, model).read_text())
     assert report["tau"] == 1.3 and report["trained_tau"] == 1.0 and report["episodes"] == 12
+
+    # a shipped model folder, named by its game: the report goes to runs/evaluate/<game>/,
+    # never over the shipped reports
+    import dreamgym.shipped
+
+    monkeypatch.setattr(dreamgym.shipped, "_models_root", lambda: tmp_path / "models")
+    shutil.copytree(model, tmp_path / "models" / "doom_take_cover")
+    monkeypatch.chdir(tmp_path)
+    out = evaluate.run(cfg, "doom_take_cover")
+    assert out == Path("runs/evaluate/doom_take_cover/evaluate_dream_tau1.json")
+    assert json.loads(out.read_text())["returns"] == report_first["returns"]
+    assert not (tmp_path / "models" / "doom_take_cover" / out.name).exists()
 
 
 def test_source_resolution(tmp_path, world_models):

@@ -233,7 +233,8 @@ class EvaluateConfig:
     ``evolve_*`` folder or the one of ``tau``)."""
     output: str | None = None
     """JSON report path (None: ``evaluate_real.json`` / ``evaluate_dream_tau<tau>.json``
-    in the controller's folder)."""
+    in the controller's folder; for a shipped controller, in ``runs/evaluate/<game>/``,
+    so the shipped reports are never overwritten)."""
     device: str = "cpu"
     """Torch device of the dream."""
     threads: int | None = None
@@ -275,6 +276,15 @@ def resolve_source(source, controller: str | None = None, tau: float | None = No
         raise FileNotFoundError(f"{path}: no trained controller yet; run evolve first")
     names = ", ".join(p.name for p in found)
     raise ValueError(f"{path}: several controllers ({names}); choose one with --controller")
+
+
+def _report_dir(ctrl_dir: Path, game: str) -> Path:
+    """Where a report goes by default: next to the controller, unless it is a shipped one."""
+    from dreamgym.shipped import shipped_dir
+
+    if ctrl_dir.resolve() == shipped_dir(game).resolve():
+        return Path("runs/evaluate") / game
+    return ctrl_dir
 
 
 def run(config: EvaluateConfig, source) -> Path:
@@ -319,7 +329,7 @@ def run(config: EvaluateConfig, source) -> Path:
         "config": asdict(config),
     }
     name = f"evaluate_{mode}.json" if mode == "real" else f"evaluate_dream_tau{tau:g}.json"
-    out = Path(config.output) if config.output else ctrl_dir / name
+    out = Path(config.output) if config.output else _report_dir(ctrl_dir, info["game"]) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return out
