@@ -51,6 +51,9 @@ class DoomTakeCoverEnv(gym.Env):
         self.max_episode_steps = int(max_episode_steps)
         self.observation_space = spaces.Box(0, 255, FRAME_SHAPE, np.uint8)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        # ViZDoom creates ./_vizdoom/ at start; games started at once in a fresh folder
+        # race to create it and the loser crashes (SIGSEGV), so it exists before they start
+        os.makedirs("_vizdoom", exist_ok=True)
         game = vzd.DoomGame()
         game.load_config(os.path.join(vzd.scenarios_path, "take_cover.cfg"))
         game.set_window_visible(False)
