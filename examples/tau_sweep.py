@@ -74,7 +74,7 @@ def table(rows: list[dict]) -> str:
         "| dream (paper) | real (paper) |",
         "|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: r["tau"]):
+    for r in rows:
         paper = PAPER.get(round(r["tau"], 2), ("-", "-"))
         d, x = r["dream"], r["real"]
         here = f"{d['mean']:.0f} ± {d['std']:.0f} | {x['mean']:.0f} ± {x['std']:.0f}"
@@ -111,6 +111,7 @@ def main() -> None:
             }
         )
         print(table(rows[-1:]).splitlines()[-1], flush=True)
+    rows.sort(key=lambda r: r["tau"])
     text = table(rows)
     (args.run / "tau_table.md").write_text(
         f"{text}\n\nEach row: CMA-ES generations of {args.popsize} x {args.trials} dreams (a "
@@ -126,7 +127,7 @@ def main() -> None:
                 {k: r[k] for k in ("tau", "generations")}
                 | {"controller_generation": r["generation"]}
                 | {m: {k: r[m][k] for k in ("mean", "std", "episodes")} for m in ("dream", "real")}
-                for r in sorted(rows, key=lambda r: r["tau"])
+                for r in rows
             ],
             indent=2,
         )
