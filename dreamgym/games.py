@@ -9,6 +9,7 @@ what M must model) lives in the spec.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,9 +133,10 @@ class CarRacing64(gym.ObservationWrapper):
 
 def make_car_racing(render_mode: str | None = None, max_episode_steps: int = 1000, **kwargs):
     require("Box2D", "carracing")
-    env = gym.make(
-        "CarRacing-v3", render_mode=render_mode, max_episode_steps=max_episode_steps, **kwargs
-    )
+    from dreamgym._car_racing import CarRacing  # same frames, road drawn ~2x faster
+
+    spec = dataclasses.replace(gym.spec("CarRacing-v3"), entry_point=CarRacing)
+    env = gym.make(spec, render_mode=render_mode, max_episode_steps=max_episode_steps, **kwargs)
     return CarRacing64(env)
 
 

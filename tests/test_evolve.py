@@ -196,6 +196,43 @@ def test_evolve_improves_fitness_in_a_tiny_dream(tmp_path):
     assert ev.returns(policy.params[None], 32, seed=0).mean() > 2 * still
 
 
+def test_z_only_controllers_never_read_h_and_have_their_own_folder(tmp_path):
+    run_dir = make_run(tmp_path)
+    out = evolve.run(tiny_config(generations=3, inputs="z"), run_dir)
+    assert out.name == "evolve_tau1_z"
+    policy = load_controller(out)
+    weight = policy.params[: 64 + 2 * 16].reshape(1, -1)  # Doom: [z, c, h], one output
+    assert np.any(weight[:, :64] != 0) and np.all(weight[:, 64:] == 0)
+    assert json.loads((out / "controller.json").read_text())["inputs"] == "z"
+    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    assert values["cma"]["num_params"] == 64  # CMA-ES searched the z weights only
+    with pytest.raises(ValueError, match="inputs"):
+        evolve.run(tiny_config(inputs="h"), run_dir)
+
+
+def test_fine_tuning_starts_from_a_controller_and_keeps_it_unless_it_improves(tmp_path):
+    run_dir = make_run(tmp_path)
+    first = evolve.run(tiny_config(generations=4), run_dir)
+    start = json.loads((first / "controller.json").read_text())
+    tuned = evolve.evolve(
+        tiny_config(generations=2, init=str(first), sigma0=0.02, eval_every=1),
+        run_dir / "world_model",
+        tmp_path / "tuned",
+    )
+    info = json.loads((tuned / "controller.json").read_text())
+    assert info["init"] == str(first)
+    assert [e["generation"] for e in info["evals"]] == [0, 1, 2]
+    ev = DreamEvaluator(WorldModel.load(run_dir / "world_model"), 1.0, max_steps=40)
+    seed = evolve.rollout_seed(3, 0, stream=1)
+    scored = ev.returns(load_controller(first).params[None], 16, seed)[0].mean()
+    assert info["evals"][0]["mean"] == scored
+    assert info["eval"]["mean"] == max(e["mean"] for e in info["evals"]) >= info["evals"][0]["mean"]
+    assert start["eval"]["rollouts"] == 16
+    with pytest.raises(ValueError, match="reads h"):
+        z_only = tiny_config(init=str(first), inputs="z")
+        evolve.evolve(z_only, run_dir / "world_model", tmp_path / "x")
+
+
 def test_wall_time_budget_ends_the_run_with_the_mean_scored_and_a_rerun_continues(tmp_path):
     wm_dir = tiny_world().save(tmp_path / "wm")  # a world-model folder, not a run directory
     cfg = tiny_config(generations=10_000, eval_every=1000, max_steps=400, seconds=1.0)

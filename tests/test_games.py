@@ -158,6 +158,32 @@ def test_car_racing_resets_and_steps_in_the_declared_spaces():
         env.close()
 
 
+@pytest.mark.slow
+def test_car_racing_draws_the_same_pixels_as_gymnasium_s_own():
+    """Our road drawing is vectorised; the raw 96x96 frames must be gymnasium's, bit for bit."""
+    pytest.importorskip("Box2D", reason="install dreamgym[carracing]")
+    import gymnasium as gym
+
+    from dreamgym.train.policies import car_track_policy
+
+    ours, theirs = make_game("car_racing").unwrapped, gym.make("CarRacing-v3").unwrapped
+    assert type(ours) is not type(theirs)
+    policy = car_track_policy(np.random.default_rng(5))  # turns, swerves, some grass
+    try:
+        a, _ = ours.reset(seed=5)
+        b, _ = theirs.reset(seed=5)
+        for _ in range(120):
+            np.testing.assert_array_equal(a, b)
+            action = policy(resize_frame(np.ascontiguousarray(a[:84])))
+            a, ra, *_ = ours.step(action)
+            b, rb, *_ = theirs.step(action)
+            assert ra == rb
+        np.testing.assert_array_equal(a, b)
+    finally:
+        ours.close()
+        theirs.close()
+
+
 # ---------------------------------------------------------------- the demo (the README's main job)
 
 

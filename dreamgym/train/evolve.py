@@ -31,7 +31,7 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from dreamgym._io import atomic_path, read_jsonl
-from dreamgym.policy import WEIGHTS_FILE, controller_config, save_controller
+from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
 from dreamgym.train.common import (
     WORLD_MODEL_DIR,
     RunDirError,
@@ -46,7 +46,8 @@ from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
 CMA_FILE = "cma.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_NAME = "evolve.json"
-RESUME_KEYS = ("popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps")
+RESUME_KEYS = ("popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps", "init", "inputs")
+INPUTS = ("zh", "z")
 """Config fields a resumed run must share with the run it continues."""
 
 
@@ -67,7 +68,9 @@ class CMAES:
         "adapt_sigma": ("ps", "delta", "_ps_updated_iteration"),
     }  # fmt: skip
 
-    def __init__(self, num_params: int, popsize: int = 64, sigma0: float = 0.1, seed: int = 0):
+    def __init__(
+        self, num_params: int, popsize: int = 64, sigma0: float = 0.1, seed: int = 0, x0=None
+    ):
         if num_params < 1 or popsize < 3 or not sigma0 > 0:
             raise ValueError(
                 f"CMAES: expected num_params >= 1, popsize >= 3 and sigma0 > 0, got "
@@ -85,7 +88,10 @@ class CMAES:
             "verb_disp": 0,
             "verb_log": 0,
         }
-        self.es = cma.CMAEvolutionStrategy(np.zeros(num_params), sigma0, opts)
+        x0 = np.zeros(num_params) if x0 is None else np.asarray(x0, np.float64)
+        if x0.shape != (num_params,):
+            raise ValueError(f"x0: expected shape ({num_params},), got {x0.shape}")
+        self.es = cma.CMAEvolutionStrategy(x0, sigma0, opts)
         self.num_params, self.popsize = num_params, popsize
         self.best_x, self.best_f = np.zeros(num_params), -math.inf
         self._asked: list | None = None
@@ -220,10 +226,28 @@ class EvolveConfig:
     seconds: float | None = None
     """Wall-time budget of this call: the generation the next one would not fit after
     ends the call, with the CMA mean scored and saved (a rerun continues)."""
+    init: str | None = None
+    """A controller folder to start from instead of all zeros (fine-tuning; with ``real``,
+    a dream-trained controller). It is scored first, as generation 0, so the kept
+    controller is never worse than it on the evaluation rollouts."""
+    inputs: str = "zh"
+    """What the controller reads: ``zh`` (the game's full input) or ``z`` (V's latent
+    only, the paper's ablation without M): weights on h are held at zero."""
+
+
+def input_mask(wm: WorldModel, inputs: str) -> np.ndarray:
+    """Which flat controller parameters CMA-ES searches (True) for ``inputs``."""
+    cfg = controller_config(wm)
+    mask = np.ones(cfg.num_params, dtype=bool)
+    if inputs == "z":
+        weight = mask[: cfg.out_dim * cfg.in_dim].reshape(cfg.out_dim, cfg.in_dim)
+        weight[:, wm.mdnrnn.config.z_dim :] = False  # a view: clears those weights in mask
+    return mask
 
 
 def evolve_dir_name(config: EvolveConfig) -> str:
-    return "evolve_real" if config.real else f"evolve_tau{config.tau:g}"
+    name = "evolve_real" if config.real else f"evolve_tau{config.tau:g}"
+    return name + ("_z" if config.inputs == "z" else "")
 
 
 def _check(config: EvolveConfig) -> None:
@@ -242,6 +266,27 @@ def _check(config: EvolveConfig) -> None:
         raise ValueError(f"max_steps: expected an integer >= 1 or None, got {config.max_steps}")
     if config.seconds is not None and not (math.isfinite(config.seconds) and config.seconds > 0):
         raise ValueError(f"seconds: expected a positive number or None, got {config.seconds}")
+    if config.inputs not in INPUTS:
+        raise ValueError(f"inputs: expected one of {INPUTS}, got {config.inputs!r}")
+
+
+def _initial_params(config: EvolveConfig, wm: WorldModel, mask: np.ndarray) -> np.ndarray | None:
+    """The searched parameters of ``config.init`` (None: start from zeros)."""
+    if config.init is None:
+        return None
+    controller, info = read_controller(config.init)
+    if info["game"] != wm.game.name or controller.config != controller_config(wm):
+        raise ValueError(
+            f"init: {config.init} holds a {info['game']} controller of {controller.num_params} "
+            f"parameters; this world model needs a {wm.game.name} controller of "
+            f"{controller_config(wm).num_params}"
+        )
+    flat = controller.get_flat().double().numpy()
+    if np.any(flat[~mask] != 0):
+        raise ValueError(
+            f"init: {config.init} reads h, but inputs={config.inputs!r} holds those weights at 0"
+        )
+    return flat[mask]
 
 
 def rollout_seed(seed: int, generation: int, stream: int = 0) -> int:
@@ -278,14 +323,24 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     wm = WorldModel.load(wm_dir, device=config.device)
     game = wm.game.name
     out.mkdir(parents=True, exist_ok=True)
-    es = CMAES(controller_config(wm).num_params, config.popsize, config.sigma0, config.seed)
+    mask = input_mask(wm, config.inputs)
+    x0 = _initial_params(config, wm, mask)
+    es = CMAES(int(mask.sum()), config.popsize, config.sigma0, config.seed, x0)
+
+    def full(x: np.ndarray) -> np.ndarray:
+        """Searched parameters (P, k) -> controller parameters (P, n), zeros elsewhere."""
+        params = np.zeros((len(x), len(mask)))
+        params[:, mask] = x
+        return params
+
     log = {"evals": [], "best_eval": None, "last_row": None}
     best_eval_x = None
     if (out / CMA_FILE).exists():
         arrays, values = load_checkpoint(out / CMA_FILE)
         old = values["config"]
         keys = [k for k in RESUME_KEYS if not (k == "tau" and config.real)]
-        changed = [k for k in keys if old.get(k) != getattr(config, k)]
+        default = asdict(EvolveConfig())  # keys added since ``old`` was written
+        changed = [k for k in keys if old.get(k, default[k]) != getattr(config, k)]
         if changed:
             k = changed[0]
             raise RunDirError(
@@ -303,13 +358,15 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
         "popsize": config.popsize,
         "trials": config.trials,
         "seed": config.seed,
+        "inputs": config.inputs,
+        "init": config.init,
     }
 
     def save_best() -> None:
         best = log["best_eval"]
         save_controller(
             out,
-            best_eval_x,
+            full(best_eval_x[None])[0],
             game,
             {**meta, "generations": best["generation"], "eval": best, "evals": log["evals"]},
         )
@@ -323,9 +380,31 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     else:
         evaluator = DreamEvaluator(wm, config.tau, config.max_steps)
     where = "real" if config.real else f"tau={config.tau:g}"
+
+    def score_mean(gen: int) -> dict:
+        """Score the CMA mean on the evaluation rollouts; keep it if it is the best so far."""
+        nonlocal best_eval_x
+        mean = es.mean
+        r = evaluator.returns(
+            full(mean[None]), config.eval_rollouts, rollout_seed(config.seed, 0, stream=1)
+        )[0]
+        ev = {
+            "generation": gen,
+            "mean": float(r.mean()),
+            "std": float(r.std()),
+            "rollouts": config.eval_rollouts,
+        }
+        log["evals"].append(ev)
+        if log["best_eval"] is None or ev["mean"] > log["best_eval"]["mean"]:
+            log["best_eval"], best_eval_x = ev, mean
+        save_best()
+        return ev
+
     bar = tqdm(total=config.generations, initial=es.generation, desc=f"evolve {where}", unit="gen")
     started, last_seconds = time.time(), 0.0
     with evaluator:
+        if x0 is not None and not log["evals"]:
+            score_mean(0)  # the starting controller, so fine-tuning keeps it unless it improves
         while es.generation < config.generations:
             t0, steps0 = time.time(), evaluator.steps
             gen = es.generation + 1
@@ -336,7 +415,7 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
                 and last_seconds > 0
             )
             X = es.ask()
-            returns = evaluator.returns(X, config.trials, rollout_seed(config.seed, gen))
+            returns = evaluator.returns(full(X), config.trials, rollout_seed(config.seed, gen))
             fitness = returns.mean(axis=1)
             es.tell(fitness)
             row = {
@@ -348,21 +427,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
                 "steps": int(evaluator.steps - steps0),
             }
             if gen % config.eval_every == 0 or gen == config.generations or out_of_time:
-                mean = es.mean
-                r = evaluator.returns(
-                    mean[None], config.eval_rollouts, rollout_seed(config.seed, 0, stream=1)
-                )[0]
-                ev = {
-                    "generation": gen,
-                    "mean": float(r.mean()),
-                    "std": float(r.std()),
-                    "rollouts": config.eval_rollouts,
-                }
+                ev = score_mean(gen)
                 row["eval_mean"], row["eval_std"] = ev["mean"], ev["std"]
-                log["evals"].append(ev)
-                if log["best_eval"] is None or ev["mean"] > log["best_eval"]["mean"]:
-                    log["best_eval"], best_eval_x = ev, mean
-                save_best()
             row["seconds"] = round(time.time() - t0, 3)
             log["last_row"] = row
             arrays, values = es.state()
