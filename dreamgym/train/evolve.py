@@ -400,7 +400,9 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
         save_best()
         return ev
 
-    bar = tqdm(total=config.generations, initial=es.generation, desc=f"evolve {where}", unit="gen")
+    # a wall-time budget ends the run long before a large generation count: no false ETA
+    total = None if config.seconds is not None else config.generations
+    bar = tqdm(total=total, initial=es.generation, desc=f"evolve {where}", unit="gen")
     started, last_seconds = time.time(), 0.0
     with evaluator:
         if x0 is not None and not log["evals"]:
@@ -440,9 +442,12 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
             )
             log_metrics(out / METRICS_FILE, **row)
             bar.update(1)
-            bar.set_postfix(
-                best=f"{row['best']:.1f}", mean=f"{row['mean']:.1f}", sigma=f"{row['sigma']:.3f}"
-            )
+            postfix = {"best": f"{row['best']:.1f}", "mean": f"{row['mean']:.1f}",
+                       "sigma": f"{row['sigma']:.3f}"}  # fmt: skip
+            if config.seconds is not None:
+                left = max(config.seconds - (time.time() - started), 0)
+                postfix["left"] = f"{int(left // 60)}:{int(left % 60):02d}"
+            bar.set_postfix(postfix)
             last_seconds = row["seconds"]
             if out_of_time:
                 break
