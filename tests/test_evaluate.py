@@ -187,6 +187,11 @@ def test_source_resolution(tmp_path, world_models):
     assert (wm_dir, ctrl) == (run_dir / "world_model", run_dir / "evolve_tau1.15")
     with pytest.raises(FileNotFoundError, match="no such run directory"):
         evaluate.resolve_source(tmp_path / "missing")
+    car = world_models["car_racing"]
+    save_controller(tmp_path / "car_c", random_params(car), car.game)
+    cfg = evaluate.EvaluateConfig(episodes=1, dream=True, controller=str(tmp_path / "car_c"))
+    with pytest.raises(ValueError, match="car_racing controller.*doom_take_cover"):
+        evaluate.run(cfg, run_dir)
 
 
 # ---------------------------------------------------------------- evaluate in the real game

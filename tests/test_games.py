@@ -218,3 +218,22 @@ def test_demo_trains_in_the_dream_scores_in_real_doom_and_writes_its_files(
     # a rerun continues the same CMA-ES run
     again = demo.main(args)
     assert again["cma_es"]["generations"] > summary["cma_es"]["generations"]
+
+
+def test_collection_policies_by_name():
+    from dreamgym.train.policies import COLLECT_POLICIES, make_collect_policy
+
+    car = GAMES["car_racing"]
+    frame = np.full((64, 64, 3), 105, np.uint8)  # all road
+    gas = {}
+    for name in COLLECT_POLICIES["car_racing"]:
+        runs = [make_collect_policy(car, np.random.default_rng(s), name) for s in range(20)]
+        gas[name] = np.array([[p(frame)[1] for _ in range(50)] for p in runs]).mean()
+    assert gas["fast_track"] > 0.7 > 0.4 > gas["track"]
+    default = make_collect_policy(car, np.random.default_rng(3))
+    track = make_collect_policy(car, np.random.default_rng(3), "track")
+    assert all(np.array_equal(default(frame), track(frame)) for _ in range(30))
+    with pytest.raises(ValueError, match="fast_track"):
+        make_collect_policy(car, np.random.default_rng(0), "slow")
+    with pytest.raises(ValueError, match="random"):
+        make_collect_policy(GAMES["doom_take_cover"], np.random.default_rng(0), "track")

@@ -34,6 +34,9 @@ class CollectConfig:
     """Episodes with at most this many frames are dropped (None: the game's default)."""
     max_steps: int | None = None
     """Episode limit (None: the game's)."""
+    policy: str | None = None
+    """Collection policy (None: the game's default; CarRacing: ``track`` or ``fast_track``,
+    see ``dreamgym.train.policies``). A rerun with another policy tops up with it."""
 
 
 DEFAULT_MIN_FRAMES = {"doom_take_cover": 100, "car_racing": 0}
@@ -54,10 +57,12 @@ def _init_worker(game: str, max_steps: int) -> None:
     multiprocessing.util.Finalize(None, _env.close, exitpriority=10)
 
 
-def _rollout(game: str, index: int, seed: int, folder: str, min_frames: int) -> dict:
+def _rollout(
+    game: str, index: int, seed: int, folder: str, min_frames: int, policy_name: str | None
+) -> dict:
     """Play one episode with the collection policy and write it (unless dropped)."""
     spec = get_game(game)
-    policy = make_collect_policy(spec, np.random.default_rng(seed))
+    policy = make_collect_policy(spec, np.random.default_rng(seed), policy_name)
     obs, _ = _env.reset(seed=seed)
     frames, actions, rewards, terms = [], [], [], []
     done = False
@@ -86,6 +91,7 @@ def run(config: CollectConfig, run_dir) -> Path:
     spec = get_game(game)
     if config.episodes < 1 or config.workers < 1:
         raise ValueError("episodes and workers must be >= 1")
+    make_collect_policy(spec, np.random.default_rng(0), config.policy)  # a clear error first
     save_config(run_dir / "collect.json", config)
     min_frames = DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
     max_steps = config.max_steps or spec.max_episode_steps
@@ -110,7 +116,7 @@ def run(config: CollectConfig, run_dir) -> Path:
                 pending.add(
                     pool.submit(
                         _rollout, game, next_index, config.seed + next_index,
-                        str(run_dir), min_frames,
+                        str(run_dir), min_frames, config.policy,
                     )
                 )  # fmt: skip
                 next_index += 1

@@ -36,7 +36,9 @@ def doom_random_policy(
     return act
 
 
-def car_track_policy(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+def car_track_policy(
+    rng: np.random.Generator, fast: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
     """A noisy track follower, so that V and M see varied driving that stays near the road.
 
     Pure random actions barely move the car, so the frames would be almost all the
@@ -44,10 +46,16 @@ def car_track_policy(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndar
     (read from the 64x64 frame), with a per-episode gain, speed target and noise
     level, and occasional random swerves and brakes: V and M see on-track driving,
     turns at varied speed, recoveries and some grass.
+
+    ``fast`` drives at 60-100% throttle and swerves three times as often, for 5-40
+    steps: M must see what full throttle and hard steering do (spins, skids off the
+    road, no new tiles), or a controller trained in the dream finds that full
+    throttle with the wheel turned earns reward there and circles on the spot for real.
     """
-    gain = rng.uniform(0.5, 2.0)
-    gas_level = rng.uniform(0.1, 0.6)
+    gain = rng.uniform(0.5, 3.0 if fast else 2.0)
+    gas_level = rng.uniform(0.6, 1.0) if fast else rng.uniform(0.1, 0.6)
     noise = rng.uniform(0.05, 0.5)
+    swerve_p, swerve_max = (0.03, 40) if fast else (0.01, 20)
     state = {"swerve": 0, "steer": 0.0, "brake": 0}
     cols = np.arange(64) - 31.5
 
@@ -61,8 +69,8 @@ def car_track_policy(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndar
         if state["swerve"] > 0:
             state["swerve"] -= 1
             steer = state["steer"]
-        elif rng.random() < 0.01:
-            state["swerve"] = int(rng.integers(5, 20))
+        elif rng.random() < swerve_p:
+            state["swerve"] = int(rng.integers(5, swerve_max))
             state["steer"] = float(rng.uniform(-1, 1))
         brake = 0.0
         if state["brake"] > 0:
@@ -76,7 +84,15 @@ def car_track_policy(rng: np.random.Generator) -> Callable[[np.ndarray], np.ndar
     return act
 
 
-def make_collect_policy(spec: GameSpec, rng: np.random.Generator):
+COLLECT_POLICIES = {"doom_take_cover": ("random",), "car_racing": ("track", "fast_track")}
+"""Collection policies per game; the first is the default."""
+
+
+def make_collect_policy(spec: GameSpec, rng: np.random.Generator, name: str | None = None):
+    """The collection policy ``name`` of ``spec`` (None: the game's default)."""
+    names = COLLECT_POLICIES[spec.name]
+    if name is not None and name not in names:
+        raise ValueError(f"policy: {spec.name} has collection policies {names}, got {name!r}")
     if spec.name == "doom_take_cover":
         return doom_random_policy(rng)
-    return car_track_policy(rng)
+    return car_track_policy(rng, fast=name == "fast_track")
