@@ -85,9 +85,13 @@ def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = Non
     evolve_dir = None
     for name in ("collect", "fit-vae", "encode", "fit-mdnrnn", "evolve", "evaluate"):
         cls, fn, _ = stages[name]
-        kwargs = dict(cfg.get(name.replace("-", "_"), {}))
-        if name == "collect":
-            kwargs["game"] = game
+        entry = cfg.get(name.replace("-", "_"), {})
+        if name == "collect":  # a list: top-ups in order (e.g. one per collection policy)
+            for kwargs in entry if isinstance(entry, list) else [entry]:
+                print(f"== {name}", flush=True)
+                fn(cls(**{**kwargs, "game": game}), run_dir)
+            continue
+        kwargs = dict(entry)
         print(f"== {name}", flush=True)
         if name == "evaluate":
             print(format_table(fn(cls(**kwargs), evolve_dir)), flush=True)

@@ -138,6 +138,8 @@ def test_unknown_preset_and_game(tmp_path):
 
 def test_presets_cover_every_stage():
     from dreamgym.cli import _stages, load_preset
+    from dreamgym.games import get_game
+    from dreamgym.train.policies import make_collect_policy
 
     stages = _stages()
     for game in ("doom_take_cover", "car_racing"):
@@ -145,10 +147,14 @@ def test_presets_cover_every_stage():
             cfg = load_preset(game, preset)
             for name, (cls, _, _) in stages.items():
                 key = name.replace("-", "_")
-                kwargs = dict(cfg[key])
-                if key == "collect":
-                    kwargs["game"] = game
-                cls(**kwargs)  # every field name in the preset is a real config field
+                entries = cfg[key] if isinstance(cfg[key], list) else [cfg[key]]
+                assert entries and (key == "collect" or len(entries) == 1)  # lists: collect only
+                for kwargs in entries:
+                    if key == "collect":
+                        kwargs = {**kwargs, "game": game}
+                        make_collect_policy(get_game(game), np.random.default_rng(0),
+                                            kwargs.get("policy"))  # fmt: skip
+                    cls(**kwargs)  # every field name in the preset is a real config field
     assert Path(__file__).parents[1].joinpath("training", "presets").is_dir()
 
 
