@@ -211,3 +211,26 @@ def test_fit_mdnrnn_survives_sigkill(tmp_path):
     cli(*args, "--steps", str(step + 3))
     assert load_checkpoint(ckpt)["step"] == step + 3
     assert WorldModel.load(run / "world_model", game="doom_take_cover").mdnrnn.config.hidden == 16
+
+
+def test_collect_with_a_controller_keeps_real_frames_and_its_noisy_actions(tmp_path):
+    """The paper's iterative procedure: a dream-trained controller drives the real game."""
+    from dreamgym.policy import save_controller
+    from dreamgym.train.collect import CollectConfig, run
+    from dreamgym.train.common import open_run
+
+    run_dir, _ = open_run(tmp_path / "run", "doom_take_cover")
+    wm = WorldModel.create("doom_take_cover", n_bank=1, hidden=8)
+    wm.save(run_dir / "world_model")
+    n = wm.mdnrnn.config.z_dim + 2 * 8
+    save_controller(tmp_path / "c", np.full(n, 0.05), "doom_take_cover")
+    base = dict(game="doom_take_cover", episodes=2, workers=1, min_frames=0, max_steps=15)
+    run(CollectConfig(**base, controller=str(tmp_path / "c"), noise=0.0), run_dir)
+    eps = [data.read_episode(p) for p in data.kept_episodes(run_dir)]
+    assert len(eps) == 2
+    for ep in eps:
+        assert ep["frames"].shape == (15, 64, 64, 3) and ep["frames"].dtype == np.uint8
+        assert len(np.unique(ep["actions"])) > 1  # the controller reacts to what it sees
+    with pytest.raises(ValueError, match="noise"):
+        run(CollectConfig(**{**base, "episodes": 3}, controller=str(tmp_path / "c"), noise=-1),
+            run_dir)  # fmt: skip

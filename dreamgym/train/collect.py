@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from dreamgym import data
 from dreamgym.games import get_game
-from dreamgym.train.common import open_run, save_config
+from dreamgym.train.common import WORLD_MODEL_DIR, open_run, save_config
 from dreamgym.train.policies import make_collect_policy
 from dreamgym.train.workers import GamePool
 
@@ -37,6 +37,13 @@ class CollectConfig:
     policy: str | None = None
     """Collection policy (None: the game's default; CarRacing: ``track`` or ``fast_track``,
     see ``dreamgym.train.policies``). A rerun with another policy tops up with it."""
+    controller: str | None = None
+    """A controller folder that drives instead of ``policy`` (the paper's iterative
+    procedure: real episodes of a controller trained in the dream, so M learns where
+    its dream flattered it). It reads the run's ``world_model/``."""
+    noise: float = 0.1
+    """With ``controller``: each episode draws an action-noise level in [0, noise] (the
+    standard deviation of Gaussian noise added to every action, then clipped)."""
 
 
 DEFAULT_MIN_FRAMES = {"doom_take_cover": 100, "car_racing": 0}
@@ -44,31 +51,54 @@ DEFAULT_MIN_FRAMES = {"doom_take_cover": 100, "car_racing": 0}
 _env = None  # one real game per worker process
 
 
-def _init_worker(game: str, max_steps: int) -> None:
+def _init_worker(game: str, max_steps: int, world_model: str | None = None) -> None:
     global _env
     import multiprocessing.util
 
     import torch
 
     torch.set_num_threads(1)
-    _env = get_game(game).make_real(max_episode_steps=max_steps)
+    if world_model is None:
+        _env = get_game(game).make_real(max_episode_steps=max_steps)
+    else:  # the controller reads [z, h]; the frames are kept from ``_env.frame``
+        from dreamgym.wrappers import make_real
+
+        dream_id = get_game(game).dream_id
+        _env = make_real(dream_id, world_model=world_model, max_episode_steps=max_steps)
     # Worker processes end with os._exit, which skips atexit: close the game (and
     # ViZDoom's own engine process) through multiprocessing's finalizers instead.
     multiprocessing.util.Finalize(None, _env.close, exitpriority=10)
 
 
+def _noisy_controller(folder: str, spec, rng: np.random.Generator, noise: float):
+    from dreamgym.policy import load_controller
+
+    controller, sigma = load_controller(folder), rng.uniform(0, noise)
+    low, high = spec.action_space.low, spec.action_space.high
+
+    def act(obs):
+        a = controller(obs) + sigma * rng.standard_normal(spec.action_dim)
+        return np.clip(a, low, high).astype(np.float32)
+
+    return act
+
+
 def _rollout(
-    game: str, index: int, seed: int, folder: str, min_frames: int, policy_name: str | None
+    game: str, index: int, seed: int, folder: str, min_frames: int, config: CollectConfig
 ) -> dict:
     """Play one episode with the collection policy and write it (unless dropped)."""
     spec = get_game(game)
-    policy = make_collect_policy(spec, np.random.default_rng(seed), policy_name)
+    rng = np.random.default_rng(seed)
+    if config.controller is None:
+        policy = make_collect_policy(spec, rng, config.policy)
+    else:
+        policy = _noisy_controller(config.controller, spec, rng, config.noise)
     obs, _ = _env.reset(seed=seed)
     frames, actions, rewards, terms = [], [], [], []
     done = False
     while not done:
         a = policy(obs)
-        frames.append(obs)
+        frames.append(obs if config.controller is None else _env.frame)
         obs, r, term, trunc, _ = _env.step(a)
         actions.append(a)
         rewards.append(r)
@@ -92,6 +122,16 @@ def run(config: CollectConfig, run_dir) -> Path:
     if config.episodes < 1 or config.workers < 1:
         raise ValueError("episodes and workers must be >= 1")
     make_collect_policy(spec, np.random.default_rng(0), config.policy)  # a clear error first
+    world_model = None
+    if config.controller is not None:
+        from dreamgym.policy import read_controller
+
+        _, info = read_controller(config.controller)  # a clear error before any worker starts
+        if info["game"] != game:
+            raise ValueError(f"controller: {config.controller} is a {info['game']} controller")
+        if not (config.noise >= 0):
+            raise ValueError(f"noise: expected a number >= 0, got {config.noise}")
+        world_model = str(run_dir / WORLD_MODEL_DIR)
     save_config(run_dir / "collect.json", config)
     min_frames = DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
     max_steps = config.max_steps or spec.max_episode_steps
@@ -105,7 +145,7 @@ def run(config: CollectConfig, run_dir) -> Path:
     next_index = max(done_idx, default=-1) + 1
     bar = tqdm(total=config.episodes, initial=kept, desc=f"collect {game}", unit="ep")
     t0, new_frames = time.time(), 0
-    with GamePool(config.workers, _init_worker, (game, max_steps)) as pool:
+    with GamePool(config.workers, _init_worker, (game, max_steps, world_model)) as pool:
         pending = set()
         while kept < config.episodes or pending:
             while (
@@ -116,7 +156,7 @@ def run(config: CollectConfig, run_dir) -> Path:
                 pending.add(
                     pool.submit(
                         _rollout, game, next_index, config.seed + next_index,
-                        str(run_dir), min_frames, config.policy,
+                        str(run_dir), min_frames, config,
                     )
                 )  # fmt: skip
                 next_index += 1
