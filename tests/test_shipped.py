@@ -1,4 +1,4 @@
-"""The shipped Doom controller: what it is, and that its recorded real score reproduces."""
+"""The shipped models: the Doom controller and its recorded real score; the CarRacing dream."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dreamgym
+from dreamgym.policy import ControllerError
 
 torch.set_num_threads(1)
 
@@ -57,3 +58,25 @@ def test_the_shipped_controller_replays_its_reported_episodes_exactly():
             assert total == returns[seed], f"seed {seed}"
     finally:
         env.close()
+
+
+# ---------------------------------------------------------------- CarRacing: world model only
+
+
+def test_the_shipped_car_racing_dream_loads_offline_and_batches():
+    import gymnasium as gym
+
+    venv = gym.make_vec("DreamCarRacing-v0", num_envs=64)
+    wm = venv.unwrapped.world_model
+    assert wm.game.name == "car_racing" and wm.mdnrnn.config.reward_head
+    assert (wm.mdnrnn.config.z_dim, wm.mdnrnn.config.hidden) == (32, 256)
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (64, 32 + 256)
+    total = np.zeros(64)
+    for _ in range(20):
+        obs, reward, term, trunc, _ = venv.step(np.tile([0.0, 0.3, 0.0], (64, 1)))
+        total += reward
+    assert np.isfinite(total).all() and len(np.unique(total)) > 1  # M's reward head, per dream
+    venv.close()
+    with pytest.raises(ControllerError, match="no controller ships for car_racing"):
+        dreamgym.load_controller("DreamCarRacing-v0")
