@@ -47,8 +47,9 @@ CMA_FILE = "cma.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_NAME = "evolve.json"
 RESUME_KEYS = ("popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps", "init", "inputs")
-INPUTS = ("zh", "z")
 """Config fields a resumed run must share with the run it continues."""
+INPUTS = ("zh", "z")
+"""What a controller may read: everything, or V's latent only."""
 
 
 class CMAES:
@@ -232,7 +233,8 @@ class EvolveConfig:
     controller is never worse than it on the evaluation rollouts."""
     inputs: str = "zh"
     """What the controller reads: ``zh`` (the game's full input) or ``z`` (V's latent
-    only, the paper's ablation without M): weights on h are held at zero."""
+    only, the paper's ablation without M): its weights on M's state (h, and c for
+    Doom) are held at zero and CMA-ES searches the rest."""
 
 
 def input_mask(wm: WorldModel, inputs: str) -> np.ndarray:
@@ -241,7 +243,7 @@ def input_mask(wm: WorldModel, inputs: str) -> np.ndarray:
     mask = np.ones(cfg.num_params, dtype=bool)
     if inputs == "z":
         weight = mask[: cfg.out_dim * cfg.in_dim].reshape(cfg.out_dim, cfg.in_dim)
-        weight[:, wm.mdnrnn.config.z_dim :] = False  # a view: clears those weights in mask
+        weight[:, wm.mdnrnn.config.z_dim :] = False  # a view into mask: [c,] h columns
     return mask
 
 
@@ -284,7 +286,8 @@ def _initial_params(config: EvolveConfig, wm: WorldModel, mask: np.ndarray) -> n
     flat = controller.get_flat().double().numpy()
     if np.any(flat[~mask] != 0):
         raise ValueError(
-            f"init: {config.init} reads h, but inputs={config.inputs!r} holds those weights at 0"
+            f"init: {config.init} reads h, but inputs={config.inputs!r} holds its weights on "
+            "M's state at 0"
         )
     return flat[mask]
 
