@@ -30,32 +30,31 @@ import torch
 from dreamgym import dream_core as dc
 from dreamgym.policy import load_controller
 from dreamgym.shipped import load_world_model
-from dreamgym.train.policies import car_track_policy
+from dreamgym.train.policies import car_track_policy, noisy_controller
 from dreamgym.vae import frames_to_tensor
 from dreamgym.wrappers import make_real
 
 SEED0 = 10_000
 
 
-def play(wm, policy_name: str, controller, seed: int, noise: float) -> dict:
-    """One real episode: first frame, every action, the real return."""
-    env = make_real("DreamCarRacing-v0", world_model=wm)
+def play(env, controller, seed: int, noise: float) -> dict:
+    """One real episode (``controller`` None: the collection policy), with its first frame,
+    every action and the real return."""
     rng = np.random.default_rng(seed)
-    follower = car_track_policy(rng)
+    if controller is None:
+        follower = car_track_policy(rng)
+        policy = lambda obs: follower(env.frame)  # noqa: E731 - it reads the real frame
+    else:
+        policy = noisy_controller(controller, env.world_model.game, rng, noise)
     obs, _ = env.reset(seed=seed)
     frames, actions, ret, done = [env.frame], [], 0.0, False
     while not done:
-        if policy_name == "controller":
-            a = controller(obs) + noise * rng.standard_normal(3)
-            a = np.clip(a, env.action_space.low, env.action_space.high).astype(np.float32)
-        else:
-            a = follower(env.frame)
+        a = policy(obs)
         obs, r, term, trunc, _ = env.step(a)
         frames.append(env.frame)
         actions.append(a)
         ret += r
         done = term or trunc
-    env.close()
     return {"frames": np.stack(frames), "actions": np.stack(actions), "real": ret}
 
 
@@ -106,10 +105,11 @@ def main() -> None:
     torch.set_num_threads(1)
     wm = load_world_model("car_racing", args.world_model, "cpu")
     controller = load_controller(args.controller) if args.controller else None
+    env = make_real("DreamCarRacing-v0", world_model=wm)
     rows = []
     for i in range(args.episodes):
         name = "controller" if controller is not None and i % 2 else "collection"
-        ep = play(wm, name, controller, SEED0 + i, args.noise)
+        ep = play(env, controller if name == "controller" else None, SEED0 + i, args.noise)
         d = dreamed(wm, ep, args.dreams, args.tau, seed=i)
         row = {"seed": SEED0 + i, "policy": name, "steps": len(ep["actions"]),
                "real": ep["real"], "teacher_forced": teacher_forced(wm, ep),
@@ -134,6 +134,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"summary": summary, "episodes": rows}, f, indent=1)
+    env.close()
 
 
 if __name__ == "__main__":

@@ -48,9 +48,10 @@ class CarRacing(_cr.CarRacing):
     """``gymnasium.envs.box2d.CarRacing`` with a vectorised ``_render_road``."""
 
     _GRASS = _grass_polygons()
+    _road_xy = None  # the track's polygons (N, 4, 2), gathered at the first draw after reset
 
     def reset(self, *, seed=None, options=None):
-        self._road_xy = None  # the new track's polygons, gathered at the first draw
+        self._road_xy = None
         return super().reset(seed=seed, options=options)
 
     def _transform(self, polys: np.ndarray, zoom, translation, angle) -> np.ndarray:
@@ -85,7 +86,7 @@ class CarRacing(_cr.CarRacing):
         self._draw_visible(
             self._transform(self._GRASS, zoom, translation, angle), lambda i: self.grass_color
         )
-        if getattr(self, "_road_xy", None) is None:
+        if self._road_xy is None:
             self._road_xy = np.array([[p[:2] for p in poly] for poly, _ in self.road_poly])
         if len(self._road_xy):
             road = self.road_poly  # tile colours change in place when the car drives over them

@@ -91,8 +91,13 @@ def save_controller(
     return folder
 
 
-def read_controller(folder: str | os.PathLike) -> tuple[LinearController, dict]:
-    """The controller in ``folder`` and its ``controller.json``; errors name the file."""
+def read_controller(
+    folder: str | os.PathLike, game: str | None = None
+) -> tuple[LinearController, dict]:
+    """The controller in ``folder`` and its ``controller.json``; errors name the file.
+
+    With ``game``, a controller of another game is an error too.
+    """
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     try:
@@ -108,6 +113,8 @@ def read_controller(folder: str | os.PathLike) -> tuple[LinearController, dict]:
         raise ControllerError(
             f"{cfg_path}: key 'game' is {info['game']!r}, expected one of {sorted(GAMES)}"
         )
+    if game is not None and info["game"] != game:
+        raise ControllerError(f"{folder} holds a {info['game']} controller, not a {game} one")
     cfg = ControllerConfig(int(info["in_dim"]), int(info["out_dim"]), bool(info["bias"]))
     if cfg.out_dim != get_game(info["game"]).controller_outputs:
         raise ControllerError(

@@ -231,6 +231,9 @@ def test_collect_with_a_controller_keeps_real_frames_and_its_noisy_actions(tmp_p
     for ep in eps:
         assert ep["frames"].shape == (15, 64, 64, 3) and ep["frames"].dtype == np.uint8
         assert len(np.unique(ep["actions"])) > 1  # the controller reacts to what it sees
+    with pytest.raises(ValueError, match="not both"):
+        run(CollectConfig(**{**base, "episodes": 3}, controller=str(tmp_path / "c"),
+                          policy="random"), run_dir)  # fmt: skip
     with pytest.raises(ValueError, match="noise"):
         run(CollectConfig(**{**base, "episodes": 3}, controller=str(tmp_path / "c"), noise=-1),
             run_dir)  # fmt: skip

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from dreamgym import data
 from dreamgym.games import get_game
 from dreamgym.train.common import WORLD_MODEL_DIR, open_run, save_config
-from dreamgym.train.policies import make_collect_policy
+from dreamgym.train.policies import make_collect_policy, noisy_controller
 from dreamgym.train.workers import GamePool
 
 
@@ -70,19 +70,6 @@ def _init_worker(game: str, max_steps: int, world_model: str | None = None) -> N
     multiprocessing.util.Finalize(None, _env.close, exitpriority=10)
 
 
-def _noisy_controller(folder: str, spec, rng: np.random.Generator, noise: float):
-    from dreamgym.policy import load_controller
-
-    controller, sigma = load_controller(folder), rng.uniform(0, noise)
-    low, high = spec.action_space.low, spec.action_space.high
-
-    def act(obs):
-        a = controller(obs) + sigma * rng.standard_normal(spec.action_dim)
-        return np.clip(a, low, high).astype(np.float32)
-
-    return act
-
-
 def _rollout(
     game: str, index: int, seed: int, folder: str, min_frames: int, config: CollectConfig
 ) -> dict:
@@ -92,7 +79,10 @@ def _rollout(
     if config.controller is None:
         policy = make_collect_policy(spec, rng, config.policy)
     else:
-        policy = _noisy_controller(config.controller, spec, rng, config.noise)
+        from dreamgym.policy import load_controller
+
+        sigma = rng.uniform(0, config.noise)
+        policy = noisy_controller(load_controller(config.controller), spec, rng, sigma)
     obs, _ = _env.reset(seed=seed)
     frames, actions, rewards, terms = [], [], [], []
     done = False
@@ -126,9 +116,9 @@ def run(config: CollectConfig, run_dir) -> Path:
     if config.controller is not None:
         from dreamgym.policy import read_controller
 
-        _, info = read_controller(config.controller)  # a clear error before any worker starts
-        if info["game"] != game:
-            raise ValueError(f"controller: {config.controller} is a {info['game']} controller")
+        read_controller(config.controller, game=game)  # a clear error before workers start
+        if config.policy is not None:
+            raise ValueError("policy and controller: give one of them, not both")
         if not (config.noise >= 0):
             raise ValueError(f"noise: expected a number >= 0, got {config.noise}")
         world_model = str(run_dir / WORLD_MODEL_DIR)

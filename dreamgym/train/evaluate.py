@@ -293,13 +293,7 @@ def run(config: EvaluateConfig, source) -> Path:
         raise ValueError(f"episodes: expected an integer >= 1, got {config.episodes}")
     set_threads(config.threads)
     wm_dir, ctrl_dir = resolve_source(source, config.controller, config.tau)
-    controller, info = read_controller(ctrl_dir)
-    wm_game = read_json(wm_dir / WM_CONFIG).get("game")
-    if info["game"] != wm_game:
-        raise ValueError(
-            f"{ctrl_dir} holds a {info['game']} controller, but the world model in {wm_dir} "
-            f"is of {wm_game}"
-        )
+    controller, info = read_controller(ctrl_dir, game=read_json(wm_dir / WM_CONFIG)["game"])
     params = controller.get_flat().numpy()[None]
     mode = "dream" if config.dream else "real"
     tau = config.tau if config.tau is not None else info.get("tau") or DEFAULT_TAU[info["game"]]

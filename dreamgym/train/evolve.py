@@ -276,12 +276,11 @@ def _initial_params(config: EvolveConfig, wm: WorldModel, mask: np.ndarray) -> n
     """The searched parameters of ``config.init`` (None: start from zeros)."""
     if config.init is None:
         return None
-    controller, info = read_controller(config.init)
-    if info["game"] != wm.game.name or controller.config != controller_config(wm):
+    controller, _ = read_controller(config.init, game=wm.game.name)
+    if controller.config != controller_config(wm):
         raise ValueError(
-            f"init: {config.init} holds a {info['game']} controller of {controller.num_params} "
-            f"parameters; this world model needs a {wm.game.name} controller of "
-            f"{controller_config(wm).num_params}"
+            f"init: {config.init} holds a controller of {controller.num_params} parameters; "
+            f"this world model needs {controller_config(wm).num_params}"
         )
     flat = controller.get_flat().double().numpy()
     if np.any(flat[~mask] != 0):

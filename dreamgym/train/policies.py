@@ -84,6 +84,23 @@ def car_track_policy(
     return act
 
 
+def noisy_controller(
+    controller: Callable[[np.ndarray], np.ndarray],
+    spec: GameSpec,
+    rng: np.random.Generator,
+    sigma: float,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``controller``'s action plus Gaussian noise of standard deviation ``sigma``, clipped
+    to the game's action space (it reads the dream's latent observation)."""
+    low, high = spec.action_space.low, spec.action_space.high
+
+    def act(obs):
+        a = controller(obs) + sigma * rng.standard_normal(spec.action_dim)
+        return np.clip(a, low, high).astype(np.float32)
+
+    return act
+
+
 COLLECT_POLICIES = {"doom_take_cover": ("random",), "car_racing": ("track", "fast_track")}
 """Collection policies per game; the first is the default."""
 
