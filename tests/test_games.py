@@ -226,7 +226,7 @@ def test_collection_policies_by_name():
     car = GAMES["car_racing"]
     frame = np.full((64, 64, 3), 105, np.uint8)  # all road
     gas = {}
-    for name in COLLECT_POLICIES["car_racing"]:
+    for name in ("track", "fast_track"):
         runs = [make_collect_policy(car, np.random.default_rng(s), name) for s in range(20)]
         gas[name] = np.array([[p(frame)[1] for _ in range(50)] for p in runs]).mean()
     assert gas["fast_track"] > 0.7 > 0.4 > gas["track"]
@@ -237,3 +237,37 @@ def test_collection_policies_by_name():
         make_collect_policy(car, np.random.default_rng(0), "slow")
     with pytest.raises(ValueError, match="random"):
         make_collect_policy(GAMES["doom_take_cover"], np.random.default_rng(0), "track")
+    with pytest.raises(ValueError, match="game's state"):
+        make_collect_policy(car, np.random.default_rng(0), "drive")
+    assert set(COLLECT_POLICIES["car_racing"]) == {"track", "fast_track", "drive"}
+
+
+@pytest.mark.slow
+def test_drive_policy_collects_tiles_and_its_settings_steer_it():
+    """The state-reading driver earns tiles on a real track, more at its best settings
+    (no noise, no swerves) than with settings drawn for collection."""
+    from dreamgym.train.policies import car_drive_policy, make_collect_policy
+
+    car = GAMES["car_racing"]
+    env = car.make_real(max_episode_steps=300)
+    try:
+        returns = {}
+        for name, make in {
+            "drawn": lambda rng: make_collect_policy(car, rng, "drive", env=env),
+            "best": lambda rng: car_drive_policy(
+                env, rng, look=6, gain=1.5, vmax=200, gas=0.5, noise=0, swerve_p=0
+            ),
+        }.items():
+            policy = make(np.random.default_rng(1))
+            obs, _ = env.reset(seed=1)
+            total, done = 0.0, False
+            while not done:
+                obs, r, term, trunc, _ = env.step(policy(obs))
+                total += r
+                done = term or trunc
+            returns[name] = total
+        assert returns["best"] > 250 and returns["drawn"] > 100, returns  # 345 and 214
+        with pytest.raises(ValueError, match="unknown settings"):
+            car_drive_policy(env, np.random.default_rng(0), speed=3)
+    finally:
+        env.close()

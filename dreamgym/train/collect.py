@@ -16,7 +16,11 @@ from tqdm import tqdm
 from dreamgym import data
 from dreamgym.games import get_game
 from dreamgym.train.common import WORLD_MODEL_DIR, open_run, save_config
-from dreamgym.train.policies import make_collect_policy, noisy_controller
+from dreamgym.train.policies import (
+    check_collect_policy,
+    make_collect_policy,
+    noisy_controller,
+)
 from dreamgym.train.workers import GamePool
 
 
@@ -35,8 +39,8 @@ class CollectConfig:
     max_steps: int | None = None
     """Episode limit (None: the game's)."""
     policy: str | None = None
-    """Collection policy (None: the game's default; CarRacing: ``track`` or ``fast_track``,
-    see ``dreamgym.train.policies``). A rerun with another policy tops up with it."""
+    """Collection policy (None: the game's default; CarRacing: ``track``, ``fast_track`` or
+    ``drive``, see ``dreamgym.train.policies``). A rerun with another policy tops up with it."""
     controller: str | None = None
     """A controller folder that drives instead of ``policy`` (the paper's iterative
     procedure: real episodes of a controller trained in the dream, so M learns where
@@ -77,7 +81,7 @@ def _rollout(
     spec = get_game(game)
     rng = np.random.default_rng(seed)
     if config.controller is None:
-        policy = make_collect_policy(spec, rng, config.policy)
+        policy = make_collect_policy(spec, rng, config.policy, env=_env)
     else:
         from dreamgym.policy import load_controller
 
@@ -111,7 +115,7 @@ def run(config: CollectConfig, run_dir) -> Path:
     spec = get_game(game)
     if config.episodes < 1 or config.workers < 1:
         raise ValueError("episodes and workers must be >= 1")
-    make_collect_policy(spec, np.random.default_rng(0), config.policy)  # a clear error first
+    check_collect_policy(spec, config.policy)  # a clear error before workers start
     world_model = None
     if config.controller is not None:
         from dreamgym.policy import read_controller
