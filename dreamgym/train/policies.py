@@ -84,17 +84,22 @@ def car_track_policy(
     return act
 
 
-def car_drive_policy(env, rng: np.random.Generator, **settings) -> Callable[[np.ndarray], np.ndarray]:
+def car_drive_policy(
+    env, rng: np.random.Generator, **settings
+) -> Callable[[np.ndarray], np.ndarray]:
     """A driver that reads the game's state, so that M sees whole laps at speed.
 
     It steers towards the track's centre line a few tiles ahead of the car (pure
     pursuit on ``env.unwrapped.track``) and throttles or brakes towards a speed
-    that falls with the curvature ahead. At its best settings (lookahead 6, top
-    speed 200, throttle 0.5) it scores about 890 on CarRacing-v3. Each episode
-    draws its own settings, some too fast for the bends, plus steering noise and
-    random swerves, so the data holds laps, skids onto the grass and recoveries:
-    the drives a controller trained in the dream can learn to tell apart.
-    The frames it leaves in the data are the game's pixels, as for any policy.
+    that falls with the curvature ahead and with the angle to the road (so it
+    slows down to turn back after a spin). Each episode draws its own settings
+    (lookahead, steering gain, top speed, throttle, steering noise, how often it
+    swerves), so the data holds fast and slow laps, skids onto the grass and
+    recoveries: the drives a controller trained in the dream must tell apart.
+    ``settings`` fixes any of them by name; ``look=6, gain=1.5, vmax=200, gas=0.5,
+    noise=0, swerve_p=0`` scored 917 on four tracks (seeds 5000-5003); the drawn
+    settings average about 550. The frames it leaves in the data are the game's
+    pixels, as for any policy.
     """
     game = env.unwrapped
     drawn = {
