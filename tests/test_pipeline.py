@@ -212,6 +212,31 @@ def test_fit_mdnrnn_survives_sigkill(tmp_path):
     assert WorldModel.load(run / "world_model", game="doom_take_cover").mdnrnn.config.hidden == 16
 
 
+@pytest.mark.slow
+def test_encode_after_more_collection_encodes_only_the_new_episodes(tmp_path):
+    from dreamgym.train.encode import load_latents
+
+    run = tmp_path / "run"
+    collect = ("collect", "doom_take_cover", "--run", run, "--max-steps", "40", "--min-frames", "0",
+               "--workers", "1")  # fmt: skip
+    cli(*collect, "--episodes", "2")
+    cli("fit-vae", run, "--batch-size", "8", "--epochs", "0.1", "--threads", "1")
+    cli("encode", run, "--batch-size", "32")
+    first = load_latents(run)
+    cli(*collect, "--episodes", "3")
+    out = cli("encode", run, "--batch-size", "32")
+    assert "1/1" in out.stderr  # one episode encoded, not three
+    grown = load_latents(run)
+    n = first["offsets"][-1]
+    assert list(grown["files"]) == [p.name for p in data.kept_episodes(run)]
+    assert len(grown["offsets"]) == 4 and np.array_equal(grown["mu"][:n], first["mu"])
+    (run / "latents.npz").unlink()
+    cli("encode", run, "--batch-size", "32")
+    again = load_latents(run)
+    for key in ("mu", "logvar", "actions", "offsets"):
+        np.testing.assert_allclose(again[key], grown[key], atol=1e-5)
+
+
 def test_collect_with_a_controller_keeps_real_frames_and_its_noisy_actions(tmp_path):
     """The paper's iterative procedure: a dream-trained controller drives the real game."""
     from dreamgym.policy import save_controller

@@ -1,8 +1,9 @@
 """Stage 3: every frame to V's posterior (mu, logvar); the bank of first-frame encodings.
 
 Writes ``latents.npz`` (episodes concatenated, with offsets) atomically. The file
-records which V checkpoint step made it, so a rerun after more V training
-re-encodes and an up-to-date file is kept.
+records which V checkpoint step made it and which episode shards it holds: a rerun
+after more V training re-encodes everything, a rerun after more collection encodes
+only the new episodes, and an up-to-date file is kept.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def load_latents(run_dir: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def _reusable(path: Path, step: int, names: list[str]) -> dict[str, np.ndarray] | None:
+    """The latents in ``path`` if V's step matches and its episodes begin ``names``."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if "files" not in z.files or int(z["vae_step"]) != step:
+            return None
+        old = [str(f) for f in z["files"]]
+        if old != names[: len(old)]:
+            return None
+        return {k: z[k] for k in z.files}
+
+
 @torch.no_grad()
 def run(config: EncodeConfig, run_dir) -> Path:
     run_dir, game = open_run(run_dir)
@@ -46,13 +60,18 @@ def run(config: EncodeConfig, run_dir) -> Path:
     path = run_dir / LATENTS
     step = vae_step(run_dir)
     paths = data.kept_episodes(run_dir)
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["vae_step"]) == step and len(z["offsets"]) == len(paths) + 1:
-                return path
+    names = [p.name for p in paths]
+    old = _reusable(path, step, names)
+    done = 0 if old is None else len(old["files"])
+    if done == len(paths):
+        return path
     vae = load_trained_vae(run_dir, config.device)
     mus, logvars, actions, rewards, terms, lengths = [], [], [], [], [], []
-    for p in tqdm(paths, desc=f"encode {game}", unit="ep"):
+    if old is not None:
+        mus, logvars = [old["mu"]], [old["logvar"]]
+        actions, rewards, terms = [old["actions"]], [old["rewards"]], [old["terminated"]]
+        lengths = list(np.diff(old["offsets"]))
+    for p in tqdm(paths[done:], desc=f"encode {game}", unit="ep"):
         ep = data.read_episode(p)
         for i in range(0, len(ep["frames"]), config.batch_size):
             mu, logvar = vae.encode(
@@ -74,6 +93,7 @@ def run(config: EncodeConfig, run_dir) -> Path:
             rewards=np.concatenate(rewards).astype(np.float32),
             terminated=np.concatenate(terms),
             offsets=offsets,
+            files=np.array(names),
             vae_step=np.int64(step),
         )
     return path
