@@ -9,7 +9,8 @@ as written by ``dreamgym evolve``, ``dreamgym export`` or
 ``dreamgym.save_controller``). Every controller plays ``--episodes`` real episodes
 (game seeds ``--seed``, ``--seed``+1, ...) and ``--episodes`` dreams at each tau,
 through the same evaluators CMA-ES uses; the gap between the columns is how far
-the dream flatters (or undersells) it. Reports are written next to each controller.
+the dream flatters (or undersells) it. Reports are written next to each controller
+(for a shipped controller, under ``runs/evaluate/``, so its own reports stay as shipped).
 """
 
 from __future__ import annotations
@@ -52,10 +53,7 @@ def main() -> None:
                 dream=tau is not None,
                 tau=tau,
                 controller=str(folder),
-                output=str(
-                    folder / (f"evaluate_dream_tau{tau:g}.json" if tau else "evaluate_real.json")
-                ),
-            )
+            )  # the report goes next to the controller (shipped ones: under runs/evaluate/)
             r = json.loads(evaluate.run(config, source).read_text())
             row.append(f"{r['mean']:.0f} ± {r['std']:.0f}")
         rows.append(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +81,28 @@ def test_the_shipped_car_racing_dream_loads_offline_and_batches():
     venv.close()
     with pytest.raises(ControllerError, match="no controller ships for car_racing"):
         dreamgym.load_controller("DreamCarRacing-v0")
+
+
+@pytest.mark.slow
+def test_transfer_eval_example_scores_the_shipped_controller_and_leaves_its_reports(tmp_path):
+    """examples/transfer_eval.py on the shipped Doom controller: a real and a dream column,
+    reports under runs/evaluate/, the shipped 100-episode reports untouched."""
+    import subprocess
+    import sys
+
+    from dreamgym.shipped import shipped_dir
+
+    shipped = shipped_dir("doom_take_cover") / "evaluate_real.json"
+    before = shipped.read_bytes()
+    script = Path(__file__).parents[1] / "examples" / "transfer_eval.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(shipped.parent), "--episodes", "2", "--taus", "1.15",
+         "--workers", "1"],
+        cwd=tmp_path, capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    assert "2 episodes per cell (real: seeds 0-1)" in out.stdout
+    row = out.stdout.strip().splitlines()[-1]
+    assert row.count("±") == 2
+    report = json.loads((tmp_path / "runs/evaluate/doom_take_cover/evaluate_real.json").read_text())
+    assert report["seeds"] == [0, 1] and report["returns"] == json.loads(before)["returns"][:2]
+    assert shipped.read_bytes() == before
