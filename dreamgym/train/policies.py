@@ -98,8 +98,8 @@ def car_drive_policy(
     recoveries: the drives a controller trained in the dream must tell apart.
     ``settings`` fixes any of them by name; ``look=6, gain=1.5, vmax=200, gas=0.5,
     noise=0, swerve_p=0`` scored 873 ± 62 on four tracks (seeds 5000-5003); with
-    drawn settings, 300 collection episodes scored 604 ± 183. The frames it leaves in the data are the game's
-    pixels, as for any policy.
+    drawn settings, 300 collection episodes scored 604 ± 183. The frames it leaves in
+    the data are the game's pixels, as for any policy.
     """
     game = env.unwrapped
     drawn = {
