@@ -40,17 +40,15 @@ def load_latents(run_dir: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _reusable(path: Path, step: int, names: list[str]) -> dict[str, np.ndarray] | None:
-    """The latents in ``path`` if V's step matches and its episodes begin ``names``."""
+def _encoded(path: Path, step: int, names: list[str]) -> int:
+    """How many of the episodes ``names`` ``path`` already holds, in order, from this V."""
     if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as z:
+        return 0
+    with np.load(path, allow_pickle=False) as z:  # reads only the small arrays asked for
         if "files" not in z.files or int(z["vae_step"]) != step:
-            return None
+            return 0
         old = [str(f) for f in z["files"]]
-        if old != names[: len(old)]:
-            return None
-        return {k: z[k] for k in z.files}
+    return len(old) if old == names[: len(old)] else 0
 
 
 @torch.no_grad()
@@ -61,13 +59,13 @@ def run(config: EncodeConfig, run_dir) -> Path:
     step = vae_step(run_dir)
     paths = data.kept_episodes(run_dir)
     names = [p.name for p in paths]
-    old = _reusable(path, step, names)
-    done = 0 if old is None else len(old["files"])
-    if done == len(paths):
+    done = _encoded(path, step, names)
+    if done == len(paths) and path.exists():
         return path
     vae = load_trained_vae(run_dir, config.device)
     mus, logvars, actions, rewards, terms, lengths = [], [], [], [], [], []
-    if old is not None:
+    if done:
+        old = load_latents(run_dir)
         mus, logvars = [old["mu"]], [old["logvar"]]
         actions, rewards, terms = [old["actions"]], [old["rewards"]], [old["terminated"]]
         lengths = list(np.diff(old["offsets"]))
