@@ -34,6 +34,10 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         default = None if f.default is dataclasses.MISSING else f.default
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif typing.get_origin(t) is tuple:  # tuple[str, ...]: one or more values
+            parser.add_argument(
+                flag, type=args[0], nargs="+", default=default, help=f"(default: {default})"
+            )
         else:
             parser.add_argument(flag, type=base, default=default, help=f"(default: {default})")
 

@@ -61,6 +61,18 @@ def step(
     return DreamState(z, lstm), reward, terminated
 
 
+@torch.no_grad()
+def follow(wm: WorldModel, lstm: LSTMState, z: torch.Tensor, action: torch.Tensor) -> LSTMState:
+    """M's recurrent state after it reads (z, action), its prediction unused.
+
+    This is how the controller's M runs in the real game, where V's z, not M's, comes
+    next; it runs the same way beside another world model's dream (see ``evolve``'s
+    ensemble).
+    """
+    lstm, _ = wm.mdnrnn.step(lstm, z, wm.game.executed_action(action).to(z.dtype))
+    return lstm
+
+
 def observation(wm: WorldModel, state: DreamState) -> torch.Tensor:
     """The controller's input: (N, Z + H) = [z, h], or (N, Z + 2H) = [z, c, h] for Doom."""
     if wm.game.controller_reads_cell:

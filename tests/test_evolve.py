@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from dreamgym import cli
 from dreamgym import dream_core as dc
 from dreamgym.controller import LinearController
 from dreamgym.policy import controller_config, load_controller
@@ -175,6 +176,31 @@ def test_dream_evaluator_is_reproducible_and_checks_shapes():
         DreamEvaluator(wm, tau=0.0)
 
 
+def test_a_dream_with_its_own_m_following_is_the_dream_itself():
+    wm = tiny_world()
+    params = np.random.default_rng(2).normal(0, 0.3, (3, controller_config(wm).num_params))
+    alone, _ = dream_rollouts(wm, params, 4, 1.0, torch.Generator().manual_seed(7), 40)
+    followed, _ = dream_rollouts(
+        wm, params, 4, 1.0, torch.Generator().manual_seed(7), 40, world=tiny_world()
+    )
+    np.testing.assert_array_equal(alone.numpy(), followed.numpy())
+
+
+def test_an_ensemble_scores_each_controller_by_its_worst_model():
+    wm, harsh = tiny_world(), tiny_world(danger=0.3)  # danger builds 3x faster in harsh
+    params = np.random.default_rng(3).normal(0, 0.3, (5, controller_config(wm).num_params))
+    ev = DreamEvaluator(wm, tau=1.0, max_steps=40, worlds=[harsh])
+    r = ev.returns(params, 6, seed=9)
+    assert r.shape == (5, 12)
+    own = DreamEvaluator(wm, tau=1.0, max_steps=40).returns(params, 6, seed=9)
+    np.testing.assert_array_equal(r[:, :6], own)
+    g = torch.Generator().manual_seed(9)
+    in_harsh, _ = dream_rollouts(wm, params, 6, 1.0, g, 40, world=harsh)
+    np.testing.assert_array_equal(r[:, 6:], in_harsh.numpy())
+    assert r[:, 6:].mean() < r[:, :6].mean()  # harsh kills sooner
+    np.testing.assert_array_equal(ev.fitness(r), np.minimum(own.mean(1), r[:, 6:].mean(1)))
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -208,6 +234,34 @@ def test_z_only_controllers_never_read_h_and_have_their_own_folder(tmp_path):
     assert values["cma"]["num_params"] == 64  # CMA-ES searched the z weights only
     with pytest.raises(ValueError, match="inputs"):
         evolve.run(tiny_config(inputs="h"), run_dir)
+
+
+def test_evolve_in_an_ensemble_keeps_the_controller_its_worst_model_scores_best(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    wm = WorldModel.load(run_dir / "world_model")
+    harsh = tiny_world(danger=0.3)
+    harsh.vae.load_state_dict(wm.vae.state_dict())  # an M of the same V
+    harsh_dir = harsh.save(tmp_path / "harsh")
+    out = evolve.run(tiny_config(generations=4, ensemble=(str(harsh_dir),)), run_dir)
+    assert out.name == "evolve_tau1_ensemble"
+    info = json.loads((out / "controller.json").read_text())
+    assert info["ensemble"] == [str(harsh_dir)]
+    for e in info["evals"]:
+        assert len(e["model_means"]) == 2 and e["score"] == min(e["model_means"])
+    assert info["eval"]["score"] == max(e["score"] for e in info["evals"])
+    assert all("eval_score" in r for r in metric_rows(out) if r["generation"] in (2, 4))
+    same = ["--tau", "1", "--generations", "4", "--popsize", "8", "--trials", "3",
+            "--max-steps", "40", "--seed", "3", "--threads", "1"]  # fmt: skip
+    assert cli.main(["evolve", str(run_dir), *same, "--ensemble", str(harsh_dir)]) == 0  # done
+    with pytest.raises(RunDirError, match="ensemble"):
+        evolve.run(tiny_config(generations=5, ensemble=(str(run_dir / "world_model"),)), run_dir)
+    stranger = tiny_world().save(tmp_path / "stranger")  # a freshly initialised V
+    with pytest.raises(ValueError, match="another V"):
+        evolve.evolve(
+            tiny_config(ensemble=(str(stranger),)), run_dir / "world_model", tmp_path / "x"
+        )
+    with pytest.raises(ValueError, match="ensemble"):
+        evolve.run(tiny_config(real=True, ensemble=(str(harsh_dir),)), run_dir)
 
 
 def test_fine_tuning_starts_from_a_controller_and_keeps_it_unless_it_improves(tmp_path):

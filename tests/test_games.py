@@ -239,13 +239,16 @@ def test_collection_policies_by_name():
         make_collect_policy(GAMES["doom_take_cover"], np.random.default_rng(0), "track")
     with pytest.raises(ValueError, match="game's state"):
         make_collect_policy(car, np.random.default_rng(0), "drive")
-    assert set(COLLECT_POLICIES["car_racing"]) == {"track", "fast_track", "drive"}
+    with pytest.raises(ValueError, match="game's state"):
+        make_collect_policy(car, np.random.default_rng(0), "explore")
+    assert set(COLLECT_POLICIES["car_racing"]) == {"track", "fast_track", "drive", "explore"}
 
 
 @pytest.mark.slow
 def test_drive_policy_collects_tiles_and_its_settings_steer_it():
     """The state-reading driver earns tiles on a real track, more at its best settings
-    (no noise, no swerves) than with settings drawn for collection."""
+    (no noise, no swerves) than with settings drawn for collection; ``explore`` takes
+    it off its line with held wheel, throttle and brake."""
     from dreamgym.train.policies import car_drive_policy, make_collect_policy
 
     car = GAMES["car_racing"]
@@ -257,15 +260,21 @@ def test_drive_policy_collects_tiles_and_its_settings_steer_it():
             "best": lambda rng: car_drive_policy(
                 env, rng, look=6, gain=1.5, vmax=200, gas=0.5, noise=0, swerve_p=0
             ),
+            "explore": lambda rng: make_collect_policy(car, rng, "explore", env=env),
         }.items():
             policy = make(np.random.default_rng(1))
             obs, _ = env.reset(seed=1)
-            total, done = 0.0, False
+            total, done, actions = 0.0, False, []
             while not done:
-                obs, r, term, trunc, _ = env.step(policy(obs))
+                actions.append(policy(obs))
+                obs, r, term, trunc, _ = env.step(actions[-1])
                 total += r
                 done = term or trunc
             returns[name] = total
+            if name == "explore":
+                a = np.array(actions)
+                held = (a[1:] == a[:-1]).all(axis=1).mean()  # steps of a held swerve
+                assert held > 0.2 and np.unique(a[:, 1]).size >= 4, held  # drawn throttles
         assert returns["best"] > 250 and returns["drawn"] > 100, returns  # 345 and 214
         with pytest.raises(ValueError, match="unknown settings"):
             car_drive_policy(env, np.random.default_rng(0), speed=3)

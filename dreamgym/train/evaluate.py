@@ -54,6 +54,7 @@ def dream_rollouts(
     tau: float,
     generator: torch.Generator,
     max_steps: int | None = None,
+    world: WorldModel | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Play every controller ``trials`` times in one batched dream.
 
@@ -61,6 +62,10 @@ def dream_rollouts(
     of every controller starts from the same first frame (common random numbers).
     Episodes end on M's done or at ``max_steps``; finished rows are dropped from
     the batch, so they stop costing compute.
+
+    ``world``: another world model with the same V plays the world (first frames,
+    next z, reward, done), while ``wm``'s M only follows the z and actions to give the
+    controller its h, as it does in the real game.
     """
     cfg = controller_config(wm)
     spec = wm.game
@@ -68,17 +73,22 @@ def dream_rollouts(
     P = params.shape[0]
     N = P * trials
     max_steps = max_steps or spec.max_episode_steps
-    start = dc.initial_state(wm, trials, generator)
+    sim = wm if world is None else world
+    start = dc.initial_state(sim, trials, generator)
     state = dc.select(start, torch.arange(trials, device=wm.device).repeat(P))
+    own = None if world is None else wm.mdnrnn.initial_state(N, device=wm.device)
     rows = torch.arange(N, device=wm.device)  # each live row's index in (P * trials)
     row_params = params.repeat_interleave(trials, dim=0)  # (N, n)
     alive = torch.ones(N, dtype=torch.bool, device=wm.device)
     returns = torch.zeros(N, dtype=torch.float64, device=wm.device)
     steps = 0
     for _ in range(max_steps):
-        obs = dc.observation(wm, state)  # (L, D)
+        obs = dc.observation(wm, state if own is None else dc.DreamState(state.z, own))
         y = batched_forward(cfg, row_params, obs.unsqueeze(1)).squeeze(1)  # (L, O)
-        state, reward, terminated = dc.step(wm, state, spec.controller_to_action(y), tau, generator)
+        action = spec.controller_to_action(y)
+        if own is not None:
+            own = dc.follow(wm, own, state.z, action)
+        state, reward, terminated = dc.step(sim, state, action, tau, generator)
         returns.index_add_(0, rows, torch.where(alive, reward, 0).double())
         steps += len(rows)
         alive &= ~terminated
@@ -87,29 +97,53 @@ def dream_rollouts(
             break
         if live < COMPACT_BELOW * len(rows):
             keep = alive.nonzero().squeeze(1)
+            if own is not None:
+                own = dc.select(dc.DreamState(state.z, own), keep).lstm
             state, rows = dc.select(state, keep), rows[keep]
             row_params, alive = row_params[keep], alive[keep]
     return returns.view(P, trials), steps
 
 
 class DreamEvaluator:
-    """Scores controllers in the dream of ``wm`` at temperature ``tau``."""
+    """Scores controllers in the dream of ``wm`` at temperature ``tau``.
 
-    def __init__(self, wm: WorldModel, tau: float, max_steps: int | None = None):
+    ``worlds``: more world models with the same V (an ensemble). Each controller then
+    plays ``trials`` dreams in ``wm`` and in every one of them (see ``dream_rollouts``),
+    and its fitness is its worst model's mean: an exploit of one M's errors scores
+    only what the other Ms grant it.
+    """
+
+    def __init__(self, wm: WorldModel, tau: float, max_steps: int | None = None, worlds=()):
         if not (math.isfinite(tau) and tau > 0):
             raise ValueError(f"tau: expected a positive finite number, got {tau}")
         self.wm, self.tau, self.max_steps = wm, float(tau), max_steps
+        self.worlds = [None, *worlds]  # None: wm's own dream
         self.steps = 0
         """Dream steps computed so far (a throughput counter)."""
 
     def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
-        """(P, n) -> (P, trials) returns; the same seed gives the same dreams."""
-        g = torch.Generator(device=self.wm.device).manual_seed(int(seed))
-        ret, steps = dream_rollouts(self.wm, params, trials, self.tau, g, self.max_steps)
-        self.steps += steps
-        if progress is not None:
-            progress(ret.numel())
-        return ret.cpu().numpy()
+        """(P, n) -> (P, trials * models) returns, model by model; the same seed gives
+        the same dreams."""
+        out = []
+        for world in self.worlds:
+            g = torch.Generator(device=self.wm.device).manual_seed(int(seed))
+            ret, steps = dream_rollouts(
+                self.wm, params, trials, self.tau, g, self.max_steps, world=world
+            )
+            self.steps += steps
+            if progress is not None:
+                progress(ret.numel())
+            out.append(ret.cpu().numpy())
+        return np.concatenate(out, axis=1)
+
+    def model_means(self, returns: np.ndarray) -> np.ndarray:
+        """(P, trials * models) -> (P, models) mean return in each model's dreams."""
+        P = returns.shape[0]
+        return returns.reshape(P, len(self.worlds), -1).mean(axis=2)
+
+    def fitness(self, returns: np.ndarray) -> np.ndarray:
+        """(P, trials * models) -> (P,): the mean return in the model that grants least."""
+        return self.model_means(returns).min(axis=1)
 
     def close(self) -> None:
         pass
@@ -200,6 +234,10 @@ class RealEvaluator:
                 if progress is not None:
                     progress(1)
         return out
+
+    def fitness(self, returns: np.ndarray) -> np.ndarray:
+        """(P, trials) -> (P,) mean return."""
+        return returns.mean(axis=1)
 
     def close(self, kill: bool = False) -> None:
         self.pool.close(kill)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cma
 import numpy as np
+import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
@@ -46,7 +47,9 @@ from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
 CMA_FILE = "cma.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_NAME = "evolve.json"
-RESUME_KEYS = ("popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps", "init", "inputs")
+RESUME_KEYS = (
+    "popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps", "init", "inputs", "ensemble",
+)  # fmt: skip
 """Config fields a resumed run must share with the run it continues."""
 INPUTS = ("zh", "z")
 """What a controller may read: everything, or V's latent only."""
@@ -235,6 +238,10 @@ class EvolveConfig:
     """What the controller reads: ``zh`` (the game's full input) or ``z`` (V's latent
     only, the paper's ablation without M): its weights on M's state (h, and c for
     Doom) are held at zero and CMA-ES searches the rest."""
+    ensemble: tuple[str, ...] = ()
+    """More world-model folders with the run's V (say, Ms fitted with other seeds): every
+    controller also plays ``trials`` dreams in each, its fitness is its lowest mean over
+    the models, and it reads the run's M in all of them (see ``DreamEvaluator``)."""
 
 
 def input_mask(wm: WorldModel, inputs: str) -> np.ndarray:
@@ -249,7 +256,7 @@ def input_mask(wm: WorldModel, inputs: str) -> np.ndarray:
 
 def evolve_dir_name(config: EvolveConfig) -> str:
     name = "evolve_real" if config.real else f"evolve_tau{config.tau:g}"
-    return name + ("_z" if config.inputs == "z" else "")
+    return name + ("_z" if config.inputs == "z" else "") + ("_ensemble" if config.ensemble else "")
 
 
 def _check(config: EvolveConfig) -> None:
@@ -270,6 +277,28 @@ def _check(config: EvolveConfig) -> None:
         raise ValueError(f"seconds: expected a positive number or None, got {config.seconds}")
     if config.inputs not in INPUTS:
         raise ValueError(f"inputs: expected one of {INPUTS}, got {config.inputs!r}")
+    if config.ensemble and config.real:
+        raise ValueError("ensemble: the real game is one world; use ensemble without real")
+
+
+def load_worlds(wm: WorldModel, folders, device) -> list[WorldModel]:
+    """The ensemble's world models, each checked to share ``wm``'s game, V and action size."""
+    worlds = []
+    for folder in folders:
+        other = WorldModel.load(folder, game=wm.game.name, device=device)
+        mine, theirs = wm.vae.state_dict(), other.vae.state_dict()
+        same_v = wm.vae.config == other.vae.config and all(
+            torch.equal(mine[k], theirs[k]) for k in mine
+        )
+        if not same_v:
+            raise ValueError(
+                f"ensemble: {folder} has another V; its z would mean something else to the "
+                "controller, so every model of the ensemble must share the run's V"
+            )
+        if other.mdnrnn.config.action_dim != wm.mdnrnn.config.action_dim:
+            raise ValueError(f"ensemble: {folder} has another action size")
+        worlds.append(other)
+    return worlds
 
 
 def _initial_params(config: EvolveConfig, wm: WorldModel, mask: np.ndarray) -> np.ndarray | None:
@@ -291,9 +320,18 @@ def _initial_params(config: EvolveConfig, wm: WorldModel, mask: np.ndarray) -> n
     return flat[mask]
 
 
+def _same(value):
+    """A config value as it reads back from JSON (tuples come back as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def rollout_seed(seed: int, generation: int, stream: int = 0) -> int:
     """The seed of a generation's rollouts (stream 1: the scores of the CMA mean)."""
     return int(np.random.SeedSequence([seed, generation, stream]).generate_state(1)[0]) >> 2
+
+
+def _score(ev: dict) -> float:
+    return ev.get("score", ev["mean"])
 
 
 def _repair_metrics(path: Path, generation: int, last_row: dict | None) -> None:
@@ -342,7 +380,7 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
         old = values["config"]
         keys = [k for k in RESUME_KEYS if not (k == "tau" and config.real)]
         default = asdict(EvolveConfig())  # keys added since ``old`` was written
-        changed = [k for k in keys if old.get(k, default[k]) != getattr(config, k)]
+        changed = [k for k in keys if _same(old.get(k, default[k])) != _same(getattr(config, k))]
         if changed:
             k = changed[0]
             raise RunDirError(
@@ -363,6 +401,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
         "inputs": config.inputs,
         "init": config.init,
     }
+    if config.ensemble:
+        meta["ensemble"] = list(config.ensemble)
 
     def save_best() -> None:
         best = log["best_eval"]
@@ -380,7 +420,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     if config.real:
         evaluator = RealEvaluator(wm_dir, config.workers, config.max_steps)
     else:
-        evaluator = DreamEvaluator(wm, config.tau, config.max_steps)
+        worlds = load_worlds(wm, config.ensemble, config.device)
+        evaluator = DreamEvaluator(wm, config.tau, config.max_steps, worlds)
     where = "real" if config.real else f"tau={config.tau:g}"
 
     def score_mean(gen: int) -> dict:
@@ -396,8 +437,11 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
             "std": float(r.std()),
             "rollouts": config.eval_rollouts,
         }
+        if config.ensemble:  # kept by the fitness CMA-ES maximises: the worst model's mean
+            ev["model_means"] = [float(m) for m in evaluator.model_means(r[None])[0]]
+            ev["score"] = min(ev["model_means"])
         log["evals"].append(ev)
-        if log["best_eval"] is None or ev["mean"] > log["best_eval"]["mean"]:
+        if log["best_eval"] is None or _score(ev) > _score(log["best_eval"]):
             log["best_eval"], best_eval_x = ev, mean
         save_best()
         return ev
@@ -420,7 +464,7 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
             )
             X = es.ask()
             returns = evaluator.returns(full(X), config.trials, rollout_seed(config.seed, gen))
-            fitness = returns.mean(axis=1)
+            fitness = evaluator.fitness(returns)
             es.tell(fitness)
             row = {
                 "generation": gen,
@@ -433,6 +477,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
             if gen % config.eval_every == 0 or gen == config.generations or out_of_time:
                 ev = score_mean(gen)
                 row["eval_mean"], row["eval_std"] = ev["mean"], ev["std"]
+                if "score" in ev:
+                    row["eval_score"] = ev["score"]
             row["seconds"] = round(time.time() - t0, 3)
             log["last_row"] = row
             arrays, values = es.state()
