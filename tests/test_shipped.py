@@ -1,4 +1,4 @@
-"""The shipped models: the Doom controller and its recorded real score; the CarRacing dream."""
+"""The shipped models: each controller and its recorded real score; the CarRacing dream."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import dreamgym
-from dreamgym.policy import ControllerError
 
 torch.set_num_threads(1)
 
@@ -61,7 +60,19 @@ def test_the_shipped_controller_replays_its_reported_episodes_exactly():
         env.close()
 
 
-# ---------------------------------------------------------------- CarRacing: world model only
+# ---------------------------------------------------------------- CarRacing
+
+
+def test_the_shipped_car_racing_controller_was_trained_only_in_the_dream_and_reads_z():
+    policy = dreamgym.load_controller("DreamCarRacing-v0")
+    info = policy.info
+    assert info["game"] == "car_racing" and info["trained_in"] == "dream"
+    assert info["inputs"] == "z" and info["tau"] == 1.0
+    weight = policy.params[: 3 * (32 + 256)].reshape(3, 32 + 256)
+    assert np.all(weight[:, 32:] == 0) and np.any(weight[:, :32] != 0)  # h is never read
+    r = json.loads((dreamgym.shipped_dir("car_racing") / "evaluate_real.json").read_text())
+    assert r["mode"] == "real" and r["seeds"] == list(range(100)) and len(r["returns"]) == 100
+    assert r["mean"] == pytest.approx(np.mean(r["returns"]))
 
 
 def test_the_shipped_car_racing_dream_loads_offline_and_batches():
@@ -79,8 +90,6 @@ def test_the_shipped_car_racing_dream_loads_offline_and_batches():
         total += reward
     assert np.isfinite(total).all() and len(np.unique(total)) > 1  # M's reward head, per dream
     venv.close()
-    with pytest.raises(ControllerError, match="no controller ships for car_racing"):
-        dreamgym.load_controller("DreamCarRacing-v0")
 
 
 @pytest.mark.slow
