@@ -63,14 +63,13 @@ def step(
 
 @torch.no_grad()
 def follow(wm: WorldModel, lstm: LSTMState, z: torch.Tensor, action: torch.Tensor) -> LSTMState:
-    """M's recurrent state after it reads (z, action), its prediction unused.
+    """M's recurrent state after it reads (z, action), without predicting anything.
 
     This is how the controller's M runs in the real game, where V's z, not M's, comes
-    next; it runs the same way beside another world model's dream (see ``evolve``'s
-    ensemble).
+    next (``make_real``); it runs the same way beside another world model's dream
+    (``evolve``'s ensemble).
     """
-    lstm, _ = wm.mdnrnn.step(lstm, z, wm.game.executed_action(action).to(z.dtype))
-    return lstm
+    return wm.mdnrnn.cell(lstm, z, wm.game.executed_action(action).to(z.dtype))
 
 
 def observation(wm: WorldModel, state: DreamState) -> torch.Tensor:

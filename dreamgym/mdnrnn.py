@@ -96,7 +96,12 @@ class MDNRNN(nn.Module):
     def step(
         self, state: LSTMState, z: torch.Tensor, a: torch.Tensor
     ) -> tuple[LSTMState, MDNRNNOutput]:
-        """One transition for a batch: z (B, Z), a (B, A) -> new state and predictions.
+        """One transition for a batch: z (B, Z), a (B, A) -> new state and predictions."""
+        new = self.cell(state, z, a)
+        return new, self._split(self.head(new.h))
+
+    def cell(self, state: LSTMState, z: torch.Tensor, a: torch.Tensor) -> LSTMState:
+        """The LSTM alone, for a batch: the new state, without the heads' predictions.
 
         Uses the LSTM's own weights directly (gate order i, f, g, o), which avoids
         nn.LSTM's per-call overhead in the dream's hot loop.
@@ -108,7 +113,7 @@ class MDNRNN(nn.Module):
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * state.c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        return LSTMState(h, c), self._split(self.head(h))
+        return LSTMState(h, c)
 
 
 def mixture_log_prob(mixture: Mixture, target: torch.Tensor) -> torch.Tensor:

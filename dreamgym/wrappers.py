@@ -77,10 +77,8 @@ class LatentObservation(gym.Wrapper):
             raise gym.error.ResetNeeded("step: call reset() before the first step()")
         frame, reward, terminated, truncated, info = self.env.step(a)
         wm = self.world_model
-        executed = torch.as_tensor(
-            wm.game.executed_action(a), dtype=torch.float32, device=wm.device
-        )[None]
-        lstm, _ = wm.mdnrnn.step(self._state.lstm, self._state.z, executed)
+        action = torch.as_tensor(a, dtype=torch.float32, device=wm.device)[None]
+        lstm = core.follow(wm, self._state.lstm, self._state.z, action)
         self._state = core.DreamState(self._encode(frame), lstm)
         return self._observe(), reward, terminated, truncated, info
 

@@ -282,7 +282,7 @@ def _check(config: EvolveConfig) -> None:
 
 
 def load_worlds(wm: WorldModel, folders, device) -> list[WorldModel]:
-    """The ensemble's world models, each checked to share ``wm``'s game, V and action size."""
+    """The ensemble's world models, each checked to share ``wm``'s game and V."""
     worlds = []
     for folder in folders:
         other = WorldModel.load(folder, game=wm.game.name, device=device)
@@ -295,8 +295,6 @@ def load_worlds(wm: WorldModel, folders, device) -> list[WorldModel]:
                 f"ensemble: {folder} has another V; its z would mean something else to the "
                 "controller, so every model of the ensemble must share the run's V"
             )
-        if other.mdnrnn.config.action_dim != wm.mdnrnn.config.action_dim:
-            raise ValueError(f"ensemble: {folder} has another action size")
         worlds.append(other)
     return worlds
 
