@@ -5,7 +5,7 @@ DreamCarRacing-v0 with Gymnasium.
 """
 
 from dreamgym._version import __version__
-from dreamgym.controller import ControllerConfig, LinearController
+from dreamgym.controller import Controller, ControllerConfig
 from dreamgym.dream import DreamEnv, DreamVectorEnv, register_envs
 from dreamgym.games import GAMES, GameSpec, get_game, make_game
 from dreamgym.mdnrnn import MDNRNN, MDNRNNConfig
@@ -18,7 +18,7 @@ from dreamgym.wrappers import make_real, make_real_vec
 register_envs()
 
 __all__ = [
-    "__version__", "ConvVAE", "VAEConfig", "MDNRNN", "MDNRNNConfig", "LinearController",
+    "__version__", "ConvVAE", "VAEConfig", "MDNRNN", "MDNRNNConfig", "Controller",
     "ControllerConfig", "WorldModel", "WorldModelError", "GameSpec", "GAMES", "get_game",
     "make_game", "DreamEnv", "DreamVectorEnv", "make_real", "make_real_vec", "shipped_dir",
     "load_controller",

@@ -1,7 +1,8 @@
 """Trained controllers on disk, and the policy you get back from them.
 
-A controller folder holds ``controller.safetensors`` (the linear layer's
-``weight`` and, where the game uses one, ``bias``) and ``controller.json``
+A controller folder holds ``controller.safetensors`` (the output layer's ``weight``
+and, where the game uses one, ``bias``; with a hidden layer also ``hidden_weight``
+and ``hidden_bias``) and ``controller.json``
 (game, sizes, the temperature and generation it was trained at, the dreamgym
 version, and whatever the trainer recorded). Loading never unpickles.
 
@@ -21,7 +22,7 @@ from safetensors.torch import save_file
 
 from dreamgym._io import atomic_path
 from dreamgym._version import __version__
-from dreamgym.controller import ControllerConfig, LinearController
+from dreamgym.controller import Controller, ControllerConfig, unflatten
 from dreamgym.games import GAMES, GameSpec, get_game
 from dreamgym.world_model import WorldModel, atomic_write_text, read_json, read_tensors
 
@@ -34,21 +35,25 @@ class ControllerError(ValueError):
     """A controller folder is missing, truncated, or does not match its config."""
 
 
-def controller_config(wm: WorldModel) -> ControllerConfig:
-    """The controller that reads the observations of ``wm``'s dream ([z, h] or [z, c, h])."""
+def controller_config(wm: WorldModel, hidden: int = 0) -> ControllerConfig:
+    """The controller that reads the observations of ``wm``'s dream ([z, h] or [z, c, h]),
+    with ``hidden`` tanh units between input and output (0: the paper's linear C)."""
     spec, mdn = wm.game, wm.mdnrnn.config
     in_dim = mdn.z_dim + mdn.hidden * (2 if spec.controller_reads_cell else 1)
-    return ControllerConfig(in_dim, spec.controller_outputs, spec.controller_bias)
+    return ControllerConfig(in_dim, spec.controller_outputs, spec.controller_bias, hidden)
 
 
-def _config_from_params(spec: GameSpec, n: int) -> ControllerConfig:
+def _config_from_params(spec: GameSpec, n: int, hidden: int) -> ControllerConfig:
     out, bias = spec.controller_outputs, spec.controller_bias
-    per_output = n // out - int(bias)
-    cfg = ControllerConfig(per_output, out, bias)
-    if per_output < 1 or cfg.num_params != n:
+    if hidden:  # n = hidden * (in + bias) + out * (hidden + bias)
+        in_dim = (n - out * (hidden + bias)) // hidden - int(bias)
+    else:
+        in_dim = n // out - int(bias)
+    cfg = ControllerConfig(in_dim, out, bias, hidden)
+    if in_dim < 1 or cfg.num_params != n:
         raise ControllerError(
             f"controller_params: {n} values do not make a {spec.name} controller "
-            f"({out} outputs{' with bias' if bias else ', no bias'})"
+            f"({hidden} hidden units, {out} outputs{' with bias' if bias else ', no bias'})"
         )
     return cfg
 
@@ -58,8 +63,10 @@ def save_controller(
     controller_params,
     game: str | GameSpec,
     meta: dict | None = None,
+    hidden: int = 0,
 ) -> Path:
-    """Write ``controller_params`` (flat: W row-major, then b) as a controller folder.
+    """Write ``controller_params`` (flat: layer by layer, W row-major, then b) as a
+    controller folder; ``hidden``: units of its hidden layer (0: none).
 
     ``meta`` (JSON-serialisable) is stored in ``controller.json``; trainers record
     ``tau``, ``generations`` and scores there. Each file is written atomically.
@@ -68,17 +75,17 @@ def save_controller(
     params = torch.as_tensor(np.asarray(controller_params, np.float32)).reshape(-1)
     if not torch.isfinite(params).all():
         raise ControllerError("controller_params: contains NaN or infinite values")
-    cfg = _config_from_params(spec, params.numel())
-    n_w = cfg.out_dim * cfg.in_dim
-    tensors = {"weight": params[:n_w].reshape(cfg.out_dim, cfg.in_dim).contiguous()}
-    if cfg.bias:
-        tensors["bias"] = params[n_w:].contiguous()
+    if not (isinstance(hidden, int) and hidden >= 0):
+        raise ControllerError(f"hidden: expected an integer >= 0, got {hidden!r}")
+    cfg = _config_from_params(spec, params.numel(), hidden)
+    tensors = {k: v.contiguous() for k, v in unflatten(cfg, params).items()}
     info = {
         "format": FORMAT,
         "game": spec.name,
         "in_dim": cfg.in_dim,
         "out_dim": cfg.out_dim,
         "bias": cfg.bias,
+        "hidden": cfg.hidden,
         "num_params": cfg.num_params,
         "dreamgym_version": __version__,
         **(meta or {}),
@@ -91,10 +98,10 @@ def save_controller(
     return folder
 
 
-def read_controller(
-    folder: str | os.PathLike, game: str | None = None
-) -> tuple[LinearController, dict]:
+def read_controller(folder: str | os.PathLike, game: str | None = None) -> tuple[Controller, dict]:
     """The controller in ``folder`` and its ``controller.json``; errors name the file.
+
+    A ``controller.json`` without ``hidden`` means no hidden layer.
 
     With ``game``, a controller of another game is an error too.
     """
@@ -115,7 +122,10 @@ def read_controller(
         )
     if game is not None and info["game"] != game:
         raise ControllerError(f"{folder} holds a {info['game']} controller, not a {game} one")
-    cfg = ControllerConfig(int(info["in_dim"]), int(info["out_dim"]), bool(info["bias"]))
+    hidden = info.get("hidden", 0)
+    if not (isinstance(hidden, int) and hidden >= 0):
+        raise ControllerError(f"{cfg_path}: key 'hidden' is {hidden!r}, expected an integer >= 0")
+    cfg = ControllerConfig(int(info["in_dim"]), int(info["out_dim"]), bool(info["bias"]), hidden)
     if cfg.out_dim != get_game(info["game"]).controller_outputs:
         raise ControllerError(
             f"{cfg_path}: key 'out_dim' is {cfg.out_dim}, but {info['game']} has "
@@ -125,9 +135,7 @@ def read_controller(
         tensors = read_tensors(w_path)
     except ValueError as e:
         raise ControllerError(str(e)) from None
-    expected = {"weight": (cfg.out_dim, cfg.in_dim)}
-    if cfg.bias:
-        expected["bias"] = (cfg.out_dim,)
+    expected = cfg.shapes()
     for key, shape in expected.items():
         if key not in tensors:
             raise ControllerError(f"{w_path}: missing key {key!r}")
@@ -139,8 +147,8 @@ def read_controller(
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise ControllerError(f"{w_path}: unexpected key {extra[0]!r}")
-    controller = LinearController(cfg)
-    controller.linear.load_state_dict({k: v.float() for k, v in tensors.items()})
+    controller = Controller(cfg)
+    controller.load_state_dict({k: v.float() for k, v in tensors.items()})
     controller.eval()
     return controller, info
 
@@ -152,7 +160,7 @@ class ControllerPolicy:
     where D is the dream's observation size ([z, h] or [z, c, h]).
     """
 
-    def __init__(self, controller: LinearController, game: str | GameSpec, info: dict):
+    def __init__(self, controller: Controller, game: str | GameSpec, info: dict):
         self.controller = controller
         self.game = get_game(game)
         self.info = info

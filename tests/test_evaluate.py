@@ -72,6 +72,36 @@ def test_controller_round_trip(tmp_path, world_models, game):
     assert all(spec.action_space.contains(a) for a in actions)
 
 
+def test_hidden_layer_controller_round_trip_scores_the_same_in_the_dream(tmp_path, world_models):
+    wm = world_models["car_racing"]
+    cfg = controller_config(wm, hidden=6)
+    params = np.random.default_rng(0).normal(0, 0.3, cfg.num_params).astype(np.float32)
+    folder = save_controller(tmp_path / "c", params, "car_racing", {"tau": 1.0}, hidden=6)
+    info = json.loads((folder / "controller.json").read_text())
+    assert info["hidden"] == 6 and info["num_params"] == cfg.num_params
+    policy = load_controller(folder)
+    assert policy.controller.config == cfg
+    np.testing.assert_array_equal(policy.params, params)
+    obs = np.random.default_rng(1).normal(size=(4, cfg.in_dim)).astype(np.float32)
+    n_h = 6 * cfg.in_dim
+    hid = np.tanh(obs @ params[:n_h].reshape(6, cfg.in_dim).T + params[n_h : n_h + 6])
+    tail = params[n_h + 6 :]
+    y = torch.tanh(torch.from_numpy(hid @ tail[:18].reshape(3, 6).T + tail[18:]))
+    np.testing.assert_allclose(policy(obs), wm.game.controller_to_action(y).numpy(), atol=1e-5)
+    with pytest.raises(ControllerError, match="hidden units"):
+        save_controller(tmp_path / "bad", params[:-1], "car_racing", hidden=6)
+
+    run_dir, _ = open_run(tmp_path / "run", "car_racing")
+    wm.save(run_dir / WORLD_MODEL_DIR)
+    shutil.copytree(folder, run_dir / "evolve_tau1")
+    config = evaluate.EvaluateConfig(episodes=4, dream=True, max_steps=30, threads=1)
+    report = json.loads(evaluate.run(config, run_dir).read_text())
+    ev = evaluate.DreamEvaluator(wm, 1.0, max_steps=30, controller=cfg)
+    np.testing.assert_allclose(report["returns"], ev.returns(params[None], 4, seed=0)[0])
+    with pytest.raises(ValueError, match="params"):  # the linear C's evaluator
+        evaluate.DreamEvaluator(wm, 1.0, max_steps=30).returns(params[None], 4, seed=0)
+
+
 def test_controller_bad_input_gets_clear_errors(tmp_path, world_models, monkeypatch):
     wm = world_models["doom_take_cover"]
     params = random_params(wm)

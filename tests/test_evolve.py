@@ -16,7 +16,7 @@ import torch
 
 from dreamgym import cli
 from dreamgym import dream_core as dc
-from dreamgym.controller import LinearController
+from dreamgym.controller import Controller
 from dreamgym.policy import controller_config, load_controller
 from dreamgym.train import evolve
 from dreamgym.train.common import RunDirError, open_run
@@ -132,7 +132,7 @@ def reference_returns(wm, params, trials, seed, max_steps):
     cfg = controller_config(wm)
     out = np.zeros((len(params), trials))
     for p, theta in enumerate(params):
-        ctrl = LinearController(cfg)
+        ctrl = Controller(cfg)
         ctrl.set_flat(torch.as_tensor(theta))
         g = torch.Generator().manual_seed(seed)
         state = dc.initial_state(wm, trials, g)
@@ -234,6 +234,25 @@ def test_z_only_controllers_never_read_h_and_have_their_own_folder(tmp_path):
     assert values["cma"]["num_params"] == 64  # CMA-ES searched the z weights only
     with pytest.raises(ValueError, match="inputs"):
         evolve.run(tiny_config(inputs="h"), run_dir)
+
+
+def test_a_z_only_controller_with_a_hidden_layer_reads_z_through_its_first_layer(tmp_path):
+    run_dir = make_run(tmp_path)
+    out = evolve.run(tiny_config(generations=3, inputs="z", hidden=4), run_dir)
+    assert out.name == "evolve_tau1_z_hidden4"
+    policy = load_controller(out)
+    cfg = policy.controller.config
+    assert cfg == controller_config(WorldModel.load(run_dir / "world_model"), hidden=4)
+    first = policy.controller.hidden_weight.detach().numpy()  # (4, [z, c, h])
+    assert np.any(first[:, :64] != 0) and np.all(first[:, 64:] == 0)
+    assert np.any(policy.controller.weight.detach().numpy() != 0)
+    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    assert values["cma"]["num_params"] == cfg.num_params - 4 * 2 * 16
+    with pytest.raises(RunDirError, match="hidden"):  # same folder name, other width
+        wider = tiny_config(generations=4, inputs="z", hidden=5)
+        evolve.evolve(wider, run_dir / "world_model", out)
+    with pytest.raises(ValueError, match="hidden units"):  # a linear C cannot seed it
+        evolve.run(tiny_config(generations=3, init=str(out), hidden=0), run_dir)
 
 
 def test_evolve_in_an_ensemble_keeps_the_controller_its_worst_model_scores_best(tmp_path):
@@ -391,9 +410,9 @@ def test_evolve_with_fitness_in_the_real_game(tmp_path):
     pytest.importorskip("vizdoom")
     run_dir = make_run(tmp_path)
     cfg = tiny_config(real=True, generations=1, popsize=3, trials=2, max_steps=8,
-                      eval_rollouts=2, workers=2)  # fmt: skip
+                      eval_rollouts=2, workers=2, hidden=3)  # fmt: skip
     out = evolve.run(cfg, run_dir)
-    assert out.name == "evolve_real"
+    assert out.name == "evolve_real_hidden3"
     (row,) = metric_rows(out)
     assert row["best"] == row["worst"] == 8.0  # +1 per tic, nobody dies in 8 tics
     assert row["steps"] == 3 * 2 * 8

@@ -10,7 +10,7 @@ import torch
 from torch import distributions as D
 from torch.nn import functional as F
 
-from dreamgym import GAMES, MDNRNN, ConvVAE, LinearController
+from dreamgym import GAMES, MDNRNN, Controller, ConvVAE
 from dreamgym.controller import ControllerConfig, batched_forward
 from dreamgym.games import doom_executed_action
 from dreamgym.mdnrnn import LSTMState, Mixture, done_loss, mdn_nll, mixture_log_prob, sample
@@ -60,7 +60,7 @@ def test_controller_param_count_matches_paper(game, in_dim, out_dim, bias, expec
     assert spec.obs_dim == in_dim
     assert spec.controller_outputs == out_dim
     assert spec.controller_bias is bias
-    c = LinearController(in_dim=spec.obs_dim, out_dim=out_dim, bias=bias)
+    c = Controller(in_dim=spec.obs_dim, out_dim=out_dim, bias=bias)
     assert c.num_params == n_params(c) == expected
 
 
@@ -293,40 +293,56 @@ def test_forward_from_no_state_equals_zero_state():
 
 
 def test_controller_flat_round_trip_and_layout():
-    c = LinearController(in_dim=5, out_dim=3, bias=True)
+    c = Controller(in_dim=5, out_dim=3, bias=True)
     flat = torch.arange(c.num_params, dtype=torch.float32)
     c.set_flat(flat)
     torch.testing.assert_close(c.get_flat(), flat)
-    torch.testing.assert_close(c.linear.weight, flat[:15].view(3, 5))  # W row-major, then b
-    torch.testing.assert_close(c.linear.bias, flat[15:])
+    torch.testing.assert_close(c.weight, flat[:15].view(3, 5))  # W row-major, then b
+    torch.testing.assert_close(c.bias, flat[15:])
     c.set_flat(np.ones(c.num_params))  # numpy from CMA-ES is fine
     assert torch.all(c.get_flat() == 1)
 
 
 def test_controller_starts_at_zero():
-    c = LinearController(in_dim=1088, out_dim=1, bias=False)
+    c = Controller(in_dim=1088, out_dim=1, bias=False)
     assert torch.all(c.get_flat() == 0)
     assert torch.all(c(torch.randn(4, 1088)) == 0)
 
 
 @pytest.mark.parametrize("size", [0, 7, 17])
 def test_controller_set_flat_wrong_size(size):
-    c = LinearController(in_dim=4, out_dim=2, bias=False)  # 8 params
+    c = Controller(in_dim=4, out_dim=2, bias=False)  # 8 params
     before = c.get_flat().clone()
     with pytest.raises(ValueError, match="params: expected a vector of 8"):
         c.set_flat(torch.zeros(size))
     torch.testing.assert_close(c.get_flat(), before)
 
 
+def test_hidden_layer_controller_layout_and_forward():
+    c = Controller(in_dim=5, out_dim=3, bias=True, hidden=4)
+    assert list(c.config.shapes()) == ["hidden_weight", "hidden_bias", "weight", "bias"]
+    assert c.num_params == 4 * 5 + 4 + 3 * 4 + 3
+    flat = torch.randn(c.num_params, generator=torch.Generator().manual_seed(0))
+    c.set_flat(flat)
+    torch.testing.assert_close(c.get_flat(), flat)
+    torch.testing.assert_close(c.hidden_weight, flat[:20].view(4, 5))  # layer by layer
+    torch.testing.assert_close(c.bias, flat[-3:])
+    x = torch.randn(2, 5)
+    h = torch.tanh(x @ flat[:20].view(4, 5).T + flat[20:24])
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), torch.tanh(h @ flat[24:36].view(3, 4).T + flat[36:]))
+
+
 @pytest.mark.parametrize("bias", [False, True])
-def test_batched_forward_equals_separate_forwards(bias):
-    cfg = ControllerConfig(in_dim=9, out_dim=3, bias=bias)
+@pytest.mark.parametrize("hidden", [0, 5])
+def test_batched_forward_equals_separate_forwards(bias, hidden):
+    cfg = ControllerConfig(in_dim=9, out_dim=3, bias=bias, hidden=hidden)
     g = torch.Generator().manual_seed(0)
     P, N = 4, 6
     params = torch.randn(P, cfg.num_params, generator=g)
     obs = torch.randn(P, N, 9, generator=g)
     got = batched_forward(cfg, params, obs)
-    c = LinearController(cfg)
+    c = Controller(cfg)
     for p in range(P):
         c.set_flat(params[p])
         with torch.no_grad():

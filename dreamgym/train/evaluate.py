@@ -55,6 +55,7 @@ def dream_rollouts(
     generator: torch.Generator,
     max_steps: int | None = None,
     world: WorldModel | None = None,
+    controller: ControllerConfig | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Play every controller ``trials`` times in one batched dream.
 
@@ -66,8 +67,10 @@ def dream_rollouts(
     ``world``: another world model with the same V plays the world (first frames,
     next z, reward, done), while ``wm``'s M only follows the z and actions to give the
     controller its h, as it does in the real game.
+
+    ``controller``: the controller ``params`` make (None: the paper's linear C).
     """
-    cfg = controller_config(wm)
+    cfg = controller or controller_config(wm)
     spec = wm.game
     params = _as_params(params, cfg, wm.device)
     P = params.shape[0]
@@ -110,13 +113,22 @@ class DreamEvaluator:
     ``worlds``: more world models with the same V (an ensemble). Each controller then
     plays ``trials`` dreams in ``wm`` and in every one of them (see ``dream_rollouts``),
     and its fitness is its worst model's mean: an exploit of one M's errors scores
-    only what the other Ms grant it.
+    only what the other Ms grant it. ``controller``: the controller the scored
+    parameters make (None: the paper's linear C).
     """
 
-    def __init__(self, wm: WorldModel, tau: float, max_steps: int | None = None, worlds=()):
+    def __init__(
+        self,
+        wm: WorldModel,
+        tau: float,
+        max_steps: int | None = None,
+        worlds=(),
+        controller: ControllerConfig | None = None,
+    ):
         if not (math.isfinite(tau) and tau > 0):
             raise ValueError(f"tau: expected a positive finite number, got {tau}")
         self.wm, self.tau, self.max_steps = wm, float(tau), max_steps
+        self.controller = controller
         self.worlds = [None, *worlds]  # None: wm's own dream
         self.steps = 0
         """Dream steps computed so far (a throughput counter)."""
@@ -128,7 +140,7 @@ class DreamEvaluator:
         for world in self.worlds:
             g = torch.Generator(device=self.wm.device).manual_seed(int(seed))
             ret, steps = dream_rollouts(
-                self.wm, params, trials, self.tau, g, self.max_steps, world=world
+                self.wm, params, trials, self.tau, g, self.max_steps, world, self.controller
             )
             self.steps += steps
             if progress is not None:
@@ -158,9 +170,19 @@ class DreamEvaluator:
 # ---------------------------------------------------------------- the real game
 
 
-def play_episode(env: gym.Env, wm: WorldModel, params, seed: int, max_steps: int):
-    """One real episode of the controller ``params`` (n,): (return, steps)."""
-    cfg = controller_config(wm)
+def play_episode(
+    env: gym.Env,
+    wm: WorldModel,
+    params,
+    seed: int,
+    max_steps: int,
+    controller: ControllerConfig | None = None,
+):
+    """One real episode of the controller ``params`` (n,): (return, steps).
+
+    ``controller``: the controller ``params`` make (None: the paper's linear C).
+    """
+    cfg = controller or controller_config(wm)
     p = _as_params(np.asarray(params).reshape(1, -1), cfg, "cpu")
     obs, _ = env.reset(seed=int(seed))
     total, t = 0.0, 0
@@ -175,19 +197,20 @@ def play_episode(env: gym.Env, wm: WorldModel, params, seed: int, max_steps: int
     return total, t
 
 
-_worker: tuple[gym.Env, WorldModel] | None = None  # one real game per worker process
+_worker: tuple | None = None  # (env, world model, controller config): one real game per process
 
 
-def _init_worker(wm_dir: str, max_steps: int) -> None:
+def _init_worker(wm_dir: str, max_steps: int, controller: dict | None) -> None:
     global _worker
     torch.set_num_threads(1)
     wm = WorldModel.load(wm_dir)
-    _worker = (make_real(wm.game.dream_id, world_model=wm, max_episode_steps=max_steps), wm)
+    env = make_real(wm.game.dream_id, world_model=wm, max_episode_steps=max_steps)
+    _worker = (env, wm, None if controller is None else ControllerConfig(**controller))
 
 
 def _worker_episode(params: np.ndarray, seed: int, max_steps: int) -> tuple[float, int]:
-    env, wm = _worker
-    return play_episode(env, wm, params, seed, max_steps)
+    env, wm, controller = _worker
+    return play_episode(env, wm, params, seed, max_steps, controller)
 
 
 class RealEvaluator:
@@ -195,7 +218,8 @@ class RealEvaluator:
 
     Trial j of every controller uses the game seed ``seed + j``. A worker that dies
     raises ``WorkerDiedError`` in the caller within ``poll`` seconds, never a hang
-    (see ``dreamgym.train.workers``).
+    (see ``dreamgym.train.workers``). ``controller``: the controller the scored
+    parameters make (None: the paper's linear C).
     """
 
     def __init__(
@@ -204,6 +228,7 @@ class RealEvaluator:
         workers: int = 2,
         max_steps: int | None = None,
         poll: float = 1.0,
+        controller: ControllerConfig | None = None,
     ):
         if workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers}")
@@ -212,7 +237,8 @@ class RealEvaluator:
         self.max_steps = max_steps or self.spec.max_episode_steps
         self.workers = workers
         self.steps = 0
-        self.pool = GamePool(workers, _init_worker, (str(self.wm_dir), self.max_steps), poll)
+        init = (str(self.wm_dir), self.max_steps, controller and controller.to_dict())
+        self.pool = GamePool(workers, _init_worker, init, poll)
 
     def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
         """(P, n) -> (P, trials) returns; trial j of every controller uses seed ``seed + j``."""
@@ -339,10 +365,12 @@ def run(config: EvaluateConfig, source) -> Path:
     t0 = time.time()
     if config.dream:
         wm = WorldModel.load(wm_dir, game=info["game"], device=config.device)
-        evaluator = DreamEvaluator(wm, tau, config.max_steps)
+        evaluator = DreamEvaluator(wm, tau, config.max_steps, controller=controller.config)
         seeds = [config.seed]  # one generator draws every dream
     else:
-        evaluator = RealEvaluator(wm_dir, config.workers, config.max_steps)
+        evaluator = RealEvaluator(
+            wm_dir, config.workers, config.max_steps, controller=controller.config
+        )
         seeds = [config.seed + i for i in range(config.episodes)]
     with evaluator:
         returns = evaluator.returns(params, config.episodes, config.seed, bar.update)[0]

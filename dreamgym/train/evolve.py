@@ -32,6 +32,7 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from dreamgym._io import atomic_path, read_jsonl
+from dreamgym.controller import unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
 from dreamgym.train.common import (
     WORLD_MODEL_DIR,
@@ -49,6 +50,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_NAME = "evolve.json"
 RESUME_KEYS = (
     "popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps", "init", "inputs", "ensemble",
+    "hidden",
 )  # fmt: skip
 """Config fields a resumed run must share with the run it continues."""
 INPUTS = ("zh", "z")
@@ -242,21 +244,27 @@ class EvolveConfig:
     """More world-model folders with the run's V (say, Ms fitted with other seeds): every
     controller also plays ``trials`` dreams in each, its fitness is its lowest mean over
     the models, and it reads the run's M in all of them (see ``DreamEvaluator``)."""
+    hidden: int = 0
+    """Units of a tanh hidden layer in the controller (0: the paper's linear C; the
+    paper's ablation row "C with a 40-unit hidden layer" is 40)."""
 
 
-def input_mask(wm: WorldModel, inputs: str) -> np.ndarray:
+def input_mask(wm: WorldModel, inputs: str, hidden: int = 0) -> np.ndarray:
     """Which flat controller parameters CMA-ES searches (True) for ``inputs``."""
-    cfg = controller_config(wm)
+    cfg = controller_config(wm, hidden)
     mask = np.ones(cfg.num_params, dtype=bool)
     if inputs == "z":
-        weight = mask[: cfg.out_dim * cfg.in_dim].reshape(cfg.out_dim, cfg.in_dim)
-        weight[:, wm.mdnrnn.config.z_dim :] = False  # a view into mask: [c,] h columns
+        first = "hidden_weight" if hidden else "weight"  # the layer that reads the input
+        weight = unflatten(cfg, mask)[first]  # (fan_out, in_dim), a view into mask
+        weight[:, wm.mdnrnn.config.z_dim :] = False  # the [c,] h columns
     return mask
 
 
 def evolve_dir_name(config: EvolveConfig) -> str:
     name = "evolve_real" if config.real else f"evolve_tau{config.tau:g}"
-    return name + ("_z" if config.inputs == "z" else "") + ("_ensemble" if config.ensemble else "")
+    name += "_z" if config.inputs == "z" else ""
+    name += f"_hidden{config.hidden}" if config.hidden else ""
+    return name + ("_ensemble" if config.ensemble else "")
 
 
 def _check(config: EvolveConfig) -> None:
@@ -275,6 +283,8 @@ def _check(config: EvolveConfig) -> None:
         raise ValueError(f"max_steps: expected an integer >= 1 or None, got {config.max_steps}")
     if config.seconds is not None and not (math.isfinite(config.seconds) and config.seconds > 0):
         raise ValueError(f"seconds: expected a positive number or None, got {config.seconds}")
+    if config.hidden < 0:
+        raise ValueError(f"hidden: expected an integer >= 0, got {config.hidden}")
     if config.inputs not in INPUTS:
         raise ValueError(f"inputs: expected one of {INPUTS}, got {config.inputs!r}")
     if config.ensemble and config.real:
@@ -304,10 +314,12 @@ def _initial_params(config: EvolveConfig, wm: WorldModel, mask: np.ndarray) -> n
     if config.init is None:
         return None
     controller, _ = read_controller(config.init, game=wm.game.name)
-    if controller.config != controller_config(wm):
+    cfg = controller_config(wm, config.hidden)
+    if controller.config != cfg:
         raise ValueError(
-            f"init: {config.init} holds a controller of {controller.num_params} parameters; "
-            f"this world model needs {controller_config(wm).num_params}"
+            f"init: {config.init} holds a controller of {controller.num_params} parameters "
+            f"({controller.config.hidden} hidden units); this world model with "
+            f"hidden={config.hidden} needs {cfg.num_params}"
         )
     flat = controller.get_flat().double().numpy()
     if np.any(flat[~mask] != 0):
@@ -361,7 +373,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     wm = WorldModel.load(wm_dir, device=config.device)
     game = wm.game.name
     out.mkdir(parents=True, exist_ok=True)
-    mask = input_mask(wm, config.inputs)
+    cfg = controller_config(wm, config.hidden)
+    mask = input_mask(wm, config.inputs, config.hidden)
     x0 = _initial_params(config, wm, mask)
     es = CMAES(int(mask.sum()), config.popsize, config.sigma0, config.seed, x0)
 
@@ -409,6 +422,7 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
             full(best_eval_x[None])[0],
             game,
             {**meta, "generations": best["generation"], "eval": best, "evals": log["evals"]},
+            hidden=config.hidden,
         )
 
     if es.generation >= config.generations:
@@ -416,10 +430,10 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
             save_best()
         return out
     if config.real:
-        evaluator = RealEvaluator(wm_dir, config.workers, config.max_steps)
+        evaluator = RealEvaluator(wm_dir, config.workers, config.max_steps, controller=cfg)
     else:
         worlds = load_worlds(wm, config.ensemble, config.device)
-        evaluator = DreamEvaluator(wm, config.tau, config.max_steps, worlds)
+        evaluator = DreamEvaluator(wm, config.tau, config.max_steps, worlds, cfg)
     where = "real" if config.real else f"tau={config.tau:g}"
 
     def score_mean(gen: int) -> dict:
