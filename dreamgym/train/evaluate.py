@@ -200,12 +200,12 @@ def play_episode(
 _worker: tuple | None = None  # (env, world model, controller config): one real game per process
 
 
-def _init_worker(wm_dir: str, max_steps: int, controller: dict | None) -> None:
+def _init_worker(wm_dir: str, max_steps: int, controller: ControllerConfig | None) -> None:
     global _worker
     torch.set_num_threads(1)
     wm = WorldModel.load(wm_dir)
     env = make_real(wm.game.dream_id, world_model=wm, max_episode_steps=max_steps)
-    _worker = (env, wm, None if controller is None else ControllerConfig(**controller))
+    _worker = (env, wm, controller)
 
 
 def _worker_episode(params: np.ndarray, seed: int, max_steps: int) -> tuple[float, int]:
@@ -237,7 +237,7 @@ class RealEvaluator:
         self.max_steps = max_steps or self.spec.max_episode_steps
         self.workers = workers
         self.steps = 0
-        init = (str(self.wm_dir), self.max_steps, controller and controller.to_dict())
+        init = (str(self.wm_dir), self.max_steps, controller)
         self.pool = GamePool(workers, _init_worker, init, poll)
 
     def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
