@@ -152,7 +152,9 @@ def _doom_action(y: torch.Tensor) -> torch.Tensor:
 
 
 def _car_action(y: torch.Tensor) -> torch.Tensor:
-    # steer = a0, gas = (a1 + 1) / 2, brake = clip(a2, 0, 1)
+    if y.shape[-1] == 2:  # steer = a0; a1 is one pedal: gas when positive, brake when negative
+        return torch.stack([y[..., 0], y[..., 1].clamp(0, 1), (-y[..., 1]).clamp(0, 1)], dim=-1)
+    # the paper's three outputs: steer = a0, gas = (a1 + 1) / 2, brake = clip(a2, 0, 1)
     return torch.stack([y[..., 0], (y[..., 1] + 1) / 2, y[..., 2].clamp(0, 1)], dim=-1)
 
 
@@ -175,7 +177,8 @@ class GameSpec:
     controller_reads_cell: bool
     """The controller reads [z, c, h] (Doom) rather than [z, h] (CarRacing)."""
     controller_bias: bool
-    controller_outputs: int
+    controller_outputs: tuple[int, ...]
+    """The numbers of tanh outputs ``controller_to_action`` maps; the first is the paper's."""
     controller_to_action: Callable[[torch.Tensor], torch.Tensor]
     """Maps the controller's tanh output (..., outputs) into the action space."""
     executed_action: Callable
@@ -214,7 +217,7 @@ GAMES: dict[str, GameSpec] = {
         constant_reward=1.0,
         controller_reads_cell=True,
         controller_bias=False,
-        controller_outputs=1,
+        controller_outputs=(1,),
         controller_to_action=_doom_action,
         executed_action=doom_executed_action,
         dream_id="DreamDoomTakeCover-v0",
@@ -230,7 +233,7 @@ GAMES: dict[str, GameSpec] = {
         constant_reward=None,
         controller_reads_cell=False,
         controller_bias=True,
-        controller_outputs=3,
+        controller_outputs=(3, 2),
         controller_to_action=_car_action,
         executed_action=identity_action,
         dream_id="DreamCarRacing-v0",

@@ -35,16 +35,29 @@ class ControllerError(ValueError):
     """A controller folder is missing, truncated, or does not match its config."""
 
 
-def controller_config(wm: WorldModel, hidden: int = 0) -> ControllerConfig:
+def controller_config(wm: WorldModel, hidden: int = 0, outputs: int = 0) -> ControllerConfig:
     """The controller that reads the observations of ``wm``'s dream ([z, h] or [z, c, h]),
-    with ``hidden`` tanh units between input and output (0: the paper's linear C)."""
+    with ``hidden`` tanh units between input and output (0: the paper's linear C) and
+    ``outputs`` tanh outputs (0: the paper's; CarRacing also takes 2, steer and pedal)."""
     spec, mdn = wm.game, wm.mdnrnn.config
     in_dim = mdn.z_dim + mdn.hidden * (2 if spec.controller_reads_cell else 1)
-    return ControllerConfig(in_dim, spec.controller_outputs, spec.controller_bias, hidden)
+    return ControllerConfig(in_dim, _outputs(spec, outputs), spec.controller_bias, hidden)
 
 
-def _config_from_params(spec: GameSpec, n: int, hidden: int) -> ControllerConfig:
-    out, bias = spec.controller_outputs, spec.controller_bias
+def _outputs(spec: GameSpec, outputs: int) -> int:
+    """``outputs`` checked against the game (0: the paper's number)."""
+    if outputs == 0:
+        return spec.controller_outputs[0]
+    if outputs not in spec.controller_outputs:
+        options = " or ".join(map(str, spec.controller_outputs))
+        raise ControllerError(
+            f"outputs: {spec.name} controllers have {options} outputs, got {outputs!r}"
+        )
+    return outputs
+
+
+def _config_from_params(spec: GameSpec, n: int, hidden: int, outputs: int) -> ControllerConfig:
+    out, bias = _outputs(spec, outputs), spec.controller_bias
     if hidden:  # n = hidden * (in + bias) + out * (hidden + bias)
         in_dim = (n - out * (hidden + bias)) // hidden - int(bias)
     else:
@@ -64,9 +77,11 @@ def save_controller(
     game: str | GameSpec,
     meta: dict | None = None,
     hidden: int = 0,
+    outputs: int = 0,
 ) -> Path:
     """Write ``controller_params`` (flat: layer by layer, W row-major, then b) as a
-    controller folder; ``hidden``: units of its hidden layer (0: none).
+    controller folder; ``hidden``: units of its hidden layer (0: none); ``outputs``: its
+    number of outputs (0: the paper's for the game).
 
     ``meta`` (JSON-serialisable) is stored in ``controller.json``; trainers record
     ``tau``, ``generations`` and scores there. Each file is written atomically.
@@ -77,7 +92,7 @@ def save_controller(
         raise ControllerError("controller_params: contains NaN or infinite values")
     if not (isinstance(hidden, int) and hidden >= 0):
         raise ControllerError(f"hidden: expected an integer >= 0, got {hidden!r}")
-    cfg = _config_from_params(spec, params.numel(), hidden)
+    cfg = _config_from_params(spec, params.numel(), hidden, outputs)
     tensors = {k: v.contiguous() for k, v in unflatten(cfg, params).items()}
     info = {
         "format": FORMAT,
@@ -126,10 +141,11 @@ def read_controller(folder: str | os.PathLike, game: str | None = None) -> tuple
     if not (isinstance(hidden, int) and hidden >= 0):
         raise ControllerError(f"{cfg_path}: key 'hidden' is {hidden!r}, expected an integer >= 0")
     cfg = ControllerConfig(int(info["in_dim"]), int(info["out_dim"]), bool(info["bias"]), hidden)
-    if cfg.out_dim != get_game(info["game"]).controller_outputs:
+    outputs = get_game(info["game"]).controller_outputs
+    if cfg.out_dim not in outputs:
         raise ControllerError(
-            f"{cfg_path}: key 'out_dim' is {cfg.out_dim}, but {info['game']} has "
-            f"{get_game(info['game']).controller_outputs} action outputs"
+            f"{cfg_path}: key 'out_dim' is {cfg.out_dim}, but {info['game']} controllers have "
+            f"{' or '.join(map(str, outputs))} outputs"
         )
     try:
         tensors = read_tensors(w_path)

@@ -72,6 +72,36 @@ def test_controller_round_trip(tmp_path, world_models, game):
     assert all(spec.action_space.contains(a) for a in actions)
 
 
+def test_a_two_output_car_controller_presses_one_pedal_and_round_trips(tmp_path, world_models):
+    wm = world_models["car_racing"]
+    y = torch.tensor([[0.3, 0.5], [-0.2, -0.7], [1.0, 0.0]])
+    expected = [[0.3, 0.5, 0.0], [-0.2, 0.0, 0.7], [1.0, 0.0, 0.0]]
+    np.testing.assert_allclose(wm.game.controller_to_action(y).numpy(), expected)
+    cfg = controller_config(wm, outputs=2)
+    assert (cfg.out_dim, cfg.num_params) == (2, 2 * (cfg.in_dim + 1))
+    params = np.random.default_rng(0).normal(0, 0.3, cfg.num_params).astype(np.float32)
+    folder = save_controller(tmp_path / "c", params, "car_racing", {"tau": 1.0}, outputs=2)
+    assert json.loads((folder / "controller.json").read_text())["out_dim"] == 2
+    policy = load_controller(folder)
+    assert policy.controller.config == cfg
+    obs = np.random.default_rng(1).normal(size=(64, cfg.in_dim)).astype(np.float32)
+    actions = policy(obs)
+    w = params[: 2 * cfg.in_dim].reshape(2, cfg.in_dim)
+    y = np.tanh(obs @ w.T + params[2 * cfg.in_dim :])
+    np.testing.assert_allclose(actions[:, 0], y[:, 0], atol=1e-5)
+    np.testing.assert_allclose(actions[:, 1] - actions[:, 2], y[:, 1], atol=1e-5)
+    assert np.all(np.minimum(actions[:, 1], actions[:, 2]) == 0)  # never gas and brake at once
+    assert all(wm.game.action_space.contains(a) for a in actions)
+    with pytest.raises(ControllerError, match="3 or 2 outputs"):
+        controller_config(wm, outputs=4)
+    with pytest.raises(ControllerError, match="1 outputs"):
+        save_controller(tmp_path / "d", np.zeros(2 * 1088), "doom_take_cover", outputs=2)
+    info = json.loads((folder / "controller.json").read_text())
+    (folder / "controller.json").write_text(json.dumps({**info, "out_dim": 4}))
+    with pytest.raises(ControllerError, match="'out_dim' is 4"):
+        load_controller(folder)
+
+
 def test_hidden_layer_controller_round_trip_scores_the_same_in_the_dream(tmp_path, world_models):
     wm = world_models["car_racing"]
     cfg = controller_config(wm, hidden=6)

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_world_model
 
 from dreamgym import cli
 from dreamgym import dream_core as dc
 from dreamgym.controller import Controller
-from dreamgym.policy import controller_config, load_controller
+from dreamgym.policy import ControllerError, controller_config, load_controller
 from dreamgym.train import evolve
 from dreamgym.train.common import RunDirError, open_run
 from dreamgym.train.evaluate import DreamEvaluator, dream_rollouts
@@ -253,6 +254,25 @@ def test_a_z_only_controller_with_a_hidden_layer_reads_z_through_its_first_layer
         evolve.evolve(wider, run_dir / "world_model", out)
     with pytest.raises(ValueError, match="hidden units"):  # a linear C cannot seed it
         evolve.run(tiny_config(generations=3, init=str(out), hidden=0), run_dir)
+
+
+def test_a_two_output_car_controller_evolves_in_its_own_folder(tmp_path):
+    run_dir, _ = open_run(tmp_path / "run", "car_racing")
+    wm = tiny_world_model("car_racing")
+    wm.save(run_dir / "world_model")
+    out = evolve.run(tiny_config(generations=2, inputs="z", outputs=2), run_dir)
+    assert out.name == "evolve_tau1_z_outputs2"
+    policy = load_controller(out)
+    assert policy.controller.config == controller_config(wm, outputs=2)
+    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    assert values["cma"]["num_params"] == 2 * 32 + 2  # z weights and biases of two outputs
+    with pytest.raises(RunDirError, match="outputs"):
+        evolve.evolve(tiny_config(generations=3, inputs="z"), run_dir / "world_model", out)
+    with pytest.raises(ValueError, match="2 outputs"):  # a 3-output C cannot seed it
+        three = evolve.run(tiny_config(generations=1, inputs="z"), run_dir)
+        evolve.run(tiny_config(generations=3, inputs="z", outputs=2, init=str(three)), run_dir)
+    with pytest.raises(ControllerError, match="3 or 2 outputs"):
+        evolve.run(tiny_config(generations=1, outputs=5), run_dir)
 
 
 def test_evolve_in_an_ensemble_keeps_the_controller_its_worst_model_scores_best(tmp_path):

@@ -32,7 +32,7 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from dreamgym._io import atomic_path, read_jsonl
-from dreamgym.controller import unflatten
+from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
 from dreamgym.train.common import (
     WORLD_MODEL_DIR,
@@ -50,7 +50,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_NAME = "evolve.json"
 RESUME_KEYS = (
     "popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps", "init", "inputs", "ensemble",
-    "hidden",
+    "hidden", "outputs",
 )  # fmt: skip
 """Config fields a resumed run must share with the run it continues."""
 INPUTS = ("zh", "z")
@@ -247,14 +247,17 @@ class EvolveConfig:
     hidden: int = 0
     """Units of a tanh hidden layer in the controller (0: the paper's linear C; the
     paper's ablation row "C with a 40-unit hidden layer" is 40)."""
+    outputs: int = 0
+    """The controller's tanh outputs (0: the paper's). CarRacing also takes 2: steer, and
+    one pedal that is gas when positive and brake when negative, so the controller cannot
+    press both at once."""
 
 
-def input_mask(wm: WorldModel, inputs: str, hidden: int = 0) -> np.ndarray:
-    """Which flat controller parameters CMA-ES searches (True) for ``inputs``."""
-    cfg = controller_config(wm, hidden)
+def input_mask(wm: WorldModel, inputs: str, cfg: ControllerConfig) -> np.ndarray:
+    """Which flat parameters of a ``cfg`` controller CMA-ES searches (True) for ``inputs``."""
     mask = np.ones(cfg.num_params, dtype=bool)
     if inputs == "z":
-        first = "hidden_weight" if hidden else "weight"  # the layer that reads the input
+        first = "hidden_weight" if cfg.hidden else "weight"  # the layer that reads the input
         weight = unflatten(cfg, mask)[first]  # (fan_out, in_dim), a view into mask
         weight[:, wm.mdnrnn.config.z_dim :] = False  # the [c,] h columns
     return mask
@@ -264,6 +267,7 @@ def evolve_dir_name(config: EvolveConfig) -> str:
     name = "evolve_real" if config.real else f"evolve_tau{config.tau:g}"
     name += "_z" if config.inputs == "z" else ""
     name += f"_hidden{config.hidden}" if config.hidden else ""
+    name += f"_outputs{config.outputs}" if config.outputs else ""
     return name + ("_ensemble" if config.ensemble else "")
 
 
@@ -285,6 +289,8 @@ def _check(config: EvolveConfig) -> None:
         raise ValueError(f"seconds: expected a positive number or None, got {config.seconds}")
     if config.hidden < 0:
         raise ValueError(f"hidden: expected an integer >= 0, got {config.hidden}")
+    if config.outputs < 0:
+        raise ValueError(f"outputs: expected an integer >= 0, got {config.outputs}")
     if config.inputs not in INPUTS:
         raise ValueError(f"inputs: expected one of {INPUTS}, got {config.inputs!r}")
     if config.ensemble and config.real:
@@ -314,12 +320,14 @@ def _initial_params(config: EvolveConfig, wm: WorldModel, mask: np.ndarray) -> n
     if config.init is None:
         return None
     controller, _ = read_controller(config.init, game=wm.game.name)
-    cfg = controller_config(wm, config.hidden)
+    cfg = controller_config(wm, config.hidden, config.outputs)
     if controller.config != cfg:
+        got = controller.config
         raise ValueError(
-            f"init: {config.init} holds a controller of {controller.num_params} parameters "
-            f"({controller.config.hidden} hidden units); this world model with "
-            f"hidden={config.hidden} needs {cfg.num_params}"
+            f"init: {config.init} holds a controller of {got.num_params} parameters "
+            f"({got.hidden} hidden units, {got.out_dim} outputs); this world model with "
+            f"hidden={config.hidden}, outputs={config.outputs} needs {cfg.num_params} "
+            f"({cfg.out_dim} outputs)"
         )
     flat = controller.get_flat().double().numpy()
     if np.any(flat[~mask] != 0):
@@ -373,8 +381,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     wm = WorldModel.load(wm_dir, device=config.device)
     game = wm.game.name
     out.mkdir(parents=True, exist_ok=True)
-    cfg = controller_config(wm, config.hidden)
-    mask = input_mask(wm, config.inputs, config.hidden)
+    cfg = controller_config(wm, config.hidden, config.outputs)
+    mask = input_mask(wm, config.inputs, cfg)
     x0 = _initial_params(config, wm, mask)
     es = CMAES(int(mask.sum()), config.popsize, config.sigma0, config.seed, x0)
 
@@ -423,6 +431,7 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
             game,
             {**meta, "generations": best["generation"], "eval": best, "evals": log["evals"]},
             hidden=config.hidden,
+            outputs=cfg.out_dim,
         )
 
     if es.generation >= config.generations:
