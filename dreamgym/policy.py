@@ -190,8 +190,13 @@ class ControllerPolicy:
         """The flat parameter vector (what CMA-ES optimised)."""
         return self.controller.get_flat().numpy()
 
-    @torch.no_grad()
     def __call__(self, obs) -> np.ndarray:
+        return self.game.controller_to_action(torch.from_numpy(self.outputs(obs))).numpy()
+
+    @torch.no_grad()
+    def outputs(self, obs) -> np.ndarray:
+        """The controller's tanh outputs for ``obs``, before they are mapped to actions:
+        (D,) -> (out_dim,) or (B, D) -> (B, out_dim), float32 numpy."""
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32))
         if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
             raise ValueError(
@@ -200,7 +205,7 @@ class ControllerPolicy:
             )
         if not torch.isfinite(x).all():
             raise ValueError("obs: contains NaN or infinite values")
-        return self.game.controller_to_action(self.controller(x)).numpy()
+        return self.controller(x).numpy()
 
     def __repr__(self) -> str:
         return (

@@ -244,6 +244,30 @@ def test_collection_policies_by_name():
     assert set(COLLECT_POLICIES["car_racing"]) == {"track", "fast_track", "drive", "explore"}
 
 
+def test_output_noise_leaves_a_released_pedal_released_and_action_noise_does_not():
+    from dreamgym.controller import Controller
+    from dreamgym.policy import ControllerPolicy
+    from dreamgym.train.policies import noisy_controller
+
+    car = GAMES["car_racing"]
+    c = Controller(in_dim=4, out_dim=3)
+    with torch.no_grad():
+        c.bias.copy_(torch.tensor([0.0, 0.0, -5.0]))  # steady gas 0.5, the brake released
+    policy = ControllerPolicy(c, car, {})
+    obs = np.zeros(4, np.float32)
+    acts = {}
+    for space in ("action", "output"):
+        noisy = noisy_controller(policy, car, np.random.default_rng(0), 0.3, space)
+        acts[space] = np.array([noisy(obs) for _ in range(400)])
+        assert all(car.action_space.contains(a) for a in acts[space])
+        assert 0.1 < acts[space][:, 0].std() < 0.5  # the steering is noisy either way
+    assert np.all(acts["output"][:, 2] == 0)
+    assert 0.3 < (acts["action"][:, 2] > 0).mean() < 0.7  # clipped noise presses it often
+    assert acts["output"][:, 1].std() == pytest.approx(0.15, rel=0.2)  # gas = (y + 1) / 2
+    with pytest.raises(ValueError, match="noise_space"):
+        noisy_controller(policy, car, np.random.default_rng(0), 0.3, "latent")
+
+
 @pytest.mark.slow
 def test_drive_policy_collects_tiles_and_its_settings_steer_it():
     """The state-reading driver earns tiles on a real track, more at its best settings

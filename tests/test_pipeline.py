@@ -261,3 +261,9 @@ def test_collect_with_a_controller_keeps_real_frames_and_its_noisy_actions(tmp_p
     with pytest.raises(ValueError, match="noise"):
         run(CollectConfig(**{**base, "episodes": 3}, controller=str(tmp_path / "c"), noise=-1),
             run_dir)  # fmt: skip
+    run(CollectConfig(**{**base, "episodes": 3}, controller=str(tmp_path / "c"), noise=0.5,
+                      noise_space="output"), run_dir)  # fmt: skip
+    assert len(data.kept_episodes(run_dir)) == 3
+    with pytest.raises(ValueError, match="noise_space"):
+        run(CollectConfig(**{**base, "episodes": 4}, controller=str(tmp_path / "c"),
+                          noise_space="z"), run_dir)  # fmt: skip

@@ -17,6 +17,7 @@ from dreamgym import data
 from dreamgym.games import get_game
 from dreamgym.train.common import WORLD_MODEL_DIR, open_run, save_config
 from dreamgym.train.policies import (
+    NOISE_SPACES,
     check_collect_policy,
     make_collect_policy,
     noisy_controller,
@@ -48,6 +49,10 @@ class CollectConfig:
     noise: float = 0.1
     """With ``controller``: each episode draws an action-noise level in [0, noise] (the
     standard deviation of Gaussian noise added to every action, then clipped)."""
+    noise_space: str = "action"
+    """Where the noise goes: ``action`` (then clipped to the action space) or ``output``
+    (the controller's tanh outputs, before they are mapped to the action, so a pedal the
+    controller holds released stays released; see ``policies.noisy_controller``)."""
 
 
 DEFAULT_MIN_FRAMES = {"doom_take_cover": 100, "car_racing": 0}
@@ -86,7 +91,8 @@ def _rollout(
         from dreamgym.policy import load_controller
 
         sigma = rng.uniform(0, config.noise)
-        policy = noisy_controller(load_controller(config.controller), spec, rng, sigma)
+        controller = load_controller(config.controller)
+        policy = noisy_controller(controller, spec, rng, sigma, config.noise_space)
     obs, _ = _env.reset(seed=seed)
     frames, actions, rewards, terms = [], [], [], []
     done = False
@@ -125,6 +131,10 @@ def run(config: CollectConfig, run_dir) -> Path:
             raise ValueError("policy and controller: give one of them, not both")
         if not (config.noise >= 0):
             raise ValueError(f"noise: expected a number >= 0, got {config.noise}")
+        if config.noise_space not in NOISE_SPACES:
+            raise ValueError(
+                f"noise_space: expected one of {NOISE_SPACES}, got {config.noise_space!r}"
+            )
         world_model = str(run_dir / WORLD_MODEL_DIR)
     save_config(run_dir / "collect.json", config)
     min_frames = DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
