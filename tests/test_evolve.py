@@ -273,6 +273,7 @@ def test_a_two_output_car_controller_evolves_in_its_own_folder(tmp_path):
         evolve.run(tiny_config(generations=3, inputs="z", outputs=2, init=str(three)), run_dir)
     with pytest.raises(ControllerError, match="3 or 2 outputs"):
         evolve.run(tiny_config(generations=1, outputs=5), run_dir)
+    assert not (run_dir / "evolve_tau1_outputs5").exists()
 
 
 def test_evolve_in_an_ensemble_keeps_the_controller_its_worst_model_scores_best(tmp_path):

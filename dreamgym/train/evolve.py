@@ -380,8 +380,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     wm_dir, out = Path(wm_dir), Path(out)
     wm = WorldModel.load(wm_dir, device=config.device)
     game = wm.game.name
+    cfg = controller_config(wm, config.hidden, config.outputs)  # checks outputs first
     out.mkdir(parents=True, exist_ok=True)
-    cfg = controller_config(wm, config.hidden, config.outputs)
     mask = input_mask(wm, config.inputs, cfg)
     x0 = _initial_params(config, wm, mask)
     es = CMAES(int(mask.sum()), config.popsize, config.sigma0, config.seed, x0)
