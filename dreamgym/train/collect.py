@@ -17,8 +17,8 @@ from dreamgym import data
 from dreamgym.games import get_game
 from dreamgym.train.common import WORLD_MODEL_DIR, open_run, save_config
 from dreamgym.train.policies import (
-    NOISE_SPACES,
     check_collect_policy,
+    check_noise_space,
     make_collect_policy,
     noisy_controller,
 )
@@ -131,10 +131,7 @@ def run(config: CollectConfig, run_dir) -> Path:
             raise ValueError("policy and controller: give one of them, not both")
         if not (config.noise >= 0):
             raise ValueError(f"noise: expected a number >= 0, got {config.noise}")
-        if config.noise_space not in NOISE_SPACES:
-            raise ValueError(
-                f"noise_space: expected one of {NOISE_SPACES}, got {config.noise_space!r}"
-            )
+        check_noise_space(config.noise_space)  # a clear error before workers start
         world_model = str(run_dir / WORLD_MODEL_DIR)
     save_config(run_dir / "collect.json", config)
     min_frames = DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames

@@ -168,6 +168,12 @@ NOISE_SPACES = ("action", "output")
 """Where ``noisy_controller`` adds its noise."""
 
 
+def check_noise_space(space: str) -> None:
+    """Raise a clear error unless ``space`` is one of ``NOISE_SPACES``."""
+    if space not in NOISE_SPACES:
+        raise ValueError(f"noise_space: expected one of {NOISE_SPACES}, got {space!r}")
+
+
 def noisy_controller(
     controller: ControllerPolicy,
     spec: GameSpec,
@@ -185,8 +191,7 @@ def noisy_controller(
     action noise presses the brake in about half the steps of a controller that
     never brakes.
     """
-    if space not in NOISE_SPACES:
-        raise ValueError(f"noise_space: expected one of {NOISE_SPACES}, got {space!r}")
+    check_noise_space(space)
     low, high = spec.action_space.low, spec.action_space.high
 
     def act(obs):
