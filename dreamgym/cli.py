@@ -7,7 +7,9 @@ so the CLI and the library cannot drift apart. Rerunning a command resumes.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
 import json
 import sys
 import typing
@@ -22,8 +24,28 @@ def presets_dir() -> Path:
     return installed if installed.is_dir() else Path(__file__).parents[1] / "training" / "presets"
 
 
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a config dataclass, as one line ({} without source)."""
+    try:
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+    except (OSError, TypeError):
+        return {}
+    docs = {}
+    for field, doc in zip(body, body[1:], strict=False):
+        if (
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
+            and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant)
+            and isinstance(doc.value.value, str)
+        ):
+            docs[field.target.id] = " ".join(doc.value.value.split())
+    return docs
+
+
 def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -32,14 +54,20 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         base = args[0] if args else t
         flag = "--" + f.name.replace("_", "-")
         default = None if f.default is dataclasses.MISSING else f.default
+        doc = docs.get(f.name, "").replace("%", "%%")
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=doc or None
+            )
         elif typing.get_origin(t) is tuple:  # tuple[str, ...]: one or more values
             parser.add_argument(
-                flag, type=args[0], nargs="+", default=default, help=f"(default: {default})"
-            )
+                flag, type=args[0], nargs="+", default=default,
+                help=f"{doc} (default: {default})".lstrip(),
+            )  # fmt: skip
         else:
-            parser.add_argument(flag, type=base, default=default, help=f"(default: {default})")
+            parser.add_argument(
+                flag, type=base, default=default, help=f"{doc} (default: {default})".lstrip()
+            )
 
 
 def _config(cls, ns: argparse.Namespace, **fixed):

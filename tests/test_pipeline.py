@@ -267,3 +267,21 @@ def test_collect_with_a_controller_keeps_real_frames_and_its_noisy_actions(tmp_p
     with pytest.raises(ValueError, match="noise_space"):
         run(CollectConfig(**{**base, "episodes": 4}, controller=str(tmp_path / "c"),
                           noise_space="z"), run_dir)  # fmt: skip
+
+
+def test_every_stage_option_has_its_config_fields_docstring_as_help(capsys):
+    import dataclasses
+
+    from dreamgym import cli as dreamgym_cli
+
+    for name, (cls, _, _) in dreamgym_cli._stages().items():
+        docs = dreamgym_cli.field_docs(cls)
+        undocumented = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not undocumented, f"{cls.__name__}: fields without a docstring: {undocumented}"
+        with pytest.raises(SystemExit):
+            dreamgym_cli.main([name, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        for field, doc in docs.items():
+            if field == "game" and name == "collect":
+                continue  # the positional argument
+            assert " ".join(doc.split()[:6]) in out, f"dreamgym {name} --help lacks: {doc}"

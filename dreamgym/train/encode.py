@@ -27,8 +27,11 @@ LATENTS = "latents.npz"
 @dataclass
 class EncodeConfig:
     batch_size: int = 500
+    """Frames V encodes at once."""
     device: str = "cpu"
+    """Torch device (``cpu``, ``cuda``, ``cuda:1``)."""
     threads: int | None = None
+    """Torch threads of this process (None: torch's default)."""
 
 
 def vae_step(run_dir: Path) -> int:

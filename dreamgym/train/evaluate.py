@@ -27,6 +27,7 @@ from dreamgym.dream import DEFAULT_TAU
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.train.common import WORLD_MODEL_DIR, set_threads
+from dreamgym.train.starts import RealStarts
 from dreamgym.train.workers import GamePool
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text, read_json
@@ -56,6 +57,7 @@ def dream_rollouts(
     max_steps: int | None = None,
     world: WorldModel | None = None,
     controller: ControllerConfig | None = None,
+    starts: RealStarts | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Play every controller ``trials`` times in one batched dream.
 
@@ -69,15 +71,23 @@ def dream_rollouts(
     controller its h, as it does in the real game.
 
     ``controller``: the controller ``params`` make (None: the paper's linear C).
+
+    ``starts``: dreams start from random real states of this bank instead of first
+    frames (trial j of every controller from the same one), and play ``wm``.
     """
     cfg = controller or controller_config(wm)
     spec = wm.game
+    if starts is not None and world is not None:
+        raise ValueError("starts: real starts hold wm's own M state; they play wm, not world")
     params = _as_params(params, cfg, wm.device)
     P = params.shape[0]
     N = P * trials
     max_steps = max_steps or spec.max_episode_steps
     sim = wm if world is None else world
-    start = dc.initial_state(sim, trials, generator)
+    if starts is None:
+        start = dc.initial_state(sim, trials, generator)
+    else:
+        start = starts.sample(trials, generator)
     state = dc.select(start, torch.arange(trials, device=wm.device).repeat(P))
     own = None if world is None else wm.mdnrnn.initial_state(N, device=wm.device)
     rows = torch.arange(N, device=wm.device)  # each live row's index in (P * trials)
@@ -114,7 +124,8 @@ class DreamEvaluator:
     plays ``trials`` dreams in ``wm`` and in every one of them (see ``dream_rollouts``),
     and its fitness is its worst model's mean: an exploit of one M's errors scores
     only what the other Ms grant it. ``controller``: the controller the scored
-    parameters make (None: the paper's linear C).
+    parameters make (None: the paper's linear C). ``starts``: dreams start from these
+    real states (``RealStarts``) instead of real first frames.
     """
 
     def __init__(
@@ -124,11 +135,12 @@ class DreamEvaluator:
         max_steps: int | None = None,
         worlds=(),
         controller: ControllerConfig | None = None,
+        starts: RealStarts | None = None,
     ):
         if not (math.isfinite(tau) and tau > 0):
             raise ValueError(f"tau: expected a positive finite number, got {tau}")
         self.wm, self.tau, self.max_steps = wm, float(tau), max_steps
-        self.controller = controller
+        self.controller, self.starts = controller, starts
         self.worlds = [None, *worlds]  # None: wm's own dream
         self.steps = 0
         """Dream steps computed so far (a throughput counter)."""
@@ -140,8 +152,9 @@ class DreamEvaluator:
         for world in self.worlds:
             g = torch.Generator(device=self.wm.device).manual_seed(int(seed))
             ret, steps = dream_rollouts(
-                self.wm, params, trials, self.tau, g, self.max_steps, world, self.controller
-            )
+                self.wm, params, trials, self.tau, g, self.max_steps, world,
+                controller=self.controller, starts=self.starts,
+            )  # fmt: skip
             self.steps += steps
             if progress is not None:
                 progress(ret.numel())

@@ -42,7 +42,9 @@ from dreamgym.train.common import (
     save_config,
     set_threads,
 )
+from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.evaluate import DreamEvaluator, RealEvaluator
+from dreamgym.train.starts import RealStarts
 from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
 
 CMA_FILE = "cma.safetensors"
@@ -50,7 +52,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_NAME = "evolve.json"
 RESUME_KEYS = (
     "popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps", "init", "inputs", "ensemble",
-    "hidden", "outputs",
+    "hidden", "outputs", "real_starts",
 )  # fmt: skip
 """Config fields a resumed run must share with the run it continues."""
 INPUTS = ("zh", "z")
@@ -251,6 +253,11 @@ class EvolveConfig:
     """The controller's tanh outputs (0: the paper's). CarRacing also takes 2: steer, and
     one pedal that is gas when positive and brake when negative, so the controller cannot
     press both at once."""
+    real_starts: int = 0
+    """0: dreams start at real first frames (the paper's). N > 0: they start from every
+    Nth frame of the run's recorded episodes (``latents.npz``, encoded by its V), with
+    the state M reaches reading the episode up to there (see ``RealStarts``); pair it
+    with a short ``max_steps``, say 250."""
 
 
 def input_mask(wm: WorldModel, inputs: str, cfg: ControllerConfig) -> np.ndarray:
@@ -268,6 +275,7 @@ def evolve_dir_name(config: EvolveConfig) -> str:
     name += "_z" if config.inputs == "z" else ""
     name += f"_hidden{config.hidden}" if config.hidden else ""
     name += f"_outputs{config.outputs}" if config.outputs else ""
+    name += f"_starts{config.max_steps or ''}" if config.real_starts else ""
     return name + ("_ensemble" if config.ensemble else "")
 
 
@@ -295,6 +303,10 @@ def _check(config: EvolveConfig) -> None:
         raise ValueError(f"inputs: expected one of {INPUTS}, got {config.inputs!r}")
     if config.ensemble and config.real:
         raise ValueError("ensemble: the real game is one world; use ensemble without real")
+    if config.real_starts < 0:
+        raise ValueError(f"real_starts: expected an integer >= 0, got {config.real_starts}")
+    if config.real_starts and (config.real or config.ensemble):
+        raise ValueError("real_starts: dreams of the run's own M only, not with real or ensemble")
 
 
 def load_worlds(wm: WorldModel, folders, device) -> list[WorldModel]:
@@ -336,6 +348,18 @@ def _initial_params(config: EvolveConfig, wm: WorldModel, mask: np.ndarray) -> n
             "M's state at 0"
         )
     return flat[mask]
+
+
+def _real_starts(config: EvolveConfig, wm: WorldModel, run_dir: Path) -> RealStarts:
+    """The bank of real starts from the run's recorded episodes."""
+    if not (run_dir / LATENTS).exists():
+        raise FileNotFoundError(
+            f"real_starts: {run_dir / LATENTS} is missing; run encode first (the starts "
+            "are the run's own encoded episodes)"
+        )
+    starts = RealStarts.from_latents(wm, load_latents(run_dir), config.real_starts)
+    print(f"real starts: {len(starts):,} states, every {config.real_starts}th frame", flush=True)
+    return starts
 
 
 def _same(value):
@@ -422,6 +446,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     }
     if config.ensemble:
         meta["ensemble"] = list(config.ensemble)
+    if config.real_starts:
+        meta["real_starts"], meta["max_steps"] = config.real_starts, config.max_steps
 
     def save_best() -> None:
         best = log["best_eval"]
@@ -442,7 +468,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
         evaluator = RealEvaluator(wm_dir, config.workers, config.max_steps, controller=cfg)
     else:
         worlds = load_worlds(wm, config.ensemble, config.device)
-        evaluator = DreamEvaluator(wm, config.tau, config.max_steps, worlds, cfg)
+        starts = _real_starts(config, wm, wm_dir.parent) if config.real_starts else None
+        evaluator = DreamEvaluator(wm, config.tau, config.max_steps, worlds, cfg, starts)
     where = "real" if config.real else f"tau={config.tau:g}"
 
     def score_mean(gen: int) -> dict:

@@ -36,23 +36,31 @@ class FitMDNRNNConfig:
     hidden: int | None = None
     """LSTM units (None: the game's)."""
     n_mix: int = 5
+    """Gaussians in the mixture of each latent dimension (the paper: 5)."""
     steps: int = 2000
     """Optimizer steps."""
     batch_size: int = 64
+    """Sequences per optimizer step."""
     seq_len: int = 500
     """Longest training sequence; longer episodes contribute windows of this length."""
     lr: float = 1e-3
+    """Adam's learning rate at the first step."""
     lr_final: float = 1e-5
     """The learning rate decays exponentially from lr to lr_final over the steps."""
     grad_clip: float = 1.0
+    """Gradients are clipped to this global norm."""
     done_pos_weight: float = 10.0
     """Weight of a positive (episode-ending) step in the done head's cross-entropy."""
     reward_weight: float = 1.0
     """Weight of the reward head's squared error (games with a reward head)."""
     checkpoint_every: int = 100
+    """Steps between atomic checkpoints."""
     seed: int = 0
+    """Seed of the sequences drawn and their latent samples (not of the initial weights)."""
     device: str = "cpu"
+    """Torch device (``cpu``, ``cuda``, ``cuda:1``)."""
     threads: int | None = None
+    """Torch threads of this process (None: torch's default)."""
 
 
 class SequenceSampler:

@@ -36,16 +36,21 @@ class FitVAEConfig:
     epochs: float = 1.0
     """Passes over the data; fractions allowed (e.g. 0.5 = half the episodes' frames)."""
     batch_size: int = 100
+    """Frames per optimizer step (the paper: 100)."""
     lr: float = 1e-3
     """Adam learning rate (the paper: 1e-4 for 10 epochs of 3M frames)."""
     kl_tolerance: float = 0.5
+    """The KL term is floored at ``kl_tolerance * z_dim`` nats per frame (the paper: 0.5)."""
     buffer_episodes: int = 32
     """Episodes held in memory at once (their frames are shuffled together)."""
     checkpoint_every: int = 200
     """Steps between atomic checkpoints."""
     seed: int = 0
+    """Seed of the frame order and of the latent samples (not of the initial weights)."""
     device: str = "cpu"
+    """Torch device (``cpu``, ``cuda``, ``cuda:1``)."""
     threads: int | None = None
+    """Torch threads of this process (None: torch's default)."""
 
 
 def _epoch_plan(rows: list[dict], cfg: FitVAEConfig, epoch: int):

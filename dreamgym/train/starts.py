@@ -1,0 +1,93 @@
+"""Dreams that start from real states: M's state along recorded episodes, as a bank.
+
+A dream from the bank of first frames plays a whole episode in M's imagination, so
+its errors compound over up to 1,000 steps. ``RealStarts`` instead starts dreams
+from states the real game went through: every ``every``-th frame of the run's
+recorded episodes, with the recurrent state M reaches by reading that episode's
+real latents and actions up to there (teacher-forced, as ``make_real`` runs M).
+Short dreams from such starts (``evolve --real-starts --max-steps H``) keep M
+near the states it was fitted on, and show the controller the bends, speeds and
+verges the real episodes reached, not only the starting line (the short
+model-generated rollouts branched from real data of MBPO, Janner et al. 2019).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dreamgym import dream_core as dc
+from dreamgym.mdnrnn import LSTMState
+from dreamgym.world_model import WorldModel
+
+CHUNK = 256
+"""Episodes teacher-forced at once while the bank is built."""
+
+
+class RealStarts:
+    """A bank of real dream states: (N, Z) latent mean and log-variance, (N, H) h and c."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor, lstm: LSTMState):
+        n = mu.shape[0]
+        assert logvar.shape == mu.shape and lstm.h.shape[0] == lstm.c.shape[0] == n, (
+            f"bank rows disagree: mu {tuple(mu.shape)}, logvar {tuple(logvar.shape)}, "
+            f"h {tuple(lstm.h.shape)}, c {tuple(lstm.c.shape)}"
+        )
+        self.mu, self.logvar, self.lstm = mu, logvar, lstm
+
+    def __len__(self) -> int:
+        return self.mu.shape[0]
+
+    @classmethod
+    @torch.no_grad()
+    def from_latents(cls, wm: WorldModel, latents: dict, every: int) -> RealStarts:
+        """Every ``every``-th frame of each episode in ``latents`` (encode's arrays,
+        encoded by ``wm``'s V), with M's state after it read the frames before."""
+        if every < 1:
+            raise ValueError(f"every: expected an integer >= 1, got {every}")
+        offsets = np.asarray(latents["offsets"])
+        starts, ends = offsets[:-1], offsets[1:]
+        Z = wm.mdnrnn.config.z_dim
+        if latents["mu"].shape[1] != Z:
+            raise ValueError(
+                f"latents: z has {latents['mu'].shape[1]} dimensions, the world model {Z}"
+            )
+        executed = wm.game.executed_action
+        dev = wm.device
+        mus, logvars, hs, cs = [], [], [], []
+        for first in range(0, len(starts), CHUNK):
+            s, e = starts[first : first + CHUNK], ends[first : first + CHUNK]
+            lengths = e - s
+            T = int(lengths.max())
+            t = np.arange(T)
+            idx = s[:, None] + np.minimum(t[None], lengths[:, None] - 1)  # (B, T)
+            z = torch.as_tensor(latents["mu"][idx], device=dev)  # (B, T, Z)
+            a = torch.as_tensor(
+                np.asarray(executed(latents["actions"][idx]), np.float32), device=dev
+            )  # (B, T, A)
+            state = wm.mdnrnn.initial_state(len(s), device=dev)
+            for step in range(0, T, every):
+                keep = torch.as_tensor(np.flatnonzero(lengths > step), device=dev)
+                rows = torch.as_tensor(idx[:, step], device=dev)[keep]
+                mus.append(torch.as_tensor(latents["mu"][rows.cpu().numpy()], device=dev))
+                logvars.append(torch.as_tensor(latents["logvar"][rows.cpu().numpy()], device=dev))
+                hs.append(state.h[keep])
+                cs.append(state.c[keep])
+                for k in range(step, min(step + every, T)):  # read frames up to the next start
+                    state = wm.mdnrnn.cell(state, z[:, k], a[:, k])
+        return cls(
+            torch.cat(mus).float(), torch.cat(logvars).float(),
+            LSTMState(torch.cat(hs), torch.cat(cs)),
+        )  # fmt: skip
+
+    def sample(self, n: int, generator: torch.Generator) -> dc.DreamState:
+        """n dream states from random rows of the bank, z drawn from V's posterior."""
+        dev = self.mu.device
+        idx = torch.randint(0, len(self), (n,), generator=generator, device=dev)
+        mu, logvar = self.mu[idx], self.logvar[idx]
+        eps = torch.randn(mu.shape, generator=generator, device=dev, dtype=mu.dtype)
+        z = (mu + torch.exp(0.5 * logvar) * eps).clamp_(-dc.Z_BOUND, dc.Z_BOUND)
+        return dc.DreamState(z, LSTMState(self.lstm.h[idx], self.lstm.c[idx]))
+
+
+__all__ = ["RealStarts"]
