@@ -67,10 +67,11 @@ class RealStarts:
             )  # (B, T, A)
             state = wm.mdnrnn.initial_state(len(s), device=dev)
             for step in range(0, T, every):
-                keep = torch.as_tensor(np.flatnonzero(lengths > step), device=dev)
-                rows = torch.as_tensor(idx[:, step], device=dev)[keep]
-                mus.append(torch.as_tensor(latents["mu"][rows.cpu().numpy()], device=dev))
-                logvars.append(torch.as_tensor(latents["logvar"][rows.cpu().numpy()], device=dev))
+                live = np.flatnonzero(lengths > step)  # episodes that reach this frame
+                frames = idx[live, step]
+                mus.append(torch.as_tensor(latents["mu"][frames], device=dev))
+                logvars.append(torch.as_tensor(latents["logvar"][frames], device=dev))
+                keep = torch.as_tensor(live, device=dev)
                 hs.append(state.h[keep])
                 cs.append(state.c[keep])
                 for k in range(step, min(step + every, T)):  # read frames up to the next start
