@@ -27,14 +27,20 @@ class DreamState(NamedTuple):
     lstm: LSTMState  # h, c: (N, H)
 
 
+def posterior_sample(
+    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """z drawn from V's posterior N(mu, exp(logvar)), clamped to +-Z_BOUND. (N, Z) -> (N, Z)."""
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return (mu + torch.exp(0.5 * logvar) * eps).clamp_(-Z_BOUND, Z_BOUND)
+
+
 @torch.no_grad()
 def initial_state(wm: WorldModel, n: int, generator: torch.Generator) -> DreamState:
     """n fresh dreams: z0 from random real first frames, zero recurrent state."""
     dev = wm.device
     idx = torch.randint(0, wm.z0_mu.shape[0], (n,), generator=generator, device=dev)
-    mu, logvar = wm.z0_mu[idx], wm.z0_logvar[idx]
-    eps = torch.randn(mu.shape, generator=generator, device=dev, dtype=mu.dtype)
-    z = (mu + torch.exp(0.5 * logvar) * eps).clamp_(-Z_BOUND, Z_BOUND)
+    z = posterior_sample(wm.z0_mu[idx], wm.z0_logvar[idx], generator)
     return DreamState(z, wm.mdnrnn.initial_state(n, device=dev))
 
 

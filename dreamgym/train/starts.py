@@ -85,9 +85,7 @@ class RealStarts:
         """n dream states from random rows of the bank, z drawn from V's posterior."""
         dev = self.mu.device
         idx = torch.randint(0, len(self), (n,), generator=generator, device=dev)
-        mu, logvar = self.mu[idx], self.logvar[idx]
-        eps = torch.randn(mu.shape, generator=generator, device=dev, dtype=mu.dtype)
-        z = (mu + torch.exp(0.5 * logvar) * eps).clamp_(-dc.Z_BOUND, dc.Z_BOUND)
+        z = dc.posterior_sample(self.mu[idx], self.logvar[idx], generator)
         return dc.DreamState(z, LSTMState(self.lstm.h[idx], self.lstm.c[idx]))
 
 
