@@ -237,6 +237,36 @@ def test_encode_after_more_collection_encodes_only_the_new_episodes(tmp_path):
         np.testing.assert_allclose(again[key], grown[key], atol=1e-5)
 
 
+def test_encode_with_a_world_models_v(tmp_path):
+    """--world-model encodes with an exported V (no fit-vae in the run); the file
+    records it, so a rerun with the same V keeps it and another V re-encodes."""
+    import torch
+    from conftest import tiny_world_model
+
+    from dreamgym.train.encode import load_latents
+    from dreamgym.vae import frames_to_tensor
+
+    run, wm_dirs = tmp_path / "run", [tmp_path / "wm0", tmp_path / "wm1"]
+    cli("collect", "doom_take_cover", "--run", run, "--episodes", "2", "--max-steps", "30",
+        "--min-frames", "0", "--workers", "1")  # fmt: skip
+    for seed, folder in enumerate(wm_dirs):
+        tiny_world_model("doom_take_cover", seed=seed).save(folder)
+    cli("encode", run, "--world-model", wm_dirs[0])
+    first = load_latents(run)
+    wm = WorldModel.load(wm_dirs[0])
+    frames = np.concatenate([data.read_episode(p)["frames"] for p in data.kept_episodes(run)])
+    with torch.no_grad():
+        mu, logvar = wm.vae.encode(frames_to_tensor(frames))
+    np.testing.assert_allclose(first["mu"], mu.numpy(), atol=1e-5)
+    np.testing.assert_allclose(first["logvar"], logvar.numpy(), atol=1e-5)
+    assert str(first["vae_source"]) == str(wm_dirs[0].resolve())
+    assert "encode" not in cli("encode", run, "--world-model", wm_dirs[0]).stderr  # kept
+    cli("encode", run, "--world-model", wm_dirs[1])
+    assert not np.allclose(load_latents(run)["mu"], first["mu"])
+    out = cli("encode", run, check=False)  # the run has no V of its own
+    assert out.returncode != 0 and "run fit-vae, or pass --world-model" in out.stderr
+
+
 def test_collect_with_a_controller_keeps_real_frames_and_its_noisy_actions(tmp_path):
     """The paper's iterative procedure: a dream-trained controller drives the real game."""
     from dreamgym.policy import save_controller

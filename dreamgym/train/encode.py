@@ -1,9 +1,9 @@
 """Stage 3: every frame to V's posterior (mu, logvar); the bank of first-frame encodings.
 
 Writes ``latents.npz`` (episodes concatenated, with offsets) atomically. The file
-records which V checkpoint step made it and which episode shards it holds: a rerun
-after more V training re-encodes everything, a rerun after more collection encodes
-only the new episodes, and an up-to-date file is kept.
+records which V made it (the run's checkpoint step, or a world-model folder's V) and
+which episode shards it holds: a rerun with another V re-encodes everything, a rerun
+after more collection encodes only the new episodes, and an up-to-date file is kept.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from tqdm import tqdm
 
 from dreamgym import data
 from dreamgym._io import atomic_path
-from dreamgym.train.common import load_checkpoint, open_run, set_threads
+from dreamgym.train.common import RunDirError, load_checkpoint, open_run, set_threads
 from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
 from dreamgym.vae import frames_to_tensor
+from dreamgym.world_model import WorldModel
 
 LATENTS = "latents.npz"
 
@@ -32,10 +33,32 @@ class EncodeConfig:
     """Torch device (``cpu``, ``cuda``, ``cuda:1``)."""
     threads: int | None = None
     """Torch threads of this process (None: torch's default)."""
+    world_model: str | None = None
+    """Encode with the V of this world-model folder (``models/car_racing``, an export)
+    instead of the run's fit-vae checkpoint: the latents that world model's M reads,
+    for ``evolve --real-starts`` in a run whose ``world_model/`` is that folder."""
 
 
 def vae_step(run_dir: Path) -> int:
     return int(load_checkpoint(run_dir / VAE_DIR / "checkpoint.pt")["step"])
+
+
+def _vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str]:
+    """Which V encodes: (step, "") for the run's checkpoint, (-1, folder) for a world model's."""
+    if world_model is None:
+        if not (run_dir / VAE_DIR / "checkpoint.pt").exists():
+            raise RunDirError(
+                f"{run_dir}: no V to encode with; run fit-vae, or pass --world-model DIR "
+                "to encode with an exported world model's V"
+            )
+        return vae_step(run_dir), ""
+    return -1, str(Path(world_model).resolve())
+
+
+def _load_vae(run_dir: Path, config: EncodeConfig, game: str):
+    if config.world_model is None:
+        return load_trained_vae(run_dir, config.device)
+    return WorldModel.load(config.world_model, game=game, device=config.device).vae
 
 
 def load_latents(run_dir: Path) -> dict[str, np.ndarray]:
@@ -43,12 +66,15 @@ def load_latents(run_dir: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _encoded(path: Path, step: int, names: list[str]) -> int:
+def _encoded(path: Path, step: int, source: str, names: list[str]) -> int:
     """How many of the episodes ``names`` ``path`` already holds, in order, from this V."""
     if not path.exists():
         return 0
     with np.load(path, allow_pickle=False) as z:  # reads only the small arrays asked for
         if "files" not in z.files or int(z["vae_step"]) != step:
+            return 0
+        old_source = str(z["vae_source"]) if "vae_source" in z.files else ""
+        if old_source != source:
             return 0
         old = [str(f) for f in z["files"]]
     return len(old) if old == names[: len(old)] else 0
@@ -59,13 +85,13 @@ def run(config: EncodeConfig, run_dir) -> Path:
     run_dir, game = open_run(run_dir)
     set_threads(config.threads)
     path = run_dir / LATENTS
-    step = vae_step(run_dir)
+    step, source = _vae_source(run_dir, config.world_model)
     paths = data.kept_episodes(run_dir)
     names = [p.name for p in paths]
-    done = _encoded(path, step, names)
+    done = _encoded(path, step, source, names)
     if done == len(paths) and path.exists():
         return path
-    vae = load_trained_vae(run_dir, config.device)
+    vae = _load_vae(run_dir, config, game)
     mus, logvars, actions, rewards, terms, lengths = [], [], [], [], [], []
     if done:
         old = load_latents(run_dir)
@@ -96,5 +122,6 @@ def run(config: EncodeConfig, run_dir) -> Path:
             offsets=offsets,
             files=np.array(names),
             vae_step=np.int64(step),
+            vae_source=np.array(source),
         )
     return path
