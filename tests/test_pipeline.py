@@ -259,10 +259,12 @@ def test_encode_with_a_world_models_v(tmp_path):
         mu, logvar = wm.vae.encode(frames_to_tensor(frames))
     np.testing.assert_allclose(first["mu"], mu.numpy(), atol=1e-5)
     np.testing.assert_allclose(first["logvar"], logvar.numpy(), atol=1e-5)
-    assert str(first["vae_source"]) == str(wm_dirs[0].resolve())
+    assert str(first["vae_source"]) == data.sha256(wm_dirs[0] / "weights.safetensors")
     assert "encode" not in cli("encode", run, "--world-model", wm_dirs[0]).stderr  # kept
     cli("encode", run, "--world-model", wm_dirs[1])
     assert not np.allclose(load_latents(run)["mu"], first["mu"])
+    out = cli("encode", run, "--world-model", tmp_path, check=False)
+    assert out.returncode != 0 and "weights.safetensors not found" in out.stderr
     out = cli("encode", run, check=False)  # the run has no V of its own
     assert out.returncode != 0 and "run fit-vae, or pass --world-model" in out.stderr
 
