@@ -263,6 +263,23 @@ def test_encode_with_a_world_models_v(tmp_path):
     assert "encode" not in cli("encode", run, "--world-model", wm_dirs[0]).stderr  # kept
     cli("encode", run, "--world-model", wm_dirs[1])
     assert not np.allclose(load_latents(run)["mu"], first["mu"])
+    # M fitted on those latents is assembled with the V that encoded them
+    fit = ("fit-mdnrnn", run, "--hidden", "16", "--batch-size", "2", "--seq-len", "10",
+           "--steps", "2", "--open-loop-steps", "3", "--open-loop-every", "4")  # fmt: skip
+    cli(*fit)
+    assembled = WorldModel.load(run / "world_model")
+    for key, value in WorldModel.load(wm_dirs[1]).vae.state_dict().items():
+        assert torch.equal(assembled.vae.state_dict()[key], value)
+    assert assembled.mdnrnn.config.hidden == 16
+    row = json.loads((run / "mdnrnn" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["open_loop_nll"] > 0
+    # a world_model/ that links to another folder is never written through
+    (run / "world_model").rename(tmp_path / "assembled")
+    (run / "world_model").symlink_to(wm_dirs[0])
+    (run / "mdnrnn" / "checkpoint.pt").unlink()
+    out = cli(*fit, check=False)
+    assert out.returncode != 0 and "Remove the link" in out.stderr
+    assert torch.equal(WorldModel.load(wm_dirs[0]).z0_mu, tiny_world_model("doom_take_cover").z0_mu)
     out = cli("encode", run, "--world-model", tmp_path, check=False)
     assert out.returncode != 0 and "weights.safetensors not found" in out.stderr
     out = cli("encode", run, check=False)  # the run has no V of its own

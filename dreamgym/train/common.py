@@ -24,6 +24,17 @@ class RunDirError(ValueError):
     """A run directory that belongs to another game or is not a run directory."""
 
 
+def world_model_dest(run_dir: Path) -> Path:
+    """``run_dir/world_model``, where assembling writes; refuses a link to another folder."""
+    dest = Path(run_dir) / WORLD_MODEL_DIR
+    if dest.is_symlink():
+        raise RunDirError(
+            f"{dest} links to {dest.resolve()}; assembling would overwrite that folder. "
+            "Remove the link first"
+        )
+    return dest
+
+
 def open_run(run_dir: str | os.PathLike, game: str | None = None) -> tuple[Path, str]:
     """Create or open a run directory; return (path, game name).
 

@@ -127,5 +127,6 @@ def run(config: EncodeConfig, run_dir) -> Path:
             files=np.array(names),
             vae_step=np.int64(step),
             vae_source=np.array(source),
+            vae_folder=np.array(str(Path(config.world_model).resolve()) if source else ""),
         )
     return path

@@ -13,28 +13,44 @@ from pathlib import Path
 
 import torch
 
+from dreamgym import data
 from dreamgym._io import read_jsonl
 from dreamgym._version import __version__
-from dreamgym.train.common import WORLD_MODEL_DIR, open_run
+from dreamgym.train.common import WORLD_MODEL_DIR, RunDirError, open_run, world_model_dest
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn
 from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
-from dreamgym.world_model import WorldModel
+from dreamgym.world_model import WEIGHTS_FILE, WorldModel
+
+
+def _encoding_vae(run_dir: Path, game: str, lat: dict):
+    """The V that encoded the run's latents: its fit-vae checkpoint, or the world-model
+    folder's V that ``encode --world-model`` used (checked unchanged since)."""
+    if int(lat["vae_step"]) >= 0:
+        return load_trained_vae(run_dir)
+    folder = Path(str(lat["vae_folder"]))
+    if data.sha256(folder / WEIGHTS_FILE) != str(lat["vae_source"]):
+        raise RunDirError(
+            f"{run_dir / LATENTS}: encoded with the V of {folder}, whose weights have changed "
+            "since; rerun encode"
+        )
+    return WorldModel.load(folder, game=game).vae
 
 
 def assemble(run_dir) -> Path:
-    """WorldModel from the run's V and M checkpoints and its real first frames."""
+    """WorldModel from the run's V (or the one that encoded it) and M, and its real first frames."""
     run_dir, game = open_run(run_dir)
+    dest = world_model_dest(run_dir)
     lat = load_latents(run_dir)
     first = lat["offsets"][:-1]
     wm = WorldModel(
         game,
-        load_trained_vae(run_dir),
+        _encoding_vae(run_dir, game, lat),
         load_trained_mdnrnn(run_dir),
         torch.from_numpy(lat["mu"][first]),
         torch.from_numpy(lat["logvar"][first]),
     )
-    return wm.save(run_dir / WORLD_MODEL_DIR)
+    return wm.save(dest)
 
 
 def _last(path: Path) -> dict:
@@ -50,8 +66,6 @@ def _span_seconds(path: Path) -> float | None:
 
 def run_summary(run_dir: Path, controller: Path | None = None) -> dict:
     """Data size, final losses, stage wall times and scores of a run, for the model card."""
-    from dreamgym import data
-
     rows = [r for r in data.read_manifest(run_dir) if not r.get("dropped")]
     summary = {
         "episodes": len(rows),

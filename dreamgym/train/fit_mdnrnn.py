@@ -17,7 +17,15 @@ import torch
 from tqdm import tqdm
 
 from dreamgym.games import get_game
-from dreamgym.mdnrnn import MDNRNN, MDNRNNConfig, done_loss, mdn_nll
+from dreamgym.mdnrnn import (
+    MDNRNN,
+    LSTMState,
+    MDNRNNConfig,
+    MDNRNNOutput,
+    done_loss,
+    mdn_nll,
+    mixture_log_prob,
+)
 from dreamgym.train.common import (
     atomic_torch_save,
     load_checkpoint,
@@ -25,6 +33,7 @@ from dreamgym.train.common import (
     open_run,
     save_config,
     set_threads,
+    world_model_dest,
 )
 from dreamgym.train.encode import load_latents
 
@@ -53,6 +62,17 @@ class FitMDNRNNConfig:
     """Weight of a positive (episode-ending) step in the done head's cross-entropy."""
     reward_weight: float = 1.0
     """Weight of the reward head's squared error (games with a reward head)."""
+    open_loop_steps: int = 0
+    """Also train M on its own predictions for this many steps (0: off): from its
+    teacher-forced state every ``open_loop_every`` steps, M reads the mean of its last
+    prediction and the true actions, and is scored on the true next latents (and
+    rewards). One-step prediction barely needs the action (one frame of steering
+    hardly moves the picture); over many steps it decides where the road goes, as it
+    does in the dream."""
+    open_loop_every: int = 50
+    """Steps between the starts of open-loop predictions in a training sequence."""
+    open_loop_weight: float = 1.0
+    """Weight of the open-loop losses against the one-step ones."""
     checkpoint_every: int = 100
     """Steps between atomic checkpoints."""
     seed: int = 0
@@ -108,8 +128,66 @@ class SequenceSampler:
         }  # fmt: skip
 
 
+def forward_with_states(
+    m: MDNRNN, z: torch.Tensor, a: torch.Tensor, every: int
+) -> tuple[MDNRNNOutput, list[tuple[int, LSTMState]]]:
+    """Teacher-forced outputs, and M's state before every ``every``-th step (t, state)."""
+    x = torch.cat([z, a], dim=-1)
+    state = m.initial_state(z.shape[0], z.device, z.dtype)
+    ys, states = [], []
+    for t in range(0, x.shape[1], every):
+        states.append((t, state))
+        y, (h, c) = m.lstm(x[:, t : t + every], (state.h[None], state.c[None]))
+        ys.append(y)
+        state = LSTMState(h[0], c[0])
+    return m._split(m.head(torch.cat(ys, dim=1))), states
+
+
+def mixture_mean(mixture) -> torch.Tensor:
+    """The mean of each latent dimension's mixture: (..., Z)."""
+    return (torch.softmax(mixture.logit_pi, dim=-1) * mixture.mu).sum(-1)
+
+
+def open_loop_losses(
+    m: MDNRNN, b: dict, states: list[tuple[int, LSTMState]], steps: int
+) -> dict[str, torch.Tensor]:
+    """NLL of the true next latents (and reward error) while M reads its own predictions.
+
+    From each state in ``states`` M reads the true latent once, then for ``steps - 1``
+    more steps the mean of its previous prediction, with the true actions. Only those
+    later steps count: the first is the one-step loss again.
+    """
+    B, T = b["z"].shape[:2]
+    t0 = torch.tensor([t for t, _ in states], device=b["z"].device).repeat_interleave(B)
+    rows = torch.arange(B, device=b["z"].device).repeat(len(states))
+    state = LSTMState(torch.cat([s.h for _, s in states]), torch.cat([s.c for _, s in states]))
+    z_in = b["z"][rows, t0]
+    nll, n_nll, sq, n_sq = 0.0, 0, 0.0, 0
+    for j in range(steps):
+        t = t0 + j
+        tc = t.clamp(max=T - 1)
+        state, out = m.step(state, z_in, b["a"][rows, tc])
+        if j:
+            has_next = (b["has_next"][rows, tc] & (t < T)).float()
+            lp = mixture_log_prob(out.mixture, b["z_next"][rows, tc]).sum(-1)
+            nll, n_nll = nll - (lp * has_next).sum(), n_nll + has_next.sum()
+            if out.reward is not None:
+                valid = (b["valid"][rows, tc] & (t < T)).float()
+                sq = sq + ((out.reward - b["reward"][rows, tc]).pow(2) * valid).sum()
+                n_sq = n_sq + valid.sum()
+        z_in = mixture_mean(out.mixture)
+    Z = b["z"].shape[-1]
+    parts = {"open_loop_nll": nll / (n_nll * Z).clamp(min=1)}
+    if m.config.reward_head:
+        parts["open_loop_reward"] = sq / n_sq.clamp(min=1)
+    return parts
+
+
 def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
-    out, _ = m(b["z"], b["a"])
+    if cfg.open_loop_steps:
+        out, states = forward_with_states(m, b["z"], b["a"], cfg.open_loop_every)
+    else:
+        out, _ = m(b["z"], b["a"])
     parts = {
         "nll": mdn_nll(out.mixture, b["z_next"], b["has_next"]),
         "done": done_loss(out.done_logit, b["done"], cfg.done_pos_weight, b["valid"]),
@@ -118,11 +196,22 @@ def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
         v = b["valid"].float()
         parts["reward"] = ((out.reward - b["reward"]).pow(2) * v).sum() / v.sum()
     total = parts["nll"] + parts["done"] + cfg.reward_weight * parts.get("reward", 0.0)
+    if cfg.open_loop_steps:
+        parts.update(open_loop_losses(m, b, states, cfg.open_loop_steps))
+        total = total + cfg.open_loop_weight * (
+            parts["open_loop_nll"] + cfg.reward_weight * parts.get("open_loop_reward", 0.0)
+        )
     return {"loss": total, **parts}
 
 
 def run(config: FitMDNRNNConfig, run_dir) -> Path:
+    if config.open_loop_steps < 0 or config.open_loop_every < 1:
+        raise ValueError(
+            f"open_loop_steps must be >= 0 and open_loop_every >= 1, got "
+            f"{config.open_loop_steps} and {config.open_loop_every}"
+        )
     run_dir, game = open_run(run_dir)
+    world_model_dest(run_dir)  # fail now, not after training, if assembling could not write
     set_threads(config.threads)
     spec = get_game(game)
     out = run_dir / MDN_DIR
