@@ -77,5 +77,6 @@ def test_open_loop_losses_join_the_loss_and_train():
 def test_bad_open_loop_settings_fail_clearly(tmp_path):
     from dreamgym.train import fit_mdnrnn
 
-    with pytest.raises(ValueError, match="open_loop"):
-        fit_mdnrnn.run(FitMDNRNNConfig(open_loop_steps=-1), tmp_path)
+    for bad in ({"open_loop_steps": -1}, {"open_loop_steps": 1}, {"open_loop_every": 0}):
+        with pytest.raises(ValueError, match="open_loop"):
+            fit_mdnrnn.run(FitMDNRNNConfig(**{"open_loop_steps": 5, **bad}), tmp_path)

@@ -22,6 +22,7 @@ from dreamgym.mdnrnn import (
     LSTMState,
     MDNRNNConfig,
     MDNRNNOutput,
+    Mixture,
     done_loss,
     mdn_nll,
     mixture_log_prob,
@@ -63,7 +64,7 @@ class FitMDNRNNConfig:
     reward_weight: float = 1.0
     """Weight of the reward head's squared error (games with a reward head)."""
     open_loop_steps: int = 0
-    """Also train M on its own predictions for this many steps (0: off): from its
+    """Also train M on its own predictions over this many steps (0: off): from its
     teacher-forced state every ``open_loop_every`` steps, M reads the mean of its last
     prediction and the true actions, and is scored on the true next latents (and
     rewards). One-step prediction barely needs the action (one frame of steering
@@ -143,7 +144,7 @@ def forward_with_states(
     return m._split(m.head(torch.cat(ys, dim=1))), states
 
 
-def mixture_mean(mixture) -> torch.Tensor:
+def mixture_mean(mixture: Mixture) -> torch.Tensor:
     """The mean of each latent dimension's mixture: (..., Z)."""
     return (torch.softmax(mixture.logit_pi, dim=-1) * mixture.mu).sum(-1)
 
@@ -205,9 +206,9 @@ def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
 
 
 def run(config: FitMDNRNNConfig, run_dir) -> Path:
-    if config.open_loop_steps < 0 or config.open_loop_every < 1:
+    if config.open_loop_steps == 1 or config.open_loop_steps < 0 or config.open_loop_every < 1:
         raise ValueError(
-            f"open_loop_steps must be >= 0 and open_loop_every >= 1, got "
+            f"open_loop_steps must be 0 (off) or >= 2 and open_loop_every >= 1, got "
             f"{config.open_loop_steps} and {config.open_loop_every}"
         )
     run_dir, game = open_run(run_dir)
