@@ -132,16 +132,22 @@ class SequenceSampler:
 def forward_with_states(
     m: MDNRNN, z: torch.Tensor, a: torch.Tensor, every: int
 ) -> tuple[MDNRNNOutput, list[tuple[int, LSTMState]]]:
-    """Teacher-forced outputs, and M's state before every ``every``-th step (t, state)."""
-    x = torch.cat([z, a], dim=-1)
+    """Teacher-forced outputs, and M's state before every ``every``-th step (t, state):
+    M's sequence forward, run ``every`` steps at a time."""
     state = m.initial_state(z.shape[0], z.device, z.dtype)
-    ys, states = [], []
-    for t in range(0, x.shape[1], every):
+    outs, states = [], []
+    for t in range(0, z.shape[1], every):
         states.append((t, state))
-        y, (h, c) = m.lstm(x[:, t : t + every], (state.h[None], state.c[None]))
-        ys.append(y)
-        state = LSTMState(h[0], c[0])
-    return m._split(m.head(torch.cat(ys, dim=1))), states
+        out, state = m(z[:, t : t + every], a[:, t : t + every], state)
+        outs.append(out)
+
+    def cat(parts):  # time is dim 1 of every field
+        return None if parts[0] is None else torch.cat(parts, dim=1)
+
+    mixture = Mixture(*(cat(list(f)) for f in zip(*(o.mixture for o in outs), strict=True)))
+    return MDNRNNOutput(
+        mixture, cat([o.done_logit for o in outs]), cat([o.reward for o in outs])
+    ), states
 
 
 def mixture_mean(mixture: Mixture) -> torch.Tensor:
