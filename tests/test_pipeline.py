@@ -178,7 +178,7 @@ def test_collect_worker_killed_fails_fast_and_resumes(tmp_path):
     finally:
         if proc.poll() is None:
             kill(proc)
-    assert proc.returncode == 2 and "worker process died" in err
+    assert proc.returncode == 2 and "worker process died" in err, err
     assert not data.verify(run)
     kept = len(data.kept_episodes(run))
     cli(*args, "--episodes", str(kept + 2), "--max-steps", "60")
