@@ -63,16 +63,26 @@ def test_the_shipped_controller_replays_its_reported_episodes_exactly():
 # ---------------------------------------------------------------- CarRacing
 
 
-def test_the_shipped_car_racing_controller_was_trained_only_in_the_dream_and_reads_z():
+def test_the_shipped_car_racing_controller_was_trained_only_in_dreams_and_reads_z_and_h():
     policy = dreamgym.load_controller("DreamCarRacing-v0")
     info = policy.info
     assert info["game"] == "car_racing" and info["trained_in"] == "dream"
-    assert info["inputs"] == "z" and info["tau"] == 1.0
+    assert info["inputs"] == "zh" and info["tau"] == 1.0 and info["real_starts"] == 10
     weight = policy.params[: 3 * (32 + 256)].reshape(3, 32 + 256)
-    assert np.all(weight[:, 32:] == 0) and np.any(weight[:, :32] != 0)  # h is never read
+    assert np.any(weight[:, 32:] != 0) and np.any(weight[:, :32] != 0)  # reads M's h too
     r = json.loads((dreamgym.shipped_dir("car_racing") / "evaluate_real.json").read_text())
     assert r["mode"] == "real" and r["seeds"] == list(range(100)) and len(r["returns"]) == 100
     assert r["mean"] == pytest.approx(np.mean(r["returns"]))
+
+
+def test_the_car_racing_controllers_the_shipped_one_started_from_read_z_only():
+    folder = dreamgym.shipped_dir("car_racing")
+    for name, init in (("z_controller", "round7_controller"), ("round7_controller", None)):
+        policy = dreamgym.load_controller(folder / name)
+        assert policy.info["inputs"] == "z" and policy.info["trained_in"] == "dream"
+        assert policy.info["init"] == (init and f"models/car_racing/{init}")
+        weight = policy.params[: 3 * (32 + 256)].reshape(3, 32 + 256)
+        assert np.all(weight[:, 32:] == 0) and np.any(weight[:, :32] != 0)  # h is never read
 
 
 def test_the_shipped_car_racing_dream_loads_offline_and_batches():
