@@ -31,6 +31,8 @@ DEFAULT_TAU = {"doom_take_cover": 1.15, "car_racing": 1.0}
 """The temperature each id defaults to: the paper's best Doom transfer, and plain sampling."""
 RENDER_FPS = {"doom_take_cover": 35, "car_racing": 50}
 OBS_MODES = ("latent", "pixels")
+STARTS = ("first", "real")
+"""Where dreams start: real first frames (the paper), or real states along episodes."""
 ENV_IDS = {
     "DreamDoomTakeCover-v0": "doom_take_cover",
     "DreamDoom-v0": "doom_take_cover",
@@ -96,12 +98,17 @@ def latent_space(wm: WorldModel, max_episode_steps: int) -> spaces.Box:
 
     ``|c_t| <= t`` because each LSTM step adds at most 1 in magnitude to the cell,
     so T = max(the game's episode limit, ``max_episode_steps``) bounds c. A shorter
-    limit keeps the default space, so dream and real game always agree on it.
+    limit keeps the default space, so dream and real game always agree on it. A
+    world model with a bank of real states adds the bank's largest ``|c|`` (a dream
+    may start there), rounded up, in dream and real game alike.
     """
     Z, H = wm.mdnrnn.config.z_dim, wm.mdnrnn.config.hidden
     parts = [np.full(Z, core.Z_BOUND)]
     if wm.game.controller_reads_cell:
-        parts.append(np.full(H, float(max(wm.game.max_episode_steps, max_episode_steps))))
+        T = max(wm.game.max_episode_steps, max_episode_steps)
+        if wm.starts is not None and len(wm.starts):
+            T += math.ceil(float(wm.starts.lstm.c.abs().max()))
+        parts.append(np.full(H, float(T)))
     parts.append(np.ones(H))
     high = np.concatenate(parts).astype(np.float32)
     return spaces.Box(-high, high, dtype=np.float32)
@@ -132,6 +139,7 @@ class Dreams:
         device: str | torch.device | None,
         render_mode: str | None,
         max_episode_steps: int | None,
+        starts: str = "first",
     ):
         spec = get_game(game)
         self.tau = check_tau(DEFAULT_TAU[spec.name] if tau is None else tau)
@@ -144,6 +152,14 @@ class Dreams:
         self.n = n
         self.obs_mode = obs_mode
         self.wm = load_world_model(spec, world_model, device)
+        if not isinstance(starts, str) or starts not in STARTS:
+            raise ValueError(f"starts: expected one of {STARTS}, got {starts!r}")
+        if starts == "real" and (self.wm.starts is None or not len(self.wm.starts)):
+            raise ValueError(
+                "starts='real': this world model has no bank of real states (assemble "
+                "and export write one from the run's encoded episodes); use starts='first'"
+            )
+        self.starts = starts
         self.observation_space = observation_space(self.wm, obs_mode, self.max_episode_steps)
         self.action_space = spec.action_space
         self.generator = torch.Generator(device=self.wm.device)
@@ -163,18 +179,23 @@ class Dreams:
     def _index(self, rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(rows).to(self.wm.device)
 
+    def fresh(self, n: int) -> core.DreamState:
+        """n new dream states: from real first frames, or from the bank of real states."""
+        if self.starts == "real":
+            return self.wm.starts.sample(n, self.generator)
+        return core.initial_state(self.wm, n, self.generator)
+
     def restart(self, rows: np.ndarray | None = None) -> None:
         """Fresh dreams in every row, or in the rows where the (n,) mask ``rows`` is True."""
         if rows is None or self.state is None:
-            self.state = core.initial_state(self.wm, self.n, self.generator)
+            self.state = self.fresh(self.n)
             self.t[:] = 0
             self.ret[:] = 0.0
         else:
             idx = np.flatnonzero(rows)
             if idx.size == 0:
                 return
-            fresh = core.initial_state(self.wm, idx.size, self.generator)
-            put(self.state, self._index(idx), fresh)
+            put(self.state, self._index(idx), self.fresh(idx.size))
             self.t[idx] = 0
             self.ret[idx] = 0.0
         self._frames = None
@@ -272,8 +293,17 @@ class DreamEnv(gym.Env):
 
     ## Starting State
 
-    z0 = mu + sigma * eps of a random real first frame's encoding (the world
-    model's bank of first frames); M's state h0 = c0 = 0.
+    ``starts="first"`` (default, the paper's): z0 = mu + sigma * eps of a random
+    real first frame's encoding (the world model's bank of first frames); M's state
+    h0 = c0 = 0.
+
+    ``starts="real"``: a random state the real game went through, from the world
+    model's bank of real states (every 10th frame of its recorded episodes, a
+    random subset): z0 drawn from V's posterior of that frame, and M's h and c after
+    reading the episode up to it. Short dreams from such starts (with
+    ``max_episode_steps=250``, say) keep M near what it was fitted on and show the
+    agent bends and speeds a first frame does not; the shipped CarRacing C was
+    trained this way. The episode clock starts at 0 all the same.
 
     ## Episode End
 
@@ -289,6 +319,7 @@ class DreamEnv(gym.Env):
     >>> import gymnasium as gym, dreamgym
     >>> env = gym.make("DreamDoom-v0", tau=1.15, world_model="models/doom_take_cover")
     >>> env = gym.make("DreamCarRacing-v0", obs_mode="pixels", render_mode="rgb_array")
+    >>> env = gym.make("DreamCarRacing-v0", starts="real", max_episode_steps=250)
     ```
 
     * ``tau``: sampling temperature, a finite float > 0 (Doom default 1.15,
@@ -300,6 +331,8 @@ class DreamEnv(gym.Env):
       ``WorldModel`` where it is and loads folders on the CPU.
     * ``render_mode``: None or ``"rgb_array"`` (V's decoding of the current z).
     * ``max_episode_steps``: the truncation limit (default: the game's).
+    * ``starts``: ``"first"`` or ``"real"`` (see Starting State); ``"real"`` needs
+      a world model with a bank of real states, as the shipped CarRacing one has.
     * ``game``: set by the registered id (``doom_take_cover`` or ``car_racing``).
 
     ## World Model
@@ -326,9 +359,10 @@ class DreamEnv(gym.Env):
         device: str | torch.device | None = None,
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
+        starts: str = "first",
     ):
         self._dreams = Dreams(
-            game, 1, world_model, tau, obs_mode, device, render_mode, max_episode_steps
+            game, 1, world_model, tau, obs_mode, device, render_mode, max_episode_steps, starts
         )
         self.metadata = {**self.metadata, "render_fps": RENDER_FPS[self.game.name]}
         self.render_mode = render_mode
@@ -430,13 +464,15 @@ class DreamVectorEnv(VectorEnv):
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        starts: str = "first",
     ):
         num_envs = check_positive_int("num_envs", num_envs)
         self.metadata = {**self.metadata, "render_fps": RENDER_FPS[get_game(game).name]}
         self.autoreset_mode = autoreset_mode
         self._dreams = Dreams(
-            game, num_envs, world_model, tau, obs_mode, device, render_mode, max_episode_steps
-        )
+            game, num_envs, world_model, tau, obs_mode, device, render_mode, max_episode_steps,
+            starts,
+        )  # fmt: skip
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.single_observation_space = self._dreams.observation_space

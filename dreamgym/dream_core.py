@@ -11,12 +11,14 @@ Semantics (Ha & Schmidhuber 2018):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from dreamgym.mdnrnn import LSTMState, sample
-from dreamgym.world_model import WorldModel
+
+if TYPE_CHECKING:  # world_model imports the start bank, which builds dream states
+    from dreamgym.world_model import WorldModel
 
 Z_BOUND = 10.0
 """Latents are clamped to [-Z_BOUND, Z_BOUND] (VAE latents live well inside it)."""

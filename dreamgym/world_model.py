@@ -1,4 +1,4 @@
-"""WorldModel = V + M + GameSpec + the bank of real first-frame encodings.
+"""WorldModel = V + M + GameSpec + the bank of real first-frame encodings (+ real states).
 
 A folder holds ``config.json`` (architecture, game, dreamgym version) and
 ``weights.safetensors``. Loading never unpickles; every failure names the file
@@ -7,6 +7,7 @@ and, for weights, the key that does not match.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -18,9 +19,12 @@ from safetensors.torch import load_file, save_file
 from dreamgym._io import atomic_path
 from dreamgym._version import __version__
 from dreamgym.games import GameSpec, get_game
-from dreamgym.mdnrnn import MDNRNN, MDNRNNConfig
+from dreamgym.mdnrnn import MDNRNN, LSTMState, MDNRNNConfig
+from dreamgym.starts import RealStarts
 from dreamgym.vae import ConvVAE, VAEConfig
 
+STARTS_PREFIX = "starts."
+"""Keys of the optional bank of real mid-episode states in ``weights.safetensors``."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 FORMAT = 1
@@ -59,6 +63,21 @@ def read_tensors(path: Path, device="cpu") -> dict[str, torch.Tensor]:
         raise WorldModelError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+def vae_digest(folder: str | os.PathLike) -> str:
+    """sha256 of the V in a world-model folder (its tensors' names, dtypes, shapes, bytes).
+
+    It names V alone: a new M or bank of starts written into the folder keeps it.
+    """
+    path = Path(folder) / WEIGHTS_FILE
+    tensors = read_tensors(path)
+    h = hashlib.sha256()
+    for key in sorted(k for k in tensors if k.startswith("vae.")):
+        t = tensors[key].contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return "vae:" + h.hexdigest()
+
+
 def load_state(module: torch.nn.Module, tensors: dict, prefix: str, path: Path) -> None:
     """Copy ``prefix``-ed tensors into ``module``, naming any key that is missing or misshapen."""
     own = module.state_dict()
@@ -88,6 +107,8 @@ class WorldModel:
     """(N, Z) posterior means of real first frames: dream episodes start from these."""
     z0_logvar: torch.Tensor
     """(N, Z) posterior log-variances of the same frames."""
+    starts: RealStarts | None = None
+    """Optional bank of real states along recorded episodes (``starts="real"`` dreams)."""
 
     def __post_init__(self):
         self.game = get_game(self.game)
@@ -120,6 +141,8 @@ class WorldModel:
         self.mdnrnn.to(device)
         self.z0_mu = self.z0_mu.to(device)
         self.z0_logvar = self.z0_logvar.to(device)
+        if self.starts is not None:
+            self.starts = self.starts.to(device)
         return self
 
     def config(self) -> dict:
@@ -130,6 +153,7 @@ class WorldModel:
             "vae": self.vae.config.to_dict(),
             "mdnrnn": self.mdnrnn.config.to_dict(),
             "z0_bank_size": int(self.z0_mu.shape[0]),
+            "starts_bank_size": len(self.starts) if self.starts is not None else 0,
         }
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -138,6 +162,8 @@ class WorldModel:
         tensors = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
         tensors |= {f"mdnrnn.{k}": v for k, v in self.mdnrnn.state_dict().items()}
         tensors |= {"z0.mu": self.z0_mu, "z0.logvar": self.z0_logvar}
+        if self.starts is not None:
+            tensors |= self.starts.tensors(STARTS_PREFIX)
         atomic_save_tensors(tensors, folder / WEIGHTS_FILE, {"game": self.game.name})
         atomic_write_text(folder / CONFIG_FILE, json.dumps(self.config(), indent=2) + "\n")
         return folder
@@ -179,8 +205,28 @@ class WorldModel:
                     f"{w_path}: key {key!r} has shape {tuple(tensors[key].shape)}, "
                     f"expected (N, {vae.z_dim})"
                 )
-        wm = cls(spec, vae, mdn, tensors["z0.mu"], tensors["z0.logvar"])
+        starts = _load_starts(tensors, vae.z_dim, mdn.config.hidden, w_path)
+        wm = cls(spec, vae, mdn, tensors["z0.mu"], tensors["z0.logvar"], starts)
         return wm.to(device)
 
 
-__all__ = ["WorldModel", "WorldModelError"]
+def _load_starts(tensors: dict, z_dim: int, hidden: int, path: Path) -> RealStarts | None:
+    """The bank of real states, if the file has one (folders from before it have not)."""
+    widths = {"mu": z_dim, "logvar": z_dim, "h": hidden, "c": hidden}
+    found = {k: tensors.get(STARTS_PREFIX + k) for k in widths}
+    if all(v is None for v in found.values()):
+        return None
+    rows = next(v for v in found.values() if v is not None).shape[0]
+    for k, width in widths.items():
+        v = found[k]
+        if v is None:
+            raise WorldModelError(f"{path}: missing key {STARTS_PREFIX + k!r}")
+        if v.shape != (rows, width):
+            raise WorldModelError(
+                f"{path}: key {STARTS_PREFIX + k!r} has shape {tuple(v.shape)}, "
+                f"expected ({rows}, {width})"
+            )
+    return RealStarts(found["mu"], found["logvar"], LSTMState(found["h"], found["c"]))
+
+
+__all__ = ["WorldModel", "WorldModelError", "vae_digest"]

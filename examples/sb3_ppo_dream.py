@@ -1,13 +1,15 @@
-"""Train PPO (Stable-Baselines3) entirely inside the Doom dream, then score it in real VizDoom.
+"""Train PPO (Stable-Baselines3) entirely inside a dream, then score it in the real game.
 
-    pip install 'dreamgym[doom,sb3]'
-    python examples/sb3_ppo_dream.py --world-model models/doom_take_cover \\
-        --timesteps 200000 --num-envs 64 --episodes 20
+    pip install 'dreamgym[doom,carracing,sb3]'
+    python examples/sb3_ppo_dream.py --timesteps 200000 --num-envs 64 --episodes 20
+    python examples/sb3_ppo_dream.py --env DreamCarRacing-v0 --starts real \\
+        --max-episode-steps 250 --timesteps 1000000 --episodes 10
 
 The dreams step as one batched tensor computation (``gym.make_vec`` with the
 native ``DreamVectorEnv``), wrapped for SB3 by ``dreamgym.sb3.as_vec_env``. The
-trained policy then plays ``dreamgym.make_real("DreamDoom-v0")``, the real game
-seen through the same V and M, so it runs unchanged.
+trained policy then plays ``dreamgym.make_real(ENV)``, the real game seen through
+the same V and M, so it runs unchanged. ``--starts real`` starts each dream from
+a real state of a recorded drive (the CarRacing world model's bank).
 """
 
 from __future__ import annotations
@@ -20,25 +22,33 @@ import numpy as np
 import dreamgym
 from dreamgym.sb3 import as_vec_env
 
-ENV_ID = "DreamDoom-v0"
+REAL = {
+    "DreamDoom-v0": "real VizDoom (random policy ~210, solved: 750)",
+    "DreamCarRacing-v0": "real CarRacing-v3 (solved: 900)",
+}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="DreamDoom-v0", choices=sorted(REAL), help="dream id")
     p.add_argument(
-        "--world-model", default=None, help="world-model folder (default: the shipped Doom weights)"
+        "--world-model", default=None, help="world-model folder (default: the shipped weights)"
     )
     p.add_argument("--timesteps", type=int, default=200_000, help="PPO steps in the dream")
     p.add_argument("--num-envs", type=int, default=64, help="dreams stepped as one batch")
     p.add_argument("--episodes", type=int, default=20, help="real episodes to score")
-    p.add_argument("--tau", type=float, default=1.15, help="dream temperature")
+    p.add_argument("--tau", type=float, default=None, help="dream temperature (default: the id's)")
+    p.add_argument("--starts", default="first", choices=["first", "real"], help="dream starts")
+    p.add_argument(
+        "--max-episode-steps", type=int, default=None, help="dream length (default: the game's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
 
-def score_in_real_game(model, world_model, episodes: int, seed: int) -> list[float]:
+def score_in_real_game(model, env_id, world_model, episodes: int, seed: int) -> list[float]:
     """Returns of ``episodes`` real-game episodes played by the policy, deterministically."""
-    real = dreamgym.make_real(ENV_ID, world_model=world_model)
+    real = dreamgym.make_real(env_id, world_model=world_model)
     returns = []
     for episode in range(episodes):
         obs, _ = real.reset(seed=seed + episode)
@@ -58,8 +68,11 @@ def main() -> None:
     args = parse_args()
     from stable_baselines3 import PPO  # optional dependency: pip install 'dreamgym[sb3]'
 
+    kwargs = {"tau": args.tau} if args.tau is not None else {}
+    if args.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = args.max_episode_steps
     dreams = gym.make_vec(
-        ENV_ID, num_envs=args.num_envs, world_model=args.world_model, tau=args.tau
+        args.env, num_envs=args.num_envs, world_model=args.world_model, starts=args.starts, **kwargs
     )
     venv = as_vec_env(dreams)
     n_steps = max(16, 2048 // args.num_envs)  # about 2048 transitions per update
@@ -76,14 +89,15 @@ def main() -> None:
     dream_returns = [ep["r"] for ep in model.ep_info_buffer]
     if dream_returns:
         print(
-            f"dream (last {len(dream_returns)} episodes, tau {args.tau}): "
+            f"dream (last {len(dream_returns)} episodes, tau {dreams.unwrapped.tau}): "
             f"{np.mean(dream_returns):.0f} +- {np.std(dream_returns):.0f}"
         )
 
-    returns = score_in_real_game(model, dreams.unwrapped.world_model, args.episodes, args.seed)
+    wm = dreams.unwrapped.world_model
+    returns = score_in_real_game(model, args.env, wm, args.episodes, args.seed)
     print(
-        f"real VizDoom over {len(returns)} episodes: "
-        f"{np.mean(returns):.0f} +- {np.std(returns):.0f} (random policy ~210, solved: 750)"
+        f"{REAL[args.env]} over {len(returns)} episodes: "
+        f"{np.mean(returns):.0f} +- {np.std(returns):.0f}"
     )
 
 

@@ -460,6 +460,8 @@ def test_bad_num_envs(dream_id, wm, num_envs, error):
         ({"render_mode": "human"}, ValueError, "render_mode"),
         ({"max_episode_steps": 0}, ValueError, "max_episode_steps"),
         ({"world_model": 42}, TypeError, "world_model"),
+        ({"starts": "middle"}, ValueError, "starts"),
+        ({"starts": "real"}, ValueError, "no bank of real states"),
     ],
 )
 def test_bad_constructor_arguments(dream_id, wm, kwargs, error, match):

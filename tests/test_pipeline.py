@@ -15,7 +15,8 @@ import pytest
 
 from dreamgym import data
 from dreamgym.train.common import load_checkpoint
-from dreamgym.world_model import WorldModel
+from dreamgym.train.export import STARTS_SIZE
+from dreamgym.world_model import WorldModel, vae_digest
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -259,8 +260,12 @@ def test_encode_with_a_world_models_v(tmp_path):
         mu, logvar = wm.vae.encode(frames_to_tensor(frames))
     np.testing.assert_allclose(first["mu"], mu.numpy(), atol=1e-5)
     np.testing.assert_allclose(first["logvar"], logvar.numpy(), atol=1e-5)
-    assert str(first["vae_source"]) == data.sha256(wm_dirs[0] / "weights.safetensors")
+    assert str(first["vae_source"]) == vae_digest(wm_dirs[0])
     assert "encode" not in cli("encode", run, "--world-model", wm_dirs[0]).stderr  # kept
+    other_m = WorldModel.load(wm_dirs[0])  # a new M in that folder: V, and the latents, stay
+    other_m.mdnrnn = tiny_world_model("doom_take_cover", seed=9).mdnrnn
+    other_m.save(wm_dirs[0])
+    assert "encode" not in cli("encode", run, "--world-model", wm_dirs[0]).stderr
     cli("encode", run, "--world-model", wm_dirs[1])
     assert not np.allclose(load_latents(run)["mu"], first["mu"])
     # M fitted on those latents is assembled with the V that encoded them
@@ -271,6 +276,7 @@ def test_encode_with_a_world_models_v(tmp_path):
     for key, value in WorldModel.load(wm_dirs[1]).vae.state_dict().items():
         assert torch.equal(assembled.vae.state_dict()[key], value)
     assert assembled.mdnrnn.config.hidden == 16
+    assert 0 < len(assembled.starts) <= STARTS_SIZE  # real states of the run's episodes
     row = json.loads((run / "mdnrnn" / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["open_loop_nll"] > 0
     # a world_model/ that links to another folder is never written through

@@ -1,20 +1,29 @@
-"""Dreams from real states: the bank of M's teacher-forced states, and evolve with it."""
+"""Dreams from real states: the bank of M's teacher-forced states, evolve with it, the env."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_world_model
+from gymnasium.utils.env_checker import check_env
+from safetensors.torch import load_file, save_file
 
-from dreamgym.policy import controller_config
+import dreamgym
+from dreamgym.dream import DreamVectorEnv
+from dreamgym.mdnrnn import LSTMState
+from dreamgym.policy import controller_config, save_controller
+from dreamgym.starts import RealStarts
 from dreamgym.train import evolve
 from dreamgym.train.common import open_run
 from dreamgym.train.encode import LATENTS
-from dreamgym.train.evaluate import DreamEvaluator, dream_rollouts
-from dreamgym.train.starts import RealStarts
+from dreamgym.train.evaluate import DreamEvaluator, EvaluateConfig, dream_rollouts, format_table
+from dreamgym.train.evaluate import run as evaluate_run
+from dreamgym.world_model import WorldModel, WorldModelError
 
 torch.set_num_threads(1)
 
@@ -109,3 +118,73 @@ def test_evolve_from_real_starts_uses_the_runs_encoded_episodes(tmp_path):
         evolve.run(evolve.EvolveConfig(real_starts=-1), run_dir)
     with pytest.raises(ValueError, match="real_starts"):
         evolve.run(evolve.EvolveConfig(real_starts=4, real=True), run_dir)
+
+
+def test_a_world_model_folder_carries_its_bank_and_the_env_starts_there(tmp_path):
+    wm = tiny_world_model("car_racing", done_bias=-50.0)
+    wm.starts = RealStarts.from_latents(wm, fake_latents(), every=5).subset(5, seed=0)
+    loaded = WorldModel.load(wm.save(tmp_path / "wm"))
+    assert json.loads((tmp_path / "wm" / "config.json").read_text())["starts_bank_size"] == 5
+    for key, value in wm.starts.tensors("").items():
+        assert torch.equal(loaded.starts.tensors("")[key], value)
+    H = wm.mdnrnn.config.hidden
+    env = gym.make("DreamCarRacing-v0", world_model=loaded, starts="real", max_episode_steps=4)
+    check_env(env.unwrapped)
+    obs, _ = env.reset(seed=0)
+    assert obs in env.observation_space
+    bank_h = loaded.starts.lstm.h.numpy()
+    assert any(np.array_equal(obs[-H:], h) for h in bank_h)
+    first, _ = gym.make("DreamCarRacing-v0", world_model=loaded).reset(seed=0)
+    assert not first[-H:].any()  # the paper's start: h0 = 0
+    venv = DreamVectorEnv(64, "car_racing", world_model=loaded, starts="real", max_episode_steps=4)
+    obs, _ = venv.reset(seed=0)
+    bank_mu, Z = loaded.starts.mu.numpy(), wm.mdnrnn.config.z_dim
+    assert {int(np.square(bank_mu - o[:Z]).sum(1).argmin()) for o in obs} == set(range(5))
+    for _ in range(5):  # truncated at step 4, restarted from the bank on step 5 (NEXT_STEP)
+        obs, *_ = venv.step(np.zeros((64, 3), np.float32))
+    assert all(np.abs(bank_h - o[-H:]).sum(1).min() == 0 for o in obs)
+    one = DreamVectorEnv(1, "car_racing", world_model=loaded, starts="real")
+    np.testing.assert_array_equal(one.reset(seed=7)[0][0], env.reset(seed=7)[0])
+    # a file with part of a bank names the missing key
+    tensors = load_file(tmp_path / "wm" / "weights.safetensors")
+    del tensors["starts.c"]
+    save_file(tensors, tmp_path / "wm" / "weights.safetensors")
+    with pytest.raises(WorldModelError, match="starts.c"):
+        WorldModel.load(tmp_path / "wm")
+
+
+def test_a_doom_bank_widens_the_cell_bound_in_dream_and_real_game_alike():
+    wm = tiny_world_model("doom_take_cover")
+    Z, H = wm.mdnrnn.config.z_dim, wm.mdnrnn.config.hidden
+    c = torch.zeros(3, H)
+    c[1, 2] = -7.3  # a real state 7.3 from zero: the dream may start there
+    wm.starts = RealStarts(torch.zeros(3, Z), torch.zeros(3, Z), LSTMState(torch.zeros(3, H), c))
+    dream = gym.make("DreamDoom-v0", world_model=wm, starts="real")
+    assert (dream.observation_space.high[Z : Z + H] == 2100 + 8).all()
+    real = dreamgym.make_real("DreamDoom-v0", world_model=wm)
+    assert real.observation_space == dream.observation_space
+    real.close()
+
+
+def test_evaluate_scores_a_controller_in_dreams_from_the_folders_bank(tmp_path):
+    wm = tiny_world_model("car_racing", done_bias=-50.0)
+    params = np.random.default_rng(0).normal(0, 0.3, controller_config(wm).num_params)
+    run_dir, _ = open_run(tmp_path / "run", "car_racing")
+    wm.save(run_dir / "world_model")
+    save_controller(run_dir / "evolve_tau1", params, wm.game, {"tau": 1.0})
+    cfg = EvaluateConfig(episodes=8, dream=True, max_steps=6, seed=2, starts="real")
+    with pytest.raises(ValueError, match="no bank of real states"):
+        evaluate_run(cfg, run_dir)
+    wm.starts = RealStarts.from_latents(wm, fake_latents(), every=5)
+    wm.save(run_dir / "world_model")
+    out = evaluate_run(cfg, run_dir)
+    assert out.name == "evaluate_dream_tau1_real_starts.json"
+    report = json.loads(out.read_text())
+    loaded = WorldModel.load(run_dir / "world_model")
+    expected = DreamEvaluator(loaded, 1.0, 6, starts=loaded.starts).returns(params[None], 8, 2)
+    np.testing.assert_array_equal(report["returns"], expected[0])
+    assert report["starts"] == "real" and "real starts" in format_table(out)
+    first = json.loads(evaluate_run(replace(cfg, starts="first"), run_dir).read_text())
+    assert first["starts"] == "first" and first["returns"] != report["returns"]
+    with pytest.raises(ValueError, match="starts"):
+        evaluate_run(replace(cfg, dream=False), run_dir)

@@ -20,7 +20,7 @@ from dreamgym._io import atomic_path
 from dreamgym.train.common import RunDirError, load_checkpoint, open_run, set_threads
 from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
 from dreamgym.vae import frames_to_tensor
-from dreamgym.world_model import WEIGHTS_FILE, WorldModel
+from dreamgym.world_model import WEIGHTS_FILE, WorldModel, vae_digest
 
 LATENTS = "latents.npz"
 
@@ -45,7 +45,8 @@ def vae_step(run_dir: Path) -> int:
 
 def _vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str]:
     """Which V encodes: (step, "") for the run's checkpoint; for a world model's,
-    (-1, its weights file's sha256), so new weights in the same folder re-encode."""
+    (-1, the digest of its V's tensors), so a new V in the same folder re-encodes and
+    a new M or bank there does not."""
     if world_model is None:
         if not (run_dir / VAE_DIR / "checkpoint.pt").exists():
             raise RunDirError(
@@ -56,7 +57,7 @@ def _vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str]:
     weights = Path(world_model) / WEIGHTS_FILE
     if not weights.exists():
         raise RunDirError(f"world_model: {weights} not found; pass a world-model folder")
-    return -1, data.sha256(weights)
+    return -1, vae_digest(weights.parent)
 
 
 def _load_vae(run_dir: Path, config: EncodeConfig, game: str):

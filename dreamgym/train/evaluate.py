@@ -23,11 +23,11 @@ from tqdm import tqdm
 from dreamgym import dream_core as dc
 from dreamgym._version import __version__
 from dreamgym.controller import ControllerConfig, batched_forward
-from dreamgym.dream import DEFAULT_TAU
+from dreamgym.dream import DEFAULT_TAU, STARTS
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
+from dreamgym.starts import RealStarts
 from dreamgym.train.common import WORLD_MODEL_DIR, set_threads
-from dreamgym.train.starts import RealStarts
 from dreamgym.train.workers import GamePool
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text, read_json
@@ -305,6 +305,9 @@ class EvaluateConfig:
     """Dream temperature (with ``dream``; None: the one the controller was trained at)."""
     max_steps: int | None = None
     """Episode limit (None: the game's)."""
+    starts: str = "first"
+    """Where dreams start (with ``dream``): real ``first`` frames, or ``real`` states
+    from the world model's bank (as ``gym.make(..., starts="real")``)."""
     controller: str | None = None
     """Controller folder (None: the one in the source; in a run directory, the only
     ``evolve_*`` folder or the one of ``tau``)."""
@@ -368,6 +371,10 @@ def run(config: EvaluateConfig, source) -> Path:
     """Score a controller; write and return the JSON report (see ``format_table``)."""
     if config.episodes < 1:
         raise ValueError(f"episodes: expected an integer >= 1, got {config.episodes}")
+    if config.starts not in STARTS or (config.starts == "real" and not config.dream):
+        raise ValueError(
+            f"starts: expected one of {STARTS} ('real' with dream), got {config.starts!r}"
+        )
     set_threads(config.threads)
     wm_dir, ctrl_dir = resolve_source(source, config.controller, config.tau)
     controller, info = read_controller(ctrl_dir, game=read_json(wm_dir / WM_CONFIG)["game"])
@@ -378,7 +385,12 @@ def run(config: EvaluateConfig, source) -> Path:
     t0 = time.time()
     if config.dream:
         wm = WorldModel.load(wm_dir, game=info["game"], device=config.device)
-        evaluator = DreamEvaluator(wm, tau, config.max_steps, controller=controller.config)
+        if config.starts == "real" and wm.starts is None:
+            raise ValueError(f"starts: {wm_dir} has no bank of real states; use starts='first'")
+        starts = wm.starts if config.starts == "real" else None
+        evaluator = DreamEvaluator(
+            wm, tau, config.max_steps, controller=controller.config, starts=starts
+        )
         seeds = [config.seed]  # one generator draws every dream
     else:
         evaluator = RealEvaluator(
@@ -392,6 +404,7 @@ def run(config: EvaluateConfig, source) -> Path:
         "mode": mode,
         "game": info["game"],
         "tau": tau if config.dream else None,
+        "starts": config.starts if config.dream else None,
         "trained_tau": info.get("tau"),
         "episodes": config.episodes,
         "mean": float(returns.mean()),
@@ -407,7 +420,8 @@ def run(config: EvaluateConfig, source) -> Path:
         "dreamgym_version": __version__,
         "config": asdict(config),
     }
-    name = f"evaluate_{mode}.json" if mode == "real" else f"evaluate_dream_tau{tau:g}.json"
+    name = f"evaluate_dream_tau{tau:g}" + ("_real_starts" if config.starts == "real" else "")
+    name = "evaluate_real.json" if mode == "real" else name + ".json"
     out = Path(config.output) if config.output else _report_dir(ctrl_dir, info["game"]) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
@@ -419,6 +433,8 @@ def format_table(result: dict | str | Path) -> str:
     if not isinstance(result, dict):
         result = json.loads(Path(result).read_text())
     where = "real game" if result["mode"] == "real" else f"dream, tau {result['tau']:g}"
+    if result.get("starts") == "real":
+        where += ", real starts"
     rows = [
         ("game", result["game"]),
         ("scored in", where),

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from dreamgym._io import atomic_path, read_jsonl
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
+from dreamgym.starts import RealStarts
 from dreamgym.train.common import (
     WORLD_MODEL_DIR,
     RunDirError,
@@ -44,7 +45,6 @@ from dreamgym.train.common import (
 )
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.evaluate import DreamEvaluator, RealEvaluator
-from dreamgym.train.starts import RealStarts
 from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
 
 CMA_FILE = "cma.safetensors"

@@ -1,4 +1,4 @@
-"""Assemble V + M + the first-frame bank into a WorldModel, and export a model folder.
+"""Assemble V + M + the banks of real starts into a WorldModel, and export a model folder.
 
 ``assemble(run_dir)`` writes ``run_dir/world_model/`` (what evolve and the dream
 read); ``export(run_dir, dest)`` copies it with the chosen controller into a
@@ -16,11 +16,17 @@ import torch
 from dreamgym import data
 from dreamgym._io import read_jsonl
 from dreamgym._version import __version__
+from dreamgym.starts import RealStarts
 from dreamgym.train.common import WORLD_MODEL_DIR, RunDirError, open_run, world_model_dest
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn
 from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
-from dreamgym.world_model import WEIGHTS_FILE, WorldModel
+from dreamgym.world_model import WEIGHTS_FILE, WorldModel, vae_digest
+
+STARTS_EVERY = 10
+"""The bank of real states holds every STARTS_EVERY-th frame of the run's episodes..."""
+STARTS_SIZE = 2048
+"""...or a random subset of this many (CarRacing: 2.3 MB per 1,000 rows of mu, logvar, h, c)."""
 
 
 def _encoding_vae(run_dir: Path, game: str, lat: dict):
@@ -28,8 +34,10 @@ def _encoding_vae(run_dir: Path, game: str, lat: dict):
     folder's V that ``encode --world-model`` used (checked unchanged since)."""
     if int(lat["vae_step"]) >= 0:
         return load_trained_vae(run_dir)
-    folder = Path(str(lat["vae_folder"]))
-    if data.sha256(folder / WEIGHTS_FILE) != str(lat["vae_source"]):
+    folder, source = Path(str(lat["vae_folder"])), str(lat["vae_source"])
+    # latents written before V's own digest name the whole weights file
+    now = vae_digest(folder) if source.startswith("vae:") else data.sha256(folder / WEIGHTS_FILE)
+    if now != source:
         raise RunDirError(
             f"{run_dir / LATENTS}: encoded with the V of {folder}, whose weights have changed "
             "since; rerun encode"
@@ -38,7 +46,8 @@ def _encoding_vae(run_dir: Path, game: str, lat: dict):
 
 
 def assemble(run_dir) -> Path:
-    """WorldModel from the run's V (or the one that encoded it) and M, and its real first frames."""
+    """WorldModel from the run's V (or the one that encoded it) and M, its real first
+    frames, and a bank of real states along its episodes (``RealStarts``)."""
     run_dir, game = open_run(run_dir)
     dest = world_model_dest(run_dir)
     lat = load_latents(run_dir)
@@ -50,6 +59,7 @@ def assemble(run_dir) -> Path:
         torch.from_numpy(lat["mu"][first]),
         torch.from_numpy(lat["logvar"][first]),
     )
+    wm.starts = RealStarts.from_latents(wm, lat, STARTS_EVERY).subset(STARTS_SIZE, seed=0)
     return wm.save(dest)
 
 

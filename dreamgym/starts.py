@@ -9,16 +9,23 @@ Short dreams from such starts (``evolve --real-starts --max-steps H``) keep M
 near the states it was fitted on, and show the controller the bends, speeds and
 verges the real episodes reached, not only the starting line (the short
 model-generated rollouts branched from real data of MBPO, Janner et al. 2019).
+
+A world model folder carries a random subset of its run's bank (``assemble``), so
+``gym.make(..., starts="real")`` dreams from real states without the run's data.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from dreamgym import dream_core as dc
 from dreamgym.mdnrnn import LSTMState
-from dreamgym.world_model import WorldModel
+
+if TYPE_CHECKING:  # world_model imports this module: the bank is part of a world model
+    from dreamgym.world_model import WorldModel
 
 CHUNK = 256
 """Episodes teacher-forced at once while the bank is built."""
@@ -81,12 +88,32 @@ class RealStarts:
             LSTMState(torch.cat(hs), torch.cat(cs)),
         )  # fmt: skip
 
+    def _map(self, f) -> RealStarts:
+        """The bank with ``f`` applied to each of its tensors (row selection, a device)."""
+        return RealStarts(f(self.mu), f(self.logvar), LSTMState(f(self.lstm.h), f(self.lstm.c)))
+
+    def subset(self, n: int, seed: int = 0) -> RealStarts:
+        """n rows drawn without replacement (all rows, in a random order, if n >= len)."""
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=g)[: min(n, len(self))].to(self.mu.device)
+        return self._map(lambda t: t[idx])
+
+    def to(self, device) -> RealStarts:
+        return self._map(lambda t: t.to(device))
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The bank as named tensors (``prefix`` + mu, logvar, h, c), for a safetensors file."""
+        return {
+            prefix + "mu": self.mu, prefix + "logvar": self.logvar,
+            prefix + "h": self.lstm.h, prefix + "c": self.lstm.c,
+        }  # fmt: skip
+
     def sample(self, n: int, generator: torch.Generator) -> dc.DreamState:
         """n dream states from random rows of the bank, z drawn from V's posterior."""
         dev = self.mu.device
         idx = torch.randint(0, len(self), (n,), generator=generator, device=dev)
-        z = dc.posterior_sample(self.mu[idx], self.logvar[idx], generator)
-        return dc.DreamState(z, LSTMState(self.lstm.h[idx], self.lstm.c[idx]))
+        rows = self._map(lambda t: t[idx])
+        return dc.DreamState(dc.posterior_sample(rows.mu, rows.logvar, generator), rows.lstm)
 
 
 __all__ = ["RealStarts"]
