@@ -324,6 +324,25 @@ def test_collect_with_a_controller_keeps_real_frames_and_its_noisy_actions(tmp_p
                           noise_space="z"), run_dir)  # fmt: skip
 
 
+def test_collect_drives_a_controller_with_the_m_it_was_trained_with(tmp_path):
+    """[z, h] controllers read M's state: collect finds the M beside the controller."""
+    from dreamgym.policy import save_controller
+    from dreamgym.train.collect import _controller_world_model
+
+    run_dir = tmp_path / "run"
+    wm = WorldModel.create("car_racing", n_bank=1, hidden=8)
+    params = np.zeros((wm.mdnrnn.config.z_dim + 8 + 1) * 3)
+    for folder in (tmp_path / "model", tmp_path / "other" / "world_model"):
+        wm.save(folder)
+    save_controller(tmp_path / "model", params, "car_racing")  # a model folder
+    save_controller(tmp_path / "other" / "evolve_tau1", params, "car_racing")  # an evolve dir
+    save_controller(tmp_path / "bare", params, "car_racing")
+    assert _controller_world_model(tmp_path / "model", run_dir) == tmp_path / "model"
+    evolved = _controller_world_model(tmp_path / "other" / "evolve_tau1", run_dir)
+    assert evolved == tmp_path / "other" / "world_model"
+    assert _controller_world_model(tmp_path / "bare", run_dir) == run_dir / "world_model"
+
+
 def test_every_stage_option_has_its_config_fields_docstring_as_help(capsys):
     import dataclasses
 

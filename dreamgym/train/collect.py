@@ -45,7 +45,8 @@ class CollectConfig:
     controller: str | None = None
     """A controller folder that drives instead of ``policy`` (the paper's iterative
     procedure: real episodes of a controller trained in the dream, so M learns where
-    its dream flattered it). It reads the run's ``world_model/``."""
+    its dream flattered it). Its M is the one it was trained with: a model folder's
+    own, the ``world_model/`` beside an evolve folder, else the run's."""
     noise: float = 0.1
     """With ``controller``: each episode draws an action-noise level in [0, noise] (the
     standard deviation of Gaussian noise added to every action, then clipped)."""
@@ -53,6 +54,16 @@ class CollectConfig:
     """Where the noise goes: ``action`` (then clipped to the action space) or ``output``
     (the controller's tanh outputs, before they are mapped to the action, so a pedal the
     controller holds released stays released; see ``policies.noisy_controller``)."""
+
+
+def _controller_world_model(controller: Path, run_dir: Path) -> Path:
+    """The world model a controller folder was trained with (its h is that M's state)."""
+    from dreamgym.train.evaluate import resolve_source
+
+    try:
+        return resolve_source(controller)[0]
+    except FileNotFoundError:  # a bare controller folder: the run's own world model
+        return run_dir / WORLD_MODEL_DIR
 
 
 DEFAULT_MIN_FRAMES = {"doom_take_cover": 100, "car_racing": 0}
@@ -132,7 +143,7 @@ def run(config: CollectConfig, run_dir) -> Path:
         if not (config.noise >= 0):
             raise ValueError(f"noise: expected a number >= 0, got {config.noise}")
         check_noise_space(config.noise_space)  # a clear error before workers start
-        world_model = str(run_dir / WORLD_MODEL_DIR)
+        world_model = str(_controller_world_model(Path(config.controller), run_dir))
     save_config(run_dir / "collect.json", config)
     min_frames = DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
     max_steps = config.max_steps or spec.max_episode_steps
