@@ -100,6 +100,13 @@ def test_the_shipped_car_racing_dream_loads_offline_and_batches():
         total += reward
     assert np.isfinite(total).all() and len(np.unique(total)) > 1  # M's reward head, per dream
     venv.close()
+    # dreams from the folder's bank of real states: mid-drive, M's state already set
+    venv = gym.make_vec("DreamCarRacing-v0", num_envs=64, starts="real", max_episode_steps=250)
+    assert len(venv.unwrapped.world_model.starts) == 2048
+    obs, _ = venv.reset(seed=0)
+    moving = (np.abs(obs[:, 32:]).sum(1) > 0).mean()  # h = 0 only at a drive's first frame
+    assert moving > 0.9 and venv.unwrapped.max_episode_steps == 250
+    venv.close()
 
 
 @pytest.mark.slow
