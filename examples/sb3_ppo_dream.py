@@ -3,7 +3,7 @@
     pip install 'dreamgym[doom,carracing,sb3]'
     python examples/sb3_ppo_dream.py --timesteps 200000 --num-envs 64 --episodes 20
     python examples/sb3_ppo_dream.py --env DreamCarRacing-v0 --starts real \\
-        --max-episode-steps 250 --timesteps 1000000 --episodes 10
+        --max-episode-steps 250 --timesteps 10000000 --episodes 100
 
 The dreams step as one batched tensor computation (``gym.make_vec`` with the
 native ``DreamVectorEnv``), wrapped for SB3 by ``dreamgym.sb3.as_vec_env``. The
