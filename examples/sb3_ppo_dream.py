@@ -4,12 +4,21 @@
     python examples/sb3_ppo_dream.py --timesteps 200000 --num-envs 64 --episodes 20
     python examples/sb3_ppo_dream.py --env DreamCarRacing-v0 --starts real \\
         --max-episode-steps 250 --timesteps 10000000 --episodes 100
+    # PPO refines the shipped CMA-ES controller itself; the best C (by dream score) is saved
+    python examples/sb3_ppo_dream.py --env DreamCarRacing-v0 --starts real \\
+        --max-episode-steps 250 --init car_racing --save runs/ppo_c --timesteps 5000000
 
 The dreams step as one batched tensor computation (``gym.make_vec`` with the
 native ``DreamVectorEnv``), wrapped for SB3 by ``dreamgym.sb3.as_vec_env``. The
 trained policy then plays ``dreamgym.make_real(ENV)``, the real game seen through
 the same V and M, so it runs unchanged. ``--starts real`` starts each dream from
 a real state of a recorded drive (the CarRacing world model's bank).
+
+``--policy controller`` (implied by ``--init``) trains the paper's C itself with
+PPO (``dreamgym.sb3.ControllerActorCritic``): ``--init`` starts it from a trained
+controller, and every ``--check-every`` steps the C is scored in the same 256
+dreams and the best is written to ``--save`` as a controller folder, which
+``dreamgym evaluate --controller DIR`` scores on the real tracks.
 """
 
 from __future__ import annotations
@@ -36,25 +45,41 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--timesteps", type=int, default=200_000, help="PPO steps in the dream")
     p.add_argument("--num-envs", type=int, default=64, help="dreams stepped as one batch")
-    p.add_argument("--episodes", type=int, default=20, help="real episodes to score")
+    p.add_argument("--episodes", type=int, default=20, help="real episodes to score (0: none)")
     p.add_argument("--tau", type=float, default=None, help="dream temperature (default: the id's)")
     p.add_argument("--starts", default="first", choices=["first", "real"], help="dream starts")
     p.add_argument(
         "--max-episode-steps", type=int, default=None, help="dream length (default: the game's)"
     )
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    p.add_argument(
+        "--policy", default=None, choices=["mlp", "controller"],
+        help="SB3's MlpPolicy or the paper's C as PPO's actor (default: mlp; controller "
+        "with --init)",
+    )  # fmt: skip
+    p.add_argument("--init", default=None, help="controller folder or shipped name to start from")
+    p.add_argument("--hidden", type=int, default=0, help="hidden tanh units of a new C")
+    p.add_argument("--log-std-init", type=float, default=None, help="initial log std of PPO")
+    p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--save", default=None, help="folder for the best C (--policy controller)")
+    p.add_argument("--check-every", type=int, default=500_000, help="steps between dream checks")
+    p.add_argument("--check-trials", type=int, default=256, help="dreams per check")
+    args = p.parse_args()
+    args.policy = args.policy or ("controller" if args.init else "mlp")
+    if args.policy == "mlp" and (args.init or args.save or args.hidden):
+        p.error("--init, --save and --hidden need --policy controller")
+    return args
 
 
-def score_in_real_game(model, env_id, world_model, episodes: int, seed: int) -> list[float]:
-    """Returns of ``episodes`` real-game episodes played by the policy, deterministically."""
+def score_in_real_game(act, env_id, world_model, episodes: int, seed: int) -> list[float]:
+    """Returns of ``episodes`` real-game episodes played by ``act(obs) -> action``."""
     real = dreamgym.make_real(env_id, world_model=world_model)
     returns = []
     for episode in range(episodes):
         obs, _ = real.reset(seed=seed + episode)
         total, done = 0.0, False
         while not done:
-            action, _ = model.predict(obs, deterministic=True)
+            action = act(obs)
             obs, reward, terminated, truncated, _ = real.step(action)
             total += float(reward)
             done = terminated or truncated
@@ -68,24 +93,48 @@ def main() -> None:
     args = parse_args()
     from stable_baselines3 import PPO  # optional dependency: pip install 'dreamgym[sb3]'
 
+    from dreamgym.sb3 import ControllerActorCritic, DreamCheckpoint, set_controller
+
     kwargs = {"tau": args.tau} if args.tau is not None else {}
     if args.max_episode_steps is not None:
         kwargs["max_episode_steps"] = args.max_episode_steps
     dreams = gym.make_vec(
         args.env, num_envs=args.num_envs, world_model=args.world_model, starts=args.starts, **kwargs
     )
-    venv = as_vec_env(dreams)
+    wm = dreams.unwrapped.world_model
+    init = dreamgym.load_controller(args.init) if args.init else None
+    policy_kwargs, callback = {}, None
+    if args.log_std_init is not None:
+        policy_kwargs["log_std_init"] = args.log_std_init
+    if args.policy == "controller":
+        cfg = init.controller.config if init else None
+        hidden = cfg.hidden if cfg else args.hidden
+        policy_kwargs |= {"hidden": hidden, "bias": wm.game.controller_bias}
+        outputs = cfg.out_dim if cfg else 0
+        venv = as_vec_env(dreams, actions="controller", outputs=outputs)
+        save = args.save or "runs/ppo_controller"
+        meta = {"trainer": "ppo", "init": args.init, "starts": args.starts}
+        callback = DreamCheckpoint(
+            wm, save, args.check_every, args.check_trials, dreams.unwrapped.tau,
+            args.max_episode_steps, args.starts, args.seed, meta,
+        )  # fmt: skip
+    else:
+        venv = as_vec_env(dreams)
     n_steps = max(16, 2048 // args.num_envs)  # about 2048 transitions per update
     model = PPO(
-        "MlpPolicy",
+        ControllerActorCritic if args.policy == "controller" else "MlpPolicy",
         venv,
+        learning_rate=args.learning_rate,
         n_steps=n_steps,
         batch_size=min(2048, n_steps * args.num_envs),
+        policy_kwargs=policy_kwargs,
         seed=args.seed,
         device="cpu",
         verbose=1,
     )
-    model.learn(total_timesteps=args.timesteps)
+    if init is not None:
+        set_controller(model.policy, init.params)
+    model.learn(total_timesteps=args.timesteps, callback=callback)
     dream_returns = [ep["r"] for ep in model.ep_info_buffer]
     if dream_returns:
         print(
@@ -93,8 +142,18 @@ def main() -> None:
             f"{np.mean(dream_returns):.0f} +- {np.std(dream_returns):.0f}"
         )
 
-    wm = dreams.unwrapped.world_model
-    returns = score_in_real_game(model, args.env, wm, args.episodes, args.seed)
+    if args.policy == "controller":  # the best C by dream score, as saved
+        best = dreamgym.load_controller(callback.folder)
+        print(f"best C in the dream: {callback.best:.1f} (saved in {callback.folder})")
+        act = best
+    else:
+
+        def act(obs):
+            return model.predict(obs, deterministic=True)[0]
+
+    if args.episodes < 1:
+        return
+    returns = score_in_real_game(act, args.env, wm, args.episodes, args.seed)
     print(
         f"{REAL[args.env]} over {len(returns)} episodes: "
         f"{np.mean(returns):.0f} +- {np.std(returns):.0f}"

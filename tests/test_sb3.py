@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import gymnasium as gym
@@ -11,7 +12,13 @@ from conftest import tiny_world_model
 
 import dreamgym
 from dreamgym.dream import ENV_IDS, DreamEnv
-from dreamgym.sb3 import as_vec_env
+from dreamgym.sb3 import (
+    ControllerActorCritic,
+    DreamCheckpoint,
+    as_vec_env,
+    save_policy_controller,
+    set_controller,
+)
 
 sb3 = pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.env_checker import check_env  # noqa: E402
@@ -109,3 +116,76 @@ def test_ppo_trains_in_the_dream_and_runs_in_the_real_game():
             assert obs in real.observation_space
             done = terminated or truncated
     real.close()
+
+
+def test_controller_actions_are_mapped_like_c(world_models):
+    wm = world_models["car_racing"]
+    dreams = gym.make_vec("DreamCarRacing-v0", num_envs=2, world_model=wm)
+    venv = as_vec_env(dreams, actions="controller")
+    assert venv.action_space == gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    assert as_vec_env(dreams, actions="controller", outputs=2).action_space.shape == (2,)
+    seen = []
+    step = venv.env.step
+    venv.env.step = lambda a: seen.append(a) or step(a)  # what the dream receives
+    venv.reset()
+    # tanh outputs (steer, gas, brake) -> steer, (gas + 1) / 2, clip(brake, 0, 1); clipped first
+    venv.step(np.array([[0.5, -1.0, -0.3], [-2.0, 0.0, 3.0]], np.float32))
+    np.testing.assert_allclose(seen[0], [[0.5, 0.0, 0.0], [-1.0, 0.5, 1.0]])
+    with pytest.raises(ValueError, match="actions"):
+        as_vec_env(dreams, actions="tanh")
+    with pytest.raises(ValueError, match="outputs"):
+        as_vec_env(dreams, actions="controller", outputs=5)
+
+
+@pytest.mark.parametrize("hidden", [0, 3])
+def test_controller_actor_is_the_controller(dream_id, wm, hidden, tmp_path):
+    from stable_baselines3 import PPO
+
+    venv = as_vec_env(gym.make_vec(dream_id, num_envs=2, world_model=wm), actions="controller")
+    bias = wm.game.controller_bias
+    model = PPO(
+        ControllerActorCritic, venv, n_steps=8, batch_size=16, device="cpu",
+        policy_kwargs={"hidden": hidden, "bias": bias},
+    )  # fmt: skip
+    cfg = model.policy.controller_config
+    assert (cfg.in_dim, cfg.hidden, cfg.bias) == (venv.observation_space.shape[0], hidden, bias)
+    params = np.random.default_rng(0).normal(0, 0.3, cfg.num_params).astype(np.float32)
+    set_controller(model.policy, params)
+    np.testing.assert_array_equal(model.policy.controller_params(), params)
+    save_policy_controller(model.policy, tmp_path / "c", wm.game.name, {"trainer": "ppo"})
+    c = dreamgym.load_controller(tmp_path / "c")
+    np.testing.assert_array_equal(c.params, params)
+    assert c.info["trainer"] == "ppo"
+    obs = venv.reset()
+    action, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_allclose(action, c.outputs(obs), atol=1e-6)  # PPO's mean action is C's
+    model.learn(32)
+    assert not np.array_equal(model.policy.controller_params(), params)  # PPO moved C
+    with pytest.raises(ValueError, match="parameters"):
+        set_controller(model.policy, params[:-1])
+    with pytest.raises(TypeError, match="ControllerActorCritic"):
+        save_policy_controller(PPO("MlpPolicy", venv).policy, tmp_path / "m", wm.game.name)
+
+
+def test_dream_checkpoint_keeps_the_best_c(world_models, tmp_path):
+    from stable_baselines3 import PPO
+
+    wm = world_models["car_racing"]
+    dreams = gym.make_vec("DreamCarRacing-v0", num_envs=4, world_model=wm, max_episode_steps=10)
+    venv = as_vec_env(dreams, actions="controller")
+    model = PPO(ControllerActorCritic, venv, n_steps=8, batch_size=32, device="cpu", seed=0)
+    check = DreamCheckpoint(wm, tmp_path / "best", every=32, trials=4, max_steps=10, verbose=0)
+    model.learn(96, callback=check)
+    rows = [json.loads(line) for line in (tmp_path / "best" / "metrics.jsonl").open()]
+    assert [r["timesteps"] for r in rows] == [0, 32, 64, 96]  # the start, every 32, the end
+    best = max(rows, key=lambda r: r["dream_score"])
+    assert best["kept"] and check.best == best["dream_score"]
+    c = dreamgym.load_controller(tmp_path / "best")
+    assert c.info["dream_score"] == best["dream_score"]
+    assert c.info["timesteps"] == best["timesteps"]
+    again = check.evaluator.returns(c.params[None], 4, 0).mean()  # the same dreams score it
+    assert again == pytest.approx(best["dream_score"])
+    with pytest.raises(ValueError, match="starts='real'"):
+        DreamCheckpoint(
+            wm.__class__.create("car_racing", n_bank=2, hidden=8), tmp_path, 1, starts="real"
+        )
