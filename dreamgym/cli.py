@@ -78,7 +78,7 @@ def _config(cls, ns: argparse.Namespace, **fixed):
 
 def _stages():
     """Stage name -> (config class, run function, help). Imported lazily: the CLI starts fast."""
-    from dreamgym.train import collect, encode, evaluate, evolve, fit_mdnrnn, fit_vae
+    from dreamgym.train import collect, encode, evaluate, evolve, fit_mdnrnn, fit_vae, ppo
 
     return {
         "collect": (collect.CollectConfig, collect.run, "real-game rollouts into shards"),
@@ -86,6 +86,7 @@ def _stages():
         "encode": (encode.EncodeConfig, encode.run, "frames -> (mu, logvar); first-frame bank"),
         "fit-mdnrnn": (fit_mdnrnn.FitMDNRNNConfig, fit_mdnrnn.run, "train M on the latents"),
         "evolve": (evolve.EvolveConfig, evolve.run, "CMA-ES controller in the dream"),
+        "ppo": (ppo.PPOConfig, ppo.run, "PPO (Stable-Baselines3) trains C in the dream"),
         "evaluate": (evaluate.EvaluateConfig, evaluate.run, "score a controller"),
     }
 

@@ -32,7 +32,6 @@ C, without pickle:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.dream import DreamVectorEnv
 from dreamgym.games import get_game
 from dreamgym.policy import _outputs, save_controller
+from dreamgym.train.common import log_metrics
 
 require("stable_baselines3", "sb3")
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
@@ -345,8 +345,7 @@ class DreamCheckpoint(BaseCallback):
             meta = {**self.meta, **row, "tau": self.evaluator.tau, "trials": self.trials}
             save_policy_controller(policy, self.folder, self.wm.game.name, meta)
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({**row, "kept": kept}) + "\n")
+        log_metrics(self.folder / "metrics.jsonl", **row, kept=kept)
         if self.verbose:
             print(
                 f"dream check at {row['timesteps']:,} steps: {score:.1f} +- {row['dream_std']:.1f}"

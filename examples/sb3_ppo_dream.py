@@ -116,7 +116,7 @@ def main() -> None:
         meta = {"trainer": "ppo", "init": args.init, "starts": args.starts}
         callback = DreamCheckpoint(
             wm, save, args.check_every, args.check_trials, dreams.unwrapped.tau,
-            args.max_episode_steps, args.starts, args.seed, meta,
+            args.max_episode_steps, args.starts, 0, meta,  # the same dreams for every seed
         )  # fmt: skip
     else:
         venv = as_vec_env(dreams)

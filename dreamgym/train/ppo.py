@@ -1,0 +1,269 @@
+"""The ``ppo`` stage: PPO (Stable-Baselines3) trains the paper's C in the run's dream.
+
+The actor is C itself (``dreamgym.sb3.ControllerActorCritic``: its deterministic
+action is ``tanh(W [z, h] + b)``), so the result is an ordinary controller folder
+that ``evaluate``, ``export`` and ``load_controller`` take. It can start from a
+controller CMA-ES trained (``--init``): PPO then refines it with gradients, which
+CMA-ES cannot afford for long. Every ``check_every`` steps the C is scored on the
+same ``check_trials`` dreams, and the best so far is the stage's controller. Only
+dreams train and select it.
+
+A kill loses at most the steps since the last check: the checkpoint holds the actor,
+the value net, the exploration noise, Adam's state and the step count, in
+safetensors (no pickle), and a rerun continues from it (a continued run does not
+repeat the dreams the uninterrupted one would have drawn).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dreamgym.policy import read_controller
+from dreamgym.train.common import (
+    WORLD_MODEL_DIR,
+    RunDirError,
+    open_run,
+    save_config,
+    set_threads,
+)
+from dreamgym.train.evolve import load_checkpoint, save_checkpoint
+from dreamgym.world_model import WorldModel, WorldModelError
+
+CHECKPOINT = "ppo.safetensors"
+CONFIG_NAME = "ppo.json"
+STARTS = ("first", "real")
+RESUME_KEYS = (
+    "init", "num_envs", "tau", "starts", "max_steps", "learning_rate", "log_std_init", "n_steps",
+    "batch_size", "n_epochs", "gamma", "hidden", "outputs", "check_trials", "seed",
+)  # fmt: skip
+"""Config fields a resumed run must share with the run it continues."""
+
+
+@dataclass
+class PPOConfig:
+    timesteps: int = 10_000_000
+    """Total PPO steps in the dream (a rerun with more continues)."""
+    init: str | None = None
+    """A controller folder to start from (say, evolve's); None: a new C."""
+    num_envs: int = 64
+    """Dreams stepped as one batch."""
+    tau: float = 1.0
+    """Dream temperature."""
+    starts: str = "first"
+    """Where dreams start: real ``first`` frames, or ``real`` states from the world
+    model's bank (``gym.make(..., starts="real")``); pair ``real`` with a short
+    ``max_steps``, say 250."""
+    max_steps: int | None = None
+    """Dream length (None: the game's)."""
+    learning_rate: float = 1e-4
+    """Adam's step size, for the actor and the value net."""
+    log_std_init: float = -1.5
+    """Initial log standard deviation of the exploration noise on C's tanh outputs."""
+    n_steps: int = 32
+    """Steps of every dream between updates (``n_steps * num_envs`` transitions each)."""
+    batch_size: int = 2048
+    """Minibatch size of PPO's epochs."""
+    n_epochs: int = 10
+    """Passes over each batch of transitions."""
+    gamma: float = 0.99
+    """Discount factor."""
+    hidden: int = 0
+    """Units of a tanh hidden layer in a new C (0: the paper's linear C; with ``init``,
+    the controller's own)."""
+    outputs: int = 0
+    """Tanh outputs of a new C (0: the paper's; with ``init``, the controller's own)."""
+    check_every: int = 500_000
+    """Steps between scores of the deterministic C (each one also checkpoints)."""
+    check_trials: int = 256
+    """Dreams per score: the same dreams every time."""
+    seed: int = 0
+    """Seed of PPO, and of the dreams it trains in."""
+    device: str = "cpu"
+    """Torch device of the dream and of PPO."""
+    threads: int | None = None
+    """Torch threads of this process (None: torch's default)."""
+    seconds: float | None = None
+    """Wall-time budget of this call: training stops at the first check past it (a rerun
+    continues)."""
+
+
+def ppo_dir_name(config: PPOConfig) -> str:
+    name = f"ppo_tau{config.tau:g}"
+    name += f"_hidden{config.hidden}" if config.hidden and not config.init else ""
+    return name + (f"_starts{config.max_steps or ''}" if config.starts == "real" else "")
+
+
+def _check(config: PPOConfig) -> None:
+    for name in ("timesteps", "num_envs", "n_steps", "batch_size", "n_epochs"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {getattr(config, name)}")
+    for name in ("check_every", "check_trials"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {getattr(config, name)}")
+    if config.starts not in STARTS:
+        raise ValueError(f"starts: expected one of {STARTS}, got {config.starts!r}")
+    if not (math.isfinite(config.tau) and config.tau > 0):
+        raise ValueError(f"tau: expected a positive finite number, got {config.tau}")
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        raise ValueError(f"learning_rate: expected a positive number, got {config.learning_rate}")
+    if not math.isfinite(config.log_std_init):
+        raise ValueError(f"log_std_init: expected a finite number, got {config.log_std_init}")
+    if not 0 < config.gamma <= 1:
+        raise ValueError(f"gamma: expected a number in (0, 1], got {config.gamma}")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ValueError(f"max_steps: expected an integer >= 1 or None, got {config.max_steps}")
+    if config.seconds is not None and not (math.isfinite(config.seconds) and config.seconds > 0):
+        raise ValueError(f"seconds: expected a positive number or None, got {config.seconds}")
+    if config.hidden < 0 or config.outputs < 0:
+        raise ValueError(f"hidden, outputs: expected integers >= 0, got {config.hidden}, "
+                         f"{config.outputs}")  # fmt: skip
+
+
+def run(config: PPOConfig, run_dir) -> Path:
+    """Train C with PPO in the run's world model; return the folder holding it."""
+    _check(config)
+    run_dir, game = open_run(run_dir)
+    wm_dir = run_dir / WORLD_MODEL_DIR
+    try:
+        WorldModel.load(wm_dir, game=game)
+    except WorldModelError as e:
+        raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
+    return train(config, wm_dir, run_dir / ppo_dir_name(config))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _state_arrays(model) -> tuple[dict[str, np.ndarray], dict]:
+    """The policy's tensors and Adam's state as arrays, and what is not a tensor."""
+    arrays = {f"policy.{k}": v.detach().cpu().numpy() for k, v in model.policy.state_dict().items()}
+    opt = model.policy.optimizer.state_dict()
+    for i, state in opt["state"].items():
+        for k, v in state.items():
+            arrays[f"optim.{i}.{k}"] = torch.as_tensor(v).detach().cpu().numpy()
+    return arrays, {"param_groups": opt["param_groups"]}
+
+
+def _load_state(model, arrays: dict[str, np.ndarray], values: dict) -> None:
+    policy = {k[7:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("policy.")}
+    model.policy.load_state_dict(policy)
+    state: dict[int, dict] = {}
+    for key, v in arrays.items():
+        if key.startswith("optim."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = torch.from_numpy(v)
+    model.policy.optimizer.load_state_dict({"state": state, "param_groups": values["param_groups"]})
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def train(config: PPOConfig, wm_dir, out) -> Path:
+    """Train C with PPO in the world model in ``wm_dir``, writing (and resuming) ``out``."""
+    _check(config)
+    from stable_baselines3 import PPO  # optional dependency: pip install 'dreamgym[sb3]'
+
+    from dreamgym.sb3 import ControllerActorCritic, as_vec_env, set_controller
+
+    set_threads(config.threads)
+    wm_dir, out = Path(wm_dir), Path(out)
+    wm = WorldModel.load(wm_dir, device=config.device)
+    init = read_controller(config.init, wm.game.name)[0] if config.init else None
+    hidden = init.config.hidden if init else config.hidden
+    outputs = init.config.out_dim if init else config.outputs
+    dreams = gym.make_vec(
+        wm.game.dream_id, num_envs=config.num_envs, world_model=wm, tau=config.tau,
+        starts=config.starts, max_episode_steps=config.max_steps, device=config.device,
+    )  # fmt: skip
+    venv = as_vec_env(dreams, actions="controller", outputs=outputs)
+    if init is not None and init.config.in_dim != venv.observation_space.shape[0]:
+        raise ValueError(
+            f"init: {config.init} reads {init.config.in_dim} inputs, this dream gives "
+            f"{venv.observation_space.shape[0]}"
+        )
+    model = PPO(
+        ControllerActorCritic, venv, learning_rate=config.learning_rate, n_steps=config.n_steps,
+        batch_size=min(config.batch_size, config.n_steps * config.num_envs),
+        n_epochs=config.n_epochs, gamma=config.gamma, seed=config.seed, device=config.device,
+        policy_kwargs={"hidden": hidden, "bias": wm.game.controller_bias,
+                       "log_std_init": config.log_std_init},
+    )  # fmt: skip
+    if init is not None:
+        set_controller(model.policy, init.get_flat())
+    meta = {
+        "trained_in": "dream", "trainer": "ppo", "tau": config.tau, "init": config.init,
+        "starts": config.starts, "max_steps": config.max_steps, "seed": config.seed,
+    }  # fmt: skip
+    checker = _checks(config, wm, out, meta)
+    done = 0
+    if (out / CHECKPOINT).exists():
+        arrays, values = load_checkpoint(out / CHECKPOINT)
+        old = values["config"]
+        changed = [k for k in RESUME_KEYS if old.get(k) != getattr(config, k)]
+        if changed:
+            k = changed[0]
+            raise RunDirError(
+                f"{out}: started with {k}={old.get(k)!r}, now {k}={getattr(config, k)!r}; "
+                f"use the same value to resume, or delete {out / CHECKPOINT} to start over"
+            )
+        _load_state(model, arrays, values)
+        done = values["timesteps"]
+        checker.resume(done, values["best"])
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out / CONFIG_NAME, config)
+    if done < config.timesteps:
+        model.num_timesteps = done
+        model.learn(config.timesteps - done, callback=checker, reset_num_timesteps=False)
+    checker.bar.close()
+    return out
+
+
+def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict):
+    """A ``DreamCheckpoint`` that also checkpoints the run, shows progress and keeps the
+    wall-time budget (defined here: SB3 is an optional dependency)."""
+    from dreamgym.sb3 import DreamCheckpoint
+
+    class Checks(DreamCheckpoint):
+        def __init__(self):
+            super().__init__(
+                wm, out, config.check_every, config.check_trials, config.tau,
+                config.max_steps, config.starts, 0, meta, verbose=0,
+            )  # fmt: skip
+            self.bar = tqdm(total=config.timesteps, desc=f"ppo tau={config.tau:g}",
+                            unit="step", unit_scale=True)  # fmt: skip
+            self.started, self.resumed_at = time.time(), 0
+
+        def resume(self, done: int, best: float) -> None:
+            self.resumed_at, self.best = done, best
+            self._next = done + config.check_every
+            self.bar.update(done)
+
+        def _on_training_start(self) -> None:
+            if self.resumed_at == 0:  # a fresh run scores the C it starts from
+                super()._on_training_start()
+
+        def _on_step(self) -> bool:
+            self.bar.update(self.num_timesteps - self.bar.n)
+            return config.seconds is None or time.time() - self.started < config.seconds
+
+        def check(self) -> float:
+            score = super().check()
+            arrays, values = _state_arrays(self.model)
+            values |= {"timesteps": int(self.num_timesteps), "best": self.best,
+                       "config": asdict(config)}  # fmt: skip
+            save_checkpoint(out / CHECKPOINT, arrays, values)
+            self.bar.set_postfix({"dream": f"{score:.1f}", "best": f"{self.best:.1f}"})
+            return score
+
+    return Checks()
+
+
+__all__ = ["PPOConfig", "run", "train"]

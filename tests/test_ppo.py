@@ -1,0 +1,92 @@
+"""The ppo stage: PPO trains the paper's C in the dream, keeps the best C, resumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_evolve import make_run, tiny_config
+
+from dreamgym.policy import load_controller
+from dreamgym.train import evolve, ppo
+from dreamgym.train.common import RunDirError
+from dreamgym.train.evaluate import DreamEvaluator
+from dreamgym.world_model import WorldModel
+
+pytest.importorskip("stable_baselines3")
+torch.set_num_threads(1)
+
+
+def tiny_ppo(**kw) -> ppo.PPOConfig:
+    base = dict(timesteps=1024, num_envs=8, max_steps=40, n_steps=16, batch_size=64, n_epochs=2,
+                check_every=256, check_trials=16, learning_rate=3e-3, threads=1)  # fmt: skip
+    return ppo.PPOConfig(**{**base, **kw})
+
+
+def rows(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ppo_learns_in_a_tiny_dream_and_keeps_the_best_c(tmp_path):
+    run_dir = make_run(tmp_path)  # moving right keeps the agent alive; C = 0 dies in ~11 steps
+    out = ppo.run(tiny_ppo(timesteps=4096, log_std_init=0.0), run_dir)
+    assert out == run_dir / "ppo_tau1"
+    log = rows(out)
+    assert [r["timesteps"] for r in log] == list(range(0, 4097, 256))
+    best = max(log, key=lambda r: r["dream_score"])
+    assert best["dream_score"] > 2 * log[0]["dream_score"]  # PPO learned to survive longer
+    c = load_controller(out)
+    assert c.info["trainer"] == "ppo" and c.info["timesteps"] == best["timesteps"]
+    ev = DreamEvaluator(WorldModel.load(run_dir / "world_model"), 1.0, max_steps=40)
+    assert ev.returns(c.params[None], 16, 0).mean() == pytest.approx(best["dream_score"])
+
+
+def test_ppo_starts_from_a_controller_and_a_rerun_continues(tmp_path):
+    run_dir = make_run(tmp_path)
+    start = evolve.run(tiny_config(generations=2), run_dir)
+    config = tiny_ppo(init=str(start), timesteps=512)
+    out = ppo.run(config, run_dir)
+    ev = DreamEvaluator(WorldModel.load(run_dir / "world_model"), 1.0, max_steps=40)
+    assert rows(out)[0]["dream_score"] == pytest.approx(
+        ev.returns(load_controller(start).params[None], 16, 0).mean()
+    )  # the first check scores the C it started from
+    _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
+    assert values["timesteps"] == 512
+    ppo.run(tiny_ppo(init=str(start), timesteps=1024), run_dir)
+    assert [r["timesteps"] for r in rows(out)] == [0, 256, 512, 768, 1024]
+    _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
+    assert values["timesteps"] == 1024 and values["best"] == max(r["dream_score"] for r in rows(out))
+    with pytest.raises(RunDirError, match="learning_rate"):
+        ppo.run(tiny_ppo(init=str(start), timesteps=2048, learning_rate=1e-3), run_dir)
+    (out / ppo.CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(RunDirError, match="corrupt"):
+        ppo.run(tiny_ppo(init=str(start), timesteps=2048), run_dir)
+
+
+def test_a_wall_time_budget_stops_at_a_check_with_the_checkpoint_written(tmp_path):
+    run_dir = make_run(tmp_path)
+    out = ppo.run(tiny_ppo(timesteps=10**6, seconds=0.5), run_dir)
+    _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
+    assert 0 < values["timesteps"] < 10**6
+    assert rows(out)[-1]["timesteps"] == values["timesteps"]
+    load_controller(out)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("timesteps", 0), ("starts", "middle"), ("tau", 0.0), ("gamma", 1.5), ("check_every", 0)],
+)
+def test_bad_config_is_a_clear_error(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field):
+        ppo.run(tiny_ppo(**{field: value}), make_run(tmp_path))
+
+
+def test_init_must_fit_the_dream(tmp_path):
+    run_dir = make_run(tmp_path)
+    from dreamgym.policy import save_controller
+
+    save_controller(tmp_path / "c", np.zeros(10 * 1), "doom_take_cover")
+    with pytest.raises(ValueError, match="reads 10 inputs"):
+        ppo.run(tiny_ppo(init=str(tmp_path / "c")), run_dir)
