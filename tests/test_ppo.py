@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -57,12 +62,53 @@ def test_ppo_starts_from_a_controller_and_a_rerun_continues(tmp_path):
     ppo.run(tiny_ppo(init=str(start), timesteps=1024), run_dir)
     assert [r["timesteps"] for r in rows(out)] == [0, 256, 512, 768, 1024]
     _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
-    assert values["timesteps"] == 1024 and values["best"] == max(r["dream_score"] for r in rows(out))
+    assert values["timesteps"] == 1024 and values["best"] == max(
+        r["dream_score"] for r in rows(out)
+    )
     with pytest.raises(RunDirError, match="learning_rate"):
         ppo.run(tiny_ppo(init=str(start), timesteps=2048, learning_rate=1e-3), run_dir)
     (out / ppo.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(RunDirError, match="corrupt"):
         ppo.run(tiny_ppo(init=str(start), timesteps=2048), run_dir)
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from test_ppo import tiny_ppo
+from dreamgym.train import ppo
+ppo.run(tiny_ppo(timesteps=10**8), sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_ppo_then_rerun_continues_from_the_last_check(tmp_path):
+    run_dir = make_run(tmp_path)
+    out = run_dir / "ppo_tau1"
+    tests = os.path.dirname(__file__)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(run_dir), tests],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (
+            (out / "metrics.jsonl").exists() and len(rows(out)) >= 3
+        ):
+            time.sleep(0.05)
+        assert proc.poll() is None, "ppo exited before it could be killed"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
+    done = values["timesteps"]
+    assert done >= 512
+    ppo.run(tiny_ppo(timesteps=done + 512), run_dir)
+    steps = [r["timesteps"] for r in rows(out)]
+    assert steps[-2:] == [done + 256, done + 512]  # on from the last check, not from 0
+    assert steps == sorted(set(steps)) and steps[0] == 0  # no check twice, one start
+    assert load_controller(out).info["dream_score"] == max(r["dream_score"] for r in rows(out))
 
 
 def test_a_wall_time_budget_stops_at_a_check_with_the_checkpoint_written(tmp_path):

@@ -16,6 +16,7 @@ repeat the dreams the uninterrupted one would have drawn).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dreamgym._io import read_jsonl
 from dreamgym.policy import read_controller
 from dreamgym.train.common import (
     WORLD_MODEL_DIR,
@@ -35,7 +37,7 @@ from dreamgym.train.common import (
     set_threads,
 )
 from dreamgym.train.evolve import load_checkpoint, save_checkpoint
-from dreamgym.world_model import WorldModel, WorldModelError
+from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
 
 CHECKPOINT = "ppo.safetensors"
 CONFIG_NAME = "ppo.json"
@@ -217,6 +219,9 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
         _load_state(model, arrays, values)
         done = values["timesteps"]
         checker.resume(done, values["best"])
+        metrics = out / "metrics.jsonl"  # a kill after a check's row, before its checkpoint
+        kept = [r for r in read_jsonl(metrics) if r["timesteps"] <= done]
+        atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
     out.mkdir(parents=True, exist_ok=True)
     save_config(out / CONFIG_NAME, config)
     if done < config.timesteps:
