@@ -13,7 +13,7 @@ import torch
 from dreamgym._io import atomic_path
 from dreamgym._version import __version__
 from dreamgym.games import get_game
-from dreamgym.world_model import atomic_write_text
+from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
 
 RUN_FILE = "run.json"
 WORLD_MODEL_DIR = "world_model"
@@ -57,6 +57,17 @@ def open_run(run_dir: str | os.PathLike, game: str | None = None) -> tuple[Path,
     meta = {"game": name, "dreamgym_version": __version__, "created": time.time()}
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return run_dir, name
+
+
+def run_world_model(run_dir: str | os.PathLike) -> Path:
+    """The folder of a run's trained world model (what the controller stages train in)."""
+    run_dir, game = open_run(run_dir)
+    wm_dir = run_dir / WORLD_MODEL_DIR
+    try:
+        WorldModel.load(wm_dir, game=game)
+    except WorldModelError as e:
+        raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
+    return wm_dir
 
 
 def save_config(path: Path, config) -> None:

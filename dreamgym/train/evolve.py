@@ -36,16 +36,15 @@ from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
 from dreamgym.starts import RealStarts
 from dreamgym.train.common import (
-    WORLD_MODEL_DIR,
     RunDirError,
     log_metrics,
-    open_run,
+    run_world_model,
     save_config,
     set_threads,
 )
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.evaluate import DreamEvaluator, RealEvaluator
-from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
+from dreamgym.world_model import WorldModel, atomic_write_text
 
 CMA_FILE = "cma.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -388,13 +387,8 @@ def _repair_metrics(path: Path, generation: int, last_row: dict | None) -> None:
 def run(config: EvolveConfig, run_dir) -> Path:
     """Evolve a controller in the run's world model; return the folder holding it."""
     _check(config)
-    run_dir, game = open_run(run_dir)
-    wm_dir = run_dir / WORLD_MODEL_DIR
-    try:
-        WorldModel.load(wm_dir, game=game)
-    except WorldModelError as e:
-        raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
-    return evolve(config, wm_dir, run_dir / evolve_dir_name(config))
+    wm_dir = run_world_model(run_dir)
+    return evolve(config, wm_dir, wm_dir.parent / evolve_dir_name(config))
 
 
 def evolve(config: EvolveConfig, wm_dir, out) -> Path:

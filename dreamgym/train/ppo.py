@@ -30,14 +30,13 @@ from tqdm import tqdm
 from dreamgym._io import read_jsonl
 from dreamgym.policy import read_controller
 from dreamgym.train.common import (
-    WORLD_MODEL_DIR,
     RunDirError,
-    open_run,
+    run_world_model,
     save_config,
     set_threads,
 )
 from dreamgym.train.evolve import load_checkpoint, save_checkpoint
-from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
+from dreamgym.world_model import WorldModel, atomic_write_text
 
 CHECKPOINT = "ppo.safetensors"
 CONFIG_NAME = "ppo.json"
@@ -132,13 +131,8 @@ def _check(config: PPOConfig) -> None:
 def run(config: PPOConfig, run_dir) -> Path:
     """Train C with PPO in the run's world model; return the folder holding it."""
     _check(config)
-    run_dir, game = open_run(run_dir)
-    wm_dir = run_dir / WORLD_MODEL_DIR
-    try:
-        WorldModel.load(wm_dir, game=game)
-    except WorldModelError as e:
-        raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
-    return train(config, wm_dir, run_dir / ppo_dir_name(config))
+    wm_dir = run_world_model(run_dir)
+    return train(config, wm_dir, wm_dir.parent / ppo_dir_name(config))
 
 
 # ---------------------------------------------------------------- checkpoints
