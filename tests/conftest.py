@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -46,3 +53,18 @@ def dream_id(request) -> str:
 def wm(dream_id, world_models) -> WorldModel:
     """The tiny world model of ``dream_id``'s game."""
     return world_models[ENV_IDS[dream_id]]
+
+
+def sigkill_when(args: list[str], ready: Callable[[], bool], what: str) -> None:
+    """Run ``python -c *args`` and SIGKILL it once ``ready()`` holds (within 60 s)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not ready():
+            time.sleep(0.05)
+        assert proc.poll() is None, f"{what} exited before it could be killed"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

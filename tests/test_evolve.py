@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_world_model
+from conftest import sigkill_when, tiny_world_model
 
 from dreamgym import cli
 from dreamgym import dream_core as dc
@@ -398,22 +394,12 @@ run(EvolveConfig(tau=1.0, generations=100000, popsize=8, trials=3, max_steps=40,
 def test_sigkill_during_evolve_then_rerun_continues(tmp_path):
     run_dir = make_run(tmp_path / "k")
     out = run_dir / "evolve_tau1"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(run_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    metrics = out / evolve.METRICS_FILE
+    sigkill_when(
+        [KILL_SCRIPT, str(run_dir)],
+        lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
+        "evolve",
     )
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not (
-            (out / evolve.METRICS_FILE).exists()
-            and len((out / evolve.METRICS_FILE).read_text().splitlines()) >= 3
-        ):
-            time.sleep(0.05)
-        assert proc.poll() is None, "evolve exited before it could be killed"
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
     _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
     done = values["cma"]["es.countiter"]
     assert done >= 3

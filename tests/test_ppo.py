@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import sigkill_when
 from test_evolve import make_run, tiny_config
 
 from dreamgym.policy import load_controller
@@ -85,22 +82,12 @@ ppo.run(tiny_ppo(timesteps=10**8), sys.argv[1])
 def test_sigkill_during_ppo_then_rerun_continues_from_the_last_check(tmp_path):
     run_dir = make_run(tmp_path)
     out = run_dir / "ppo_tau1"
-    tests = os.path.dirname(__file__)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(run_dir), tests],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    metrics = out / "metrics.jsonl"
+    sigkill_when(
+        [KILL_SCRIPT, str(run_dir), os.path.dirname(__file__)],
+        lambda: metrics.exists() and len(rows(out)) >= 3,
+        "ppo",
     )
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not (
-            (out / "metrics.jsonl").exists() and len(rows(out)) >= 3
-        ):
-            time.sleep(0.05)
-        assert proc.poll() is None, "ppo exited before it could be killed"
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
     _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
     done = values["timesteps"]
     assert done >= 512
