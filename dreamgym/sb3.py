@@ -169,7 +169,9 @@ class ControllerActorCritic(ActorCriticPolicy):
 
     The action's mean is C's output, ``tanh(W x + b)`` (with ``hidden`` units,
     ``tanh(W tanh(W_h x + b_h) + b)``; ``bias=False`` drops every bias, as the
-    paper's Doom C has none), and a state-independent Gaussian explores around it;
+    paper's Doom C has none; ``reads=k``: its weights on all but the first k inputs
+    stay at zero, e.g. k = z's size for the paper's C on z only), and a
+    state-independent Gaussian explores around it;
     the value function is a separate tanh MLP (``value_net_arch``). Use it with
     ``as_vec_env(venv, actions="controller")``, whose actions are C's tanh outputs.
     ``controller_params``/``set_controller`` read and write the actor as C's flat
@@ -184,10 +186,15 @@ class ControllerActorCritic(ActorCriticPolicy):
         hidden: int = 0,
         bias: bool = True,
         value_net_arch: Sequence[int] = (64, 64),
+        reads: int | None = None,
         **kwargs,
     ):
         if not (isinstance(hidden, int) and hidden >= 0):
             raise ValueError(f"hidden: expected an integer >= 0, got {hidden!r}")
+        n_in = int(np.prod(observation_space.shape))
+        if reads is not None and not 1 <= reads <= n_in:
+            raise ValueError(f"reads: expected an integer in [1, {n_in}] or None, got {reads!r}")
+        self.reads = reads
         if "net_arch" in kwargs or "activation_fn" in kwargs:
             raise ValueError("net_arch/activation_fn: set by the controller; use hidden")
         self.hidden, self.bias = hidden, bool(bias)
@@ -209,6 +216,13 @@ class ControllerActorCritic(ActorCriticPolicy):
                     i = list(self.mlp_extractor.policy_net).index(old)
                     self.mlp_extractor.policy_net[i] = new
         self.action_net = nn.Sequential(self.action_net, nn.Tanh())
+        if self.reads is not None:  # the weights on inputs past ``reads`` stay at zero
+            weight = self._layers()["hidden_weight" if self.hidden else "weight"]
+            keep = torch.zeros_like(weight)
+            keep[:, : self.reads] = 1.0
+            with torch.no_grad():
+                weight.mul_(keep)
+            weight.register_hook(lambda grad: grad * keep)
         self.optimizer = self.optimizer_class(
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
@@ -217,7 +231,7 @@ class ControllerActorCritic(ActorCriticPolicy):
         data = super()._get_constructor_parameters()
         data.pop("net_arch", None)
         data.pop("activation_fn", None)
-        return data | {"hidden": self.hidden, "bias": self.bias}
+        return data | {"hidden": self.hidden, "bias": self.bias, "reads": self.reads}
 
     @property
     def controller_config(self) -> ControllerConfig:
@@ -253,9 +267,17 @@ class ControllerActorCritic(ActorCriticPolicy):
                 f"params: the actor is a controller of {cfg.num_params} parameters "
                 f"({cfg.hidden} hidden units, {cfg.out_dim} outputs), got {params.numel()} values"
             )
+        tensors = unflatten(cfg, params)
+        if self.reads is not None:
+            first = tensors["hidden_weight" if self.hidden else "weight"]
+            if first[:, self.reads :].any():
+                raise ValueError(
+                    f"params: this actor reads only its first {self.reads} inputs, but the "
+                    "controller weighs the others"
+                )
         layers = self._layers()
         with torch.no_grad():
-            for name, value in unflatten(cfg, params).items():
+            for name, value in tensors.items():
                 layers[name].copy_(value.to(layers[name].device))
 
 

@@ -98,6 +98,24 @@ def test_sigkill_during_ppo_then_rerun_continues_from_the_last_check(tmp_path):
     assert load_controller(out).info["dream_score"] == max(r["dream_score"] for r in rows(out))
 
 
+def test_a_c_on_z_only_never_weighs_h(tmp_path):
+    run_dir = make_run(tmp_path)
+    out = ppo.run(tiny_ppo(inputs="z", timesteps=512, log_std_init=0.0), run_dir)
+    assert out.name == "ppo_tau1_z"
+    c = load_controller(out)
+    assert c.info["inputs"] == "z"
+    z_dim = WorldModel.load(run_dir / "world_model").mdnrnn.config.z_dim
+    w = c.controller.weight.detach()
+    assert (w[:, z_dim:] == 0).all() and (w[:, :z_dim] != 0).any()
+    zh = evolve.run(tiny_config(generations=2), run_dir)  # a C that reads h
+    with pytest.raises(ValueError, match="reads h"):
+        ppo.run(tiny_ppo(inputs="z", init=str(zh)), run_dir)
+    z = evolve.run(tiny_config(generations=2, inputs="z"), run_dir)
+    config = tiny_ppo(inputs="z", init=str(z), timesteps=256)
+    tuned = ppo.train(config, run_dir / "world_model", tmp_path / "tuned")
+    assert (load_controller(tuned).controller.weight.detach()[:, z_dim:] == 0).all()
+
+
 def test_a_wall_time_budget_stops_at_a_check_with_the_checkpoint_written(tmp_path):
     run_dir = make_run(tmp_path)
     out = ppo.run(tiny_ppo(timesteps=10**6, seconds=0.5), run_dir)
@@ -109,7 +127,14 @@ def test_a_wall_time_budget_stops_at_a_check_with_the_checkpoint_written(tmp_pat
 
 @pytest.mark.parametrize(
     "field, value",
-    [("timesteps", 0), ("starts", "middle"), ("tau", 0.0), ("gamma", 1.5), ("check_every", 0)],
+    [
+        ("timesteps", 0),
+        ("starts", "middle"),
+        ("tau", 0.0),
+        ("gamma", 1.5),
+        ("check_every", 0),
+        ("inputs", "h"),
+    ],  # fmt: skip
 )
 def test_bad_config_is_a_clear_error(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):

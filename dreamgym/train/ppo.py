@@ -35,7 +35,7 @@ from dreamgym.train.common import (
     save_config,
     set_threads,
 )
-from dreamgym.train.evolve import load_checkpoint, save_checkpoint
+from dreamgym.train.evolve import INPUTS, load_checkpoint, save_checkpoint
 from dreamgym.world_model import WorldModel, atomic_write_text
 
 CHECKPOINT = "ppo.safetensors"
@@ -43,7 +43,7 @@ CONFIG_NAME = "ppo.json"
 STARTS = ("first", "real")
 RESUME_KEYS = (
     "init", "num_envs", "tau", "starts", "max_steps", "learning_rate", "log_std_init", "n_steps",
-    "batch_size", "n_epochs", "gamma", "hidden", "outputs", "check_trials", "seed",
+    "batch_size", "n_epochs", "gamma", "hidden", "outputs", "inputs", "check_trials", "seed",
 )  # fmt: skip
 """Config fields a resumed run must share with the run it continues."""
 
@@ -81,6 +81,9 @@ class PPOConfig:
     the controller's own)."""
     outputs: int = 0
     """Tanh outputs of a new C (0: the paper's; with ``init``, the controller's own)."""
+    inputs: str = "zh"
+    """What C reads: ``zh`` (the game's full input) or ``z`` (V's latent only, the paper's
+    ablation without M): its weights on M's state stay at zero."""
     check_every: int = 500_000
     """Steps between scores of the deterministic C (each one also checkpoints)."""
     check_trials: int = 256
@@ -98,6 +101,7 @@ class PPOConfig:
 
 def ppo_dir_name(config: PPOConfig) -> str:
     name = f"ppo_tau{config.tau:g}"
+    name += "_z" if config.inputs == "z" else ""
     name += f"_hidden{config.hidden}" if config.hidden and not config.init else ""
     return name + (f"_starts{config.max_steps or ''}" if config.starts == "real" else "")
 
@@ -109,6 +113,8 @@ def _check(config: PPOConfig) -> None:
     for name in ("check_every", "check_trials"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {getattr(config, name)}")
+    if config.inputs not in INPUTS:
+        raise ValueError(f"inputs: expected one of {INPUTS}, got {config.inputs!r}")
     if config.starts not in STARTS:
         raise ValueError(f"starts: expected one of {STARTS}, got {config.starts!r}")
     if not (math.isfinite(config.tau) and config.tau > 0):
@@ -180,6 +186,7 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
         starts=config.starts, max_episode_steps=config.max_steps, device=config.device,
     )  # fmt: skip
     venv = as_vec_env(dreams, actions="controller", outputs=outputs)
+    reads = wm.mdnrnn.config.z_dim if config.inputs == "z" else None
     if init is not None and init.config.in_dim != venv.observation_space.shape[0]:
         raise ValueError(
             f"init: {config.init} reads {init.config.in_dim} inputs, this dream gives "
@@ -190,13 +197,20 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
         batch_size=min(config.batch_size, config.n_steps * config.num_envs),
         n_epochs=config.n_epochs, gamma=config.gamma, seed=config.seed, device=config.device,
         policy_kwargs={"hidden": hidden, "bias": wm.game.controller_bias,
-                       "log_std_init": config.log_std_init},
+                       "log_std_init": config.log_std_init, "reads": reads},
     )  # fmt: skip
     if init is not None:
+        first = init.hidden_weight if hidden else init.weight
+        if reads is not None and first[:, reads:].any():
+            raise ValueError(
+                f"init: {config.init} reads h, but inputs={config.inputs!r} holds its weights on "
+                "M's state at zero; start from a controller on z"
+            )
         set_controller(model.policy, init.get_flat())
     meta = {
         "trained_in": "dream", "trainer": "ppo", "tau": config.tau, "init": config.init,
         "starts": config.starts, "max_steps": config.max_steps, "seed": config.seed,
+        "inputs": config.inputs,
     }  # fmt: skip
     checker = _checks(config, wm, out, meta)
     done = 0
