@@ -231,6 +231,13 @@ def test_evaluate_in_the_dream_writes_the_report(tmp_path, world_models, monkeyp
     assert not (tmp_path / "models" / "doom_take_cover" / out.name).exists()
 
 
+def test_report_names_keep_other_tracks_apart():
+    assert evaluate.report_name("real", 1.0, "first", 0) == "evaluate_real.json"
+    assert evaluate.report_name("real", 1.0, "first", 100) == "evaluate_real_seeds100.json"
+    assert evaluate.report_name("dream", 1.15, "first", 4) == "evaluate_dream_tau1.15.json"
+    assert evaluate.report_name("dream", 1.0, "real", 0) == "evaluate_dream_tau1_real_starts.json"
+
+
 def test_source_resolution(tmp_path, world_models):
     wm = world_models["doom_take_cover"]
     run_dir, _ = open_run(tmp_path, "doom_take_cover")

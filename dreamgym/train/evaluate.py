@@ -312,9 +312,10 @@ class EvaluateConfig:
     """Controller folder (None: the one in the source; in a run directory, the only
     ``evolve_*`` folder or the one of ``tau``)."""
     output: str | None = None
-    """JSON report path (None: ``evaluate_real.json`` / ``evaluate_dream_tau<tau>.json``
-    in the controller's folder; for a shipped controller, in ``runs/evaluate/<game>/``,
-    so the shipped reports are never overwritten)."""
+    """JSON report path (None: ``evaluate_real.json``, or ``evaluate_real_seeds<seed>.json``
+    from another first seed, / ``evaluate_dream_tau<tau>.json`` in the controller's
+    folder; for a shipped controller, in ``runs/evaluate/<game>/``, so the shipped
+    reports are never overwritten)."""
     device: str = "cpu"
     """Torch device of the dream."""
     threads: int | None = None
@@ -356,6 +357,14 @@ def resolve_source(source, controller: str | None = None, tau: float | None = No
         raise FileNotFoundError(f"{path}: no trained controller yet; run evolve first")
     names = ", ".join(p.name for p in found)
     raise ValueError(f"{path}: several controllers ({names}); choose one with --controller")
+
+
+def report_name(mode: str, tau: float, starts: str, seed: int) -> str:
+    """The report's file name: ``evaluate_real[_seeds<seed>].json`` (other tracks, their
+    own report) or ``evaluate_dream_tau<tau>[_real_starts].json``."""
+    if mode == "real":
+        return "evaluate_real" + (f"_seeds{seed}" if seed else "") + ".json"
+    return f"evaluate_dream_tau{tau:g}" + ("_real_starts" if starts == "real" else "") + ".json"
 
 
 def _report_dir(ctrl_dir: Path, game: str) -> Path:
@@ -420,8 +429,7 @@ def run(config: EvaluateConfig, source) -> Path:
         "dreamgym_version": __version__,
         "config": asdict(config),
     }
-    name = f"evaluate_dream_tau{tau:g}" + ("_real_starts" if config.starts == "real" else "")
-    name = "evaluate_real.json" if mode == "real" else name + ".json"
+    name = report_name(mode, tau, config.starts, config.seed)
     out = Path(config.output) if config.output else _report_dir(ctrl_dir, info["game"]) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
