@@ -220,9 +220,10 @@ class ControllerActorCritic(ActorCriticPolicy):
             weight = self._layers()["hidden_weight" if self.hidden else "weight"]
             keep = torch.zeros_like(weight)
             keep[:, : self.reads] = 1.0
+            self.register_buffer("reads_mask", keep, persistent=False)  # moves with .to()
             with torch.no_grad():
                 weight.mul_(keep)
-            weight.register_hook(lambda grad: grad * keep)
+            weight.register_hook(lambda grad: grad * self.reads_mask)
         self.optimizer = self.optimizer_class(
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
