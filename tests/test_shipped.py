@@ -64,15 +64,23 @@ def test_the_shipped_controller_replays_its_reported_episodes_exactly():
 
 
 def test_the_shipped_car_racing_controller_was_trained_only_in_dreams_and_reads_z_and_h():
+    folder = dreamgym.shipped_dir("car_racing")
     policy = dreamgym.load_controller("DreamCarRacing-v0")
     info = policy.info
     assert info["game"] == "car_racing" and info["trained_in"] == "dream"
-    assert info["inputs"] == "zh" and info["tau"] == 1.0 and info["real_starts"] == 10
+    assert info["trainer"] == "ppo" and info["starts"] == "real" and info["max_steps"] == 250
+    assert info["inputs"] == "zh" and info["tau"] == 1.0
     weight = policy.params[: 3 * (32 + 256)].reshape(3, 32 + 256)
     assert np.any(weight[:, 32:] != 0) and np.any(weight[:, :32] != 0)  # reads M's h too
-    r = json.loads((dreamgym.shipped_dir("car_racing") / "evaluate_real.json").read_text())
+    checks = [json.loads(line) for line in (folder / "ppo_metrics.jsonl").read_text().splitlines()]
+    best = max(checks, key=lambda r: r["dream_score"])  # kept by the dream score alone
+    assert info["timesteps"] == best["timesteps"] and info["dream_score"] == best["dream_score"]
+    start = dreamgym.load_controller(folder / "cmaes_controller")  # where PPO started
+    assert start.info["trained_in"] == "dream" and start.info["real_starts"] == 10
+    assert checks[0]["timesteps"] == 0 and not np.array_equal(start.params, policy.params)
+    r = json.loads((folder / "evaluate_real.json").read_text())
     assert r["mode"] == "real" and r["seeds"] == list(range(100)) and len(r["returns"]) == 100
-    assert r["mean"] == pytest.approx(np.mean(r["returns"]))
+    assert r["mean"] == pytest.approx(np.mean(r["returns"])) and r["mean"] >= 600
 
 
 def test_the_car_racing_controllers_the_shipped_one_started_from_read_z_only():
