@@ -91,6 +91,10 @@ def _stages():
     }
 
 
+PIPELINE = ("collect", "fit-vae", "encode", "fit-mdnrnn", "evolve", "evaluate")
+"""The stages ``pipeline`` runs, in order (``ppo`` is run by hand, after evolve)."""
+
+
 def load_preset(game: str, preset: str) -> dict:
     """Stage configs of a preset: ``training/presets/<game>.json`` (installed as package data)."""
     path = Path(preset)
@@ -116,7 +120,7 @@ def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = Non
     cfg = load_preset(game, preset)
     run_dir = Path(run_dir)
     evolve_dir = None
-    for name in ("collect", "fit-vae", "encode", "fit-mdnrnn", "evolve", "evaluate"):
+    for name in PIPELINE:
         cls, fn, _ = stages[name]
         entry = cfg.get(name.replace("-", "_"), {})
         if name == "collect":  # a list: top-ups in order (e.g. one per collection policy)
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run")
     p.add_argument("dest")
     p.add_argument("--controller", default=None, help="folder with controller.safetensors")
-    p = sub.add_parser("pipeline", help="every stage in order")
+    p = sub.add_parser("pipeline", help="collect to evaluate, in order (not ppo)")
     p.add_argument("game", choices=sorted(GAMES))
     p.add_argument("--preset", default="cpu", help="tiny, cpu, paper, or a JSON file")
     p.add_argument("--run", default=None, help="run directory (default: runs/<game>-<preset>)")

@@ -138,7 +138,7 @@ def test_unknown_preset_and_game(tmp_path):
 
 
 def test_presets_cover_every_stage():
-    from dreamgym.cli import _stages, load_preset
+    from dreamgym.cli import PIPELINE, _stages, load_preset
     from dreamgym.games import get_game
     from dreamgym.train.policies import check_collect_policy
 
@@ -146,8 +146,8 @@ def test_presets_cover_every_stage():
     for game in ("doom_take_cover", "car_racing"):
         for preset in ("tiny", "cpu", "paper"):
             cfg = load_preset(game, preset)
-            for name, (cls, _, _) in stages.items():
-                key = name.replace("-", "_")
+            for name in PIPELINE:
+                cls, key = stages[name][0], name.replace("-", "_")
                 entries = cfg[key] if isinstance(cfg[key], list) else [cfg[key]]
                 assert entries and (key == "collect" or len(entries) == 1)  # lists: collect only
                 for kwargs in entries:
