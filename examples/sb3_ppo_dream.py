@@ -59,8 +59,15 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--init", default=None, help="controller folder or shipped name to start from")
     p.add_argument("--hidden", type=int, default=0, help="hidden tanh units of a new C")
-    p.add_argument("--log-std-init", type=float, default=None, help="initial log std of PPO")
-    p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument(
+        "--log-std-init", type=float, default=None,
+        help="initial log std of PPO's noise (default: SB3's; with --policy controller, "
+        "the ppo stage's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--learning-rate", type=float, default=None,
+        help="Adam's step size (default: SB3's 3e-4; with --policy controller, the ppo stage's)",
+    )  # fmt: skip
     p.add_argument("--save", default=None, help="folder for the best C (--policy controller)")
     p.add_argument("--check-every", type=int, default=500_000, help="steps between dream checks")
     p.add_argument("--check-trials", type=int, default=256, help="dreams per check")
@@ -68,6 +75,14 @@ def parse_args() -> argparse.Namespace:
     args.policy = args.policy or ("controller" if args.init else "mlp")
     if args.policy == "mlp" and (args.init or args.save or args.hidden):
         p.error("--init, --save and --hidden need --policy controller")
+    if args.policy == "controller":  # the recipe of `dreamgym ppo` (PPOConfig's defaults)
+        from dreamgym.train.ppo import PPOConfig
+
+        stage = PPOConfig()
+        args.learning_rate = args.learning_rate or stage.learning_rate
+        if args.log_std_init is None:
+            args.log_std_init = stage.log_std_init
+    args.learning_rate = args.learning_rate or 3e-4
     return args
 
 
