@@ -41,10 +41,10 @@ def controller_config(wm: WorldModel, hidden: int = 0, outputs: int = 0) -> Cont
     ``outputs`` tanh outputs (0: the paper's; CarRacing also takes 2, steer and pedal)."""
     spec, mdn = wm.game, wm.mdnrnn.config
     in_dim = mdn.z_dim + mdn.hidden * (2 if spec.controller_reads_cell else 1)
-    return ControllerConfig(in_dim, _outputs(spec, outputs), spec.controller_bias, hidden)
+    return ControllerConfig(in_dim, controller_outputs(spec, outputs), spec.controller_bias, hidden)
 
 
-def _outputs(spec: GameSpec, outputs: int) -> int:
+def controller_outputs(spec: GameSpec, outputs: int) -> int:
     """``outputs`` checked against the game (0: the paper's number)."""
     if outputs == 0:
         return spec.controller_outputs[0]
@@ -57,7 +57,7 @@ def _outputs(spec: GameSpec, outputs: int) -> int:
 
 
 def _config_from_params(spec: GameSpec, n: int, hidden: int, outputs: int) -> ControllerConfig:
-    out, bias = _outputs(spec, outputs), spec.controller_bias
+    out, bias = controller_outputs(spec, outputs), spec.controller_bias
     if hidden:  # n = hidden * (in + bias) + out * (hidden + bias)
         in_dim = (n - out * (hidden + bias)) // hidden - int(bias)
     else:

@@ -47,7 +47,7 @@ from dreamgym._deps import require
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.dream import DreamVectorEnv
 from dreamgym.games import get_game
-from dreamgym.policy import _outputs, save_controller
+from dreamgym.policy import controller_outputs, save_controller
 from dreamgym.train.common import log_metrics
 
 require("stable_baselines3", "sb3")
@@ -72,7 +72,7 @@ class DreamSB3VecEnv(VecEnv):
         self._to_action = None
         if actions == "controller":  # the agent acts in C's tanh space; the game maps it
             game = get_game(env.game)
-            space = spaces.Box(-1.0, 1.0, (_outputs(game, outputs),), np.float32)
+            space = spaces.Box(-1.0, 1.0, (controller_outputs(game, outputs),), np.float32)
             self._to_action = game.controller_to_action
         super().__init__(env.num_envs, env.single_observation_space, space)
 

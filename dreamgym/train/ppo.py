@@ -35,7 +35,7 @@ from dreamgym.train.common import (
     save_config,
     set_threads,
 )
-from dreamgym.train.evolve import INPUTS, load_checkpoint, save_checkpoint
+from dreamgym.train.evolve import INPUTS, input_mask, load_checkpoint, save_checkpoint
 from dreamgym.world_model import WorldModel, atomic_write_text
 
 CHECKPOINT = "ppo.safetensors"
@@ -200,8 +200,7 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
                        "log_std_init": config.log_std_init, "reads": reads},
     )  # fmt: skip
     if init is not None:
-        first = init.hidden_weight if hidden else init.weight
-        if reads is not None and first[:, reads:].any():
+        if init.get_flat()[~torch.from_numpy(input_mask(wm, config.inputs, init.config))].any():
             raise ValueError(
                 f"init: {config.init} reads h, but inputs={config.inputs!r} holds its weights on "
                 "M's state at zero; start from a controller on z"
