@@ -140,6 +140,8 @@ class Dreams:
         render_mode: str | None,
         max_episode_steps: int | None,
         starts: str = "first",
+        dropout: float | None = None,
+        members: str | int = "sample",
     ):
         spec = get_game(game)
         self.tau = check_tau(DEFAULT_TAU[spec.name] if tau is None else tau)
@@ -160,6 +162,13 @@ class Dreams:
                 "and export write one from the run's encoded episodes); use starts='first'"
             )
         self.starts = starts
+        self.dropout = core.check_dropout(dropout)
+        self.members = core.check_members(self.wm, members)
+        if starts == "real" and len(self.wm.members) > 1 and self.members != 0:
+            raise ValueError(
+                "starts='real' with an ensemble: the bank holds member 0's states only; "
+                "use members=0 or starts='first'"
+            )
         self.observation_space = observation_space(self.wm, obs_mode, self.max_episode_steps)
         self.action_space = spec.action_space
         self.generator = torch.Generator(device=self.wm.device)
@@ -182,8 +191,10 @@ class Dreams:
     def fresh(self, n: int) -> core.DreamState:
         """n new dream states: from real first frames, or from the bank of real states."""
         if self.starts == "real":
-            return self.wm.starts.sample(n, self.generator)
-        return core.initial_state(self.wm, n, self.generator)
+            state = self.wm.starts.sample(n, self.generator)
+        else:
+            state = core.initial_state(self.wm, n, self.generator, 0.0, 0)
+        return core.vary(self.wm, state, self.generator, self.dropout, self.members)
 
     def restart(self, rows: np.ndarray | None = None) -> None:
         """Fresh dreams in every row, or in the rows where the (n,) mask ``rows`` is True."""
@@ -249,9 +260,7 @@ class Dreams:
 
 def put(state: core.DreamState, index: torch.Tensor, rows: core.DreamState) -> None:
     """Write ``rows`` into the rows ``index`` of ``state``, in place (the env owns its state)."""
-    state.z.index_copy_(0, index, rows.z)
-    state.lstm.h.index_copy_(0, index, rows.lstm.h)
-    state.lstm.c.index_copy_(0, index, rows.lstm.c)
+    core._map(lambda a, b: a.index_copy_(0, index, b), state, rows)
 
 
 # ---------------------------------------------------------------- the envs
@@ -333,6 +342,10 @@ class DreamEnv(gym.Env):
     * ``max_episode_steps``: the truncation limit (default: the game's).
     * ``starts``: ``"first"`` or ``"real"`` (see Starting State); ``"real"`` needs
       a world model with a bank of real states, as the shipped CarRacing one has.
+    * ``dropout``: the dropout rate of M's heads in these dreams; None (default) is
+      the rate M was trained with (the world model's config), 0 turns it off.
+    * ``members``: with an ensemble of Ms, ``"sample"`` (default) draws the member
+      that plays each dream at reset; an int plays every dream with that member.
     * ``game``: set by the registered id (``doom_take_cover`` or ``car_racing``).
 
     ## World Model
@@ -342,6 +355,13 @@ class DreamEnv(gym.Env):
     higher tau makes a harder, more uncertain dream (the paper's Doom agent
     transferred best when trained at 1.15); tau -> 0 follows the most likely
     mode's mean.
+
+    A world model may be made hard to exploit: M trained with dropout (each dream
+    then draws its own mask when it starts) and an ensemble of Ms sharing V (each
+    dream played by one member drawn at reset). Both draws come from the reset
+    seed, so the same seed gives the same dream; the controller's observation
+    always holds member 0's state, as in the real game. A world model of one M
+    without dropout dreams exactly as before.
 
     ## Version History
 
@@ -360,10 +380,13 @@ class DreamEnv(gym.Env):
         render_mode: str | None = None,
         max_episode_steps: int | None = None,
         starts: str = "first",
+        dropout: float | None = None,
+        members: str | int = "sample",
     ):
         self._dreams = Dreams(
-            game, 1, world_model, tau, obs_mode, device, render_mode, max_episode_steps, starts
-        )
+            game, 1, world_model, tau, obs_mode, device, render_mode, max_episode_steps, starts,
+            dropout, members,
+        )  # fmt: skip
         self.metadata = {**self.metadata, "render_fps": RENDER_FPS[self.game.name]}
         self.render_mode = render_mode
         self.observation_space = self._dreams.observation_space
@@ -465,13 +488,15 @@ class DreamVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         starts: str = "first",
+        dropout: float | None = None,
+        members: str | int = "sample",
     ):
         num_envs = check_positive_int("num_envs", num_envs)
         self.metadata = {**self.metadata, "render_fps": RENDER_FPS[get_game(game).name]}
         self.autoreset_mode = autoreset_mode
         self._dreams = Dreams(
             game, num_envs, world_model, tau, obs_mode, device, render_mode, max_episode_steps,
-            starts,
+            starts, dropout, members,
         )  # fmt: skip
         self.num_envs = num_envs
         self.render_mode = render_mode

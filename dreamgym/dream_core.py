@@ -7,6 +7,10 @@ Semantics (Ha & Schmidhuber 2018):
   (logits / tau, sigma * sqrt(tau)); done when sigmoid(done_logit) > 0.5 (tau not
   applied); reward is the game's constant, or M's reward head.
 - observation: [z, c, h] (Doom) or [z, h] (CarRacing), z clamped to +-Z_BOUND.
+
+Honest dreams (see ``vary``): each dream may draw, when it starts, its own dropout
+mask on what M's heads read and, with an ensemble, the member of the ensemble that
+plays it; the controller always reads member 0's state, as in the real game.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from dreamgym.mdnrnn import LSTMState, sample
+from dreamgym.mdnrnn import LSTMState, MDNRNNOutput, Mixture, dropout_mask, sample
 
 if TYPE_CHECKING:  # world_model imports the start bank, which builds dream states
     from dreamgym.world_model import WorldModel
@@ -24,9 +28,17 @@ Z_BOUND = 10.0
 """Latents are clamped to [-Z_BOUND, Z_BOUND] (VAE latents live well inside it)."""
 
 
+MEMBERS = ("sample",)
+"""How dreams pick their member of an ensemble besides a fixed index: ``"sample"``
+draws one per dream at reset."""
+
+
 class DreamState(NamedTuple):
     z: torch.Tensor  # (N, Z)
-    lstm: LSTMState  # h, c: (N, H)
+    lstm: LSTMState  # h, c: (N, H) of the M that plays each dream
+    mask: torch.Tensor | None = None  # (N, H) dropout mask of each dream, None: no dropout
+    member: torch.Tensor | None = None  # (N,) int64 member playing each dream (ensembles)
+    reader: LSTMState | None = None  # (N, H) member 0's state, which the controller reads
 
 
 def posterior_sample(
@@ -38,12 +50,97 @@ def posterior_sample(
 
 
 @torch.no_grad()
-def initial_state(wm: WorldModel, n: int, generator: torch.Generator) -> DreamState:
-    """n fresh dreams: z0 from random real first frames, zero recurrent state."""
+def initial_state(
+    wm: WorldModel,
+    n: int,
+    generator: torch.Generator,
+    dropout: float | None = None,
+    members: str | int = "sample",
+) -> DreamState:
+    """n fresh dreams: z0 from random real first frames, zero recurrent state, and each
+    dream's dropout mask and member (``vary``)."""
     dev = wm.device
     idx = torch.randint(0, wm.z0_mu.shape[0], (n,), generator=generator, device=dev)
     z = posterior_sample(wm.z0_mu[idx], wm.z0_logvar[idx], generator)
-    return DreamState(z, wm.mdnrnn.initial_state(n, device=dev))
+    return vary(
+        wm, DreamState(z, wm.mdnrnn.initial_state(n, device=dev)), generator, dropout, members
+    )
+
+
+def check_members(wm: WorldModel, members: str | int) -> str | int:
+    """``members`` checked against ``wm``: "sample" or a member index."""
+    k = len(wm.members)
+    if isinstance(members, str) and members in MEMBERS:
+        return members
+    if isinstance(members, bool) or not isinstance(members, int) or not 0 <= members < k:
+        raise ValueError(
+            f"members: expected one of {MEMBERS} or an int in [0, {k}), got {members!r}"
+        )
+    return members
+
+
+def check_dropout(dropout: float | None) -> float | None:
+    """``dropout`` checked: None (the world model's rate) or a number in [0, 1)."""
+    if dropout is None:
+        return None
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout: expected None or a number in [0, 1), got {dropout!r}")
+    return float(dropout)
+
+
+def vary(
+    wm: WorldModel,
+    state: DreamState,
+    generator: torch.Generator,
+    dropout: float | None = None,
+    members: str | int = "sample",
+) -> DreamState:
+    """Fresh dreams ``state`` with their dropout masks and members drawn from ``generator``.
+
+    ``dropout``: the rate (None: the one M was trained with; 0: none). ``members``:
+    ``"sample"`` draws each dream's member uniformly, an int fixes it. A world model
+    of one M without dropout draws nothing, so its dreams are what they always were.
+    """
+    n, H = state.lstm.h.shape
+    p = wm.dropout if dropout is None else dropout
+    mask = dropout_mask(n, H, p, generator, state.z.device)
+    member = reader = None
+    if len(wm.members) > 1:
+        if members == "sample":
+            member = torch.randint(
+                0, len(wm.members), (n,), generator=generator, device=state.z.device
+            )
+        else:
+            member = torch.full((n,), int(members), dtype=torch.int64, device=state.z.device)
+        reader = LSTMState(state.lstm.h.clone(), state.lstm.c.clone())
+    return DreamState(state.z, state.lstm, mask, member, reader)
+
+
+def _predict(wm: WorldModel, state: DreamState, executed: torch.Tensor):
+    """Each dream's member steps its own rows: the new states and predictions, (N, ...)."""
+    if state.member is None:
+        return wm.mdnrnn.step(state.lstm, state.z, executed, state.mask)
+    n = state.z.shape[0]
+    parts = []
+    for k, m in enumerate(wm.members):
+        idx = (state.member == k).nonzero().squeeze(1)
+        if idx.numel():
+            sub = select(DreamState(state.z, state.lstm, state.mask), idx)
+            parts.append((idx, m.step(sub.lstm, sub.z, executed[idx], sub.mask)))
+
+    def gather(pick):  # one field of every member's rows, back in row order
+        first = pick(parts[0][1])
+        if first is None:
+            return None
+        out = first.new_empty((n, *first.shape[1:]))
+        for idx, res in parts:
+            out.index_copy_(0, idx, pick(res))
+        return out
+
+    lstm = LSTMState(gather(lambda r: r[0].h), gather(lambda r: r[0].c))
+    mix = Mixture(*(gather(lambda r, i=i: r[1].mixture[i]) for i in range(3)))
+    out = MDNRNNOutput(mix, gather(lambda r: r[1].done_logit), gather(lambda r: r[1].reward))
+    return lstm, out
 
 
 @torch.no_grad()
@@ -59,14 +156,15 @@ def step(
     Returns (next state, reward (N,), terminated (N,) bool).
     """
     executed = wm.game.executed_action(action).to(state.z.dtype)
-    lstm, out = wm.mdnrnn.step(state.lstm, state.z, executed)
+    lstm, out = _predict(wm, state, executed)
+    reader = None if state.reader is None else wm.mdnrnn.cell(state.reader, state.z, executed)
     z = sample(out.mixture, tau, generator).clamp_(-Z_BOUND, Z_BOUND)
     terminated = out.done_logit > 0  # sigmoid(logit) > 0.5
     if wm.game.constant_reward is not None:
         reward = torch.full_like(out.done_logit, wm.game.constant_reward)
     else:
         reward = out.reward
-    return DreamState(z, lstm), reward, terminated
+    return DreamState(z, lstm, state.mask, state.member, reader), reward, terminated
 
 
 @torch.no_grad()
@@ -81,21 +179,44 @@ def follow(wm: WorldModel, lstm: LSTMState, z: torch.Tensor, action: torch.Tenso
 
 
 def observation(wm: WorldModel, state: DreamState) -> torch.Tensor:
-    """The controller's input: (N, Z + H) = [z, h], or (N, Z + 2H) = [z, c, h] for Doom."""
+    """The controller's input: (N, Z + H) = [z, h], or (N, Z + 2H) = [z, c, h] for Doom,
+    with member 0's h and c in an ensemble's dreams."""
+    lstm = state.lstm if state.reader is None else state.reader
     if wm.game.controller_reads_cell:
-        return torch.cat([state.z, state.lstm.c, state.lstm.h], dim=-1)
-    return torch.cat([state.z, state.lstm.h], dim=-1)
+        return torch.cat([state.z, lstm.c, lstm.h], dim=-1)
+    return torch.cat([state.z, lstm.h], dim=-1)
 
 
 def select(state: DreamState, index: torch.Tensor) -> DreamState:
     """The rows ``index`` of a batch of dreams (to drop finished ones, or reset some)."""
-    return DreamState(state.z[index], LSTMState(state.lstm.h[index], state.lstm.c[index]))
+    return _map(lambda t: t[index], state)
 
 
 def where(mask: torch.Tensor, new: DreamState, old: DreamState) -> DreamState:
     """Rows from ``new`` where mask (N,) is True, else from ``old``."""
-    m = mask.unsqueeze(-1)
+
+    def pick(a, b):
+        m = mask if a.ndim == 1 else mask.unsqueeze(-1)
+        return torch.where(m, a, b)
+
+    return _map(pick, new, old)
+
+
+def _map(f, *states: DreamState) -> DreamState:
+    """``f`` applied to each tensor of the states, field by field (None stays None)."""
+
+    def each(*ts):
+        return None if ts[0] is None else f(*ts)
+
+    def lstm(*ls):
+        return (
+            None if ls[0] is None else LSTMState(each(*(x.h for x in ls)), each(*(x.c for x in ls)))
+        )
+
     return DreamState(
-        torch.where(m, new.z, old.z),
-        LSTMState(torch.where(m, new.lstm.h, old.lstm.h), torch.where(m, new.lstm.c, old.lstm.c)),
+        each(*(s.z for s in states)),
+        lstm(*(s.lstm for s in states)),
+        each(*(s.mask for s in states)),
+        each(*(s.member for s in states)),
+        lstm(*(s.reader for s in states)),
     )

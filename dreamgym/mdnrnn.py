@@ -31,6 +31,15 @@ class MDNRNNConfig:
     """Gaussian components per latent dimension."""
     reward_head: bool = False
     """Predict the transition's reward (needed where the reward is not a constant)."""
+    dropout: float = 0.0
+    """Dropout rate on the LSTM output the heads read, one mask per training sequence
+    and per dream, drawn when it starts (Wellmer & Kwok, "Dropout's Dream Land",
+    2021): each dream is played by a slightly different M, so an agent cannot profit
+    from the errors of one. 0: none."""
+
+    def __post_init__(self):
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,22 +92,38 @@ class MDNRNN(nn.Module):
         return MDNRNNOutput(Mixture(logit_pi, mu, log_sigma), done_logit, reward)
 
     def forward(
-        self, z: torch.Tensor, a: torch.Tensor, state: LSTMState | None = None
+        self,
+        z: torch.Tensor,
+        a: torch.Tensor,
+        state: LSTMState | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[MDNRNNOutput, LSTMState]:
-        """Sequence forward for training. z (B, T, Z), a (B, T, A)."""
+        """Sequence forward for training. z (B, T, Z), a (B, T, A); ``mask`` (B, H), one
+        dropout mask per sequence (``dropout_mask``), multiplies what the heads read."""
         B, T, Z = z.shape
         assert a.shape[:2] == (B, T), f"actions {tuple(a.shape)} do not match z {tuple(z.shape)}"
         x = torch.cat([z, a], dim=-1)
         hx = None if state is None else (state.h.unsqueeze(0), state.c.unsqueeze(0))
         y, (h, c) = self.lstm(x, hx)  # y: (B, T, H)
+        if mask is not None:
+            y = y * mask.unsqueeze(1)
         return self._split(self.head(y)), LSTMState(h[0], c[0])
 
     def step(
-        self, state: LSTMState, z: torch.Tensor, a: torch.Tensor
+        self,
+        state: LSTMState,
+        z: torch.Tensor,
+        a: torch.Tensor,
+        mask: torch.Tensor | None = None,
     ) -> tuple[LSTMState, MDNRNNOutput]:
-        """One transition for a batch: z (B, Z), a (B, A) -> new state and predictions."""
+        """One transition for a batch: z (B, Z), a (B, A) -> new state and predictions.
+
+        ``mask`` (B, H): the dropout mask of each row (None: no dropout); it changes
+        what the heads read, never the recurrent state.
+        """
         new = self.cell(state, z, a)
-        return new, self._split(self.head(new.h))
+        h = new.h if mask is None else new.h * mask
+        return new, self._split(self.head(h))
 
     def cell(self, state: LSTMState, z: torch.Tensor, a: torch.Tensor) -> LSTMState:
         """The LSTM alone, for a batch: the new state, without the heads' predictions.
@@ -114,6 +139,19 @@ class MDNRNN(nn.Module):
         c = torch.sigmoid(f) * state.c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return LSTMState(h, c)
+
+
+def dropout_mask(
+    batch: int, hidden: int, p: float, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor | None:
+    """(batch, hidden) inverted-dropout masks: 0 with probability p, else 1 / (1 - p).
+
+    None when p == 0, so a model without dropout draws no random numbers.
+    """
+    if p == 0:
+        return None
+    u = torch.rand((batch, hidden), generator=generator, device=device)
+    return (u >= p).float() / (1 - p)
 
 
 def mixture_log_prob(mixture: Mixture, target: torch.Tensor) -> torch.Tensor:
@@ -175,6 +213,6 @@ def sample(mixture: Mixture, tau: float, generator: torch.Generator | None = Non
 
 
 __all__ = [
-    "MDNRNN", "MDNRNNConfig", "Mixture", "LSTMState", "MDNRNNOutput",
+    "MDNRNN", "MDNRNNConfig", "Mixture", "LSTMState", "MDNRNNOutput", "dropout_mask",
     "mixture_log_prob", "mdn_nll", "done_loss", "sample",
 ]  # fmt: skip

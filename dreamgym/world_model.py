@@ -1,8 +1,10 @@
-"""WorldModel = V + M + GameSpec + the bank of real first-frame encodings (+ real states).
+"""WorldModel = V + M (or an ensemble of Ms) + GameSpec + the bank of real first-frame
+encodings (+ real states).
 
-A folder holds ``config.json`` (architecture, game, dreamgym version) and
-``weights.safetensors``. Loading never unpickles; every failure names the file
-and, for weights, the key that does not match.
+A folder holds ``config.json`` (architecture, game, dreamgym version, ensemble size)
+and ``weights.safetensors``. Loading never unpickles; every failure names the file
+and, for weights, the key that does not match. A folder of one M (``mdnrnn.*`` keys)
+is an ensemble of one; the other members of an ensemble are ``members.<k>.*``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +27,8 @@ from dreamgym.vae import ConvVAE, VAEConfig
 
 STARTS_PREFIX = "starts."
 """Keys of the optional bank of real mid-episode states in ``weights.safetensors``."""
+MEMBER_PREFIX = "members."
+"""Keys of the ensemble's members 1, 2, ... (member 0 is ``mdnrnn.``)."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 FORMAT = 1
@@ -109,14 +113,35 @@ class WorldModel:
     """(N, Z) posterior log-variances of the same frames."""
     starts: RealStarts | None = None
     """Optional bank of real states along recorded episodes (``starts="real"`` dreams)."""
+    ensemble: list[MDNRNN] = field(default_factory=list)
+    """The other Ms of an ensemble sharing V (members 1, 2, ...). ``mdnrnn`` is member
+    0, the M whose state the controller reads, in dreams as in the real game."""
 
     def __post_init__(self):
         self.game = get_game(self.game)
         N, Z = self.z0_mu.shape
         assert self.z0_logvar.shape == (N, Z), "z0_mu and z0_logvar must both be (N, Z)"
         assert Z == self.vae.z_dim == self.mdnrnn.config.z_dim, "V and M disagree on z_dim"
+        self.ensemble = list(self.ensemble)
+        for k, m in enumerate(self.ensemble, 1):
+            if m.config != self.mdnrnn.config:
+                raise WorldModelError(
+                    f"ensemble: member {k} has config {m.config.to_dict()}, member 0 has "
+                    f"{self.mdnrnn.config.to_dict()}; every member must have the same sizes"
+                )
         self.vae.eval()
-        self.mdnrnn.eval()
+        for m in self.members:
+            m.eval()
+
+    @property
+    def members(self) -> list[MDNRNN]:
+        """Every M of the world model, member 0 first (a list of one without an ensemble)."""
+        return [self.mdnrnn, *self.ensemble]
+
+    @property
+    def dropout(self) -> float:
+        """The dropout rate M was trained with, the rate its dreams use by default."""
+        return self.mdnrnn.config.dropout
 
     @classmethod
     def create(cls, game: str | GameSpec, n_bank: int = 1, **mdn_overrides) -> WorldModel:
@@ -138,7 +163,8 @@ class WorldModel:
 
     def to(self, device) -> WorldModel:
         self.vae.to(device)
-        self.mdnrnn.to(device)
+        for m in self.members:
+            m.to(device)
         self.z0_mu = self.z0_mu.to(device)
         self.z0_logvar = self.z0_logvar.to(device)
         if self.starts is not None:
@@ -152,6 +178,7 @@ class WorldModel:
             "game": self.game.name,
             "vae": self.vae.config.to_dict(),
             "mdnrnn": self.mdnrnn.config.to_dict(),
+            "members": len(self.members),
             "z0_bank_size": int(self.z0_mu.shape[0]),
             "starts_bank_size": len(self.starts) if self.starts is not None else 0,
         }
@@ -161,6 +188,8 @@ class WorldModel:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
         tensors |= {f"mdnrnn.{k}": v for k, v in self.mdnrnn.state_dict().items()}
+        for i, m in enumerate(self.ensemble, 1):
+            tensors |= {f"{MEMBER_PREFIX}{i}.{k}": v for k, v in m.state_dict().items()}
         tensors |= {"z0.mu": self.z0_mu, "z0.logvar": self.z0_logvar}
         if self.starts is not None:
             tensors |= self.starts.tensors(STARTS_PREFIX)
@@ -188,15 +217,21 @@ class WorldModel:
             raise WorldModelError(
                 f"{cfg_path}: key 'game' is {cfg['game']!r}, expected {get_game(game).name!r}"
             )
+        members = cfg.get("members", 1)
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise WorldModelError(f"{cfg_path}: key 'members' must be an integer >= 1")
         try:
             spec = get_game(cfg["game"])
             vae = ConvVAE(VAEConfig(**cfg["vae"]))
-            mdn = MDNRNN(MDNRNNConfig(**cfg["mdnrnn"]))
+            mdns = [MDNRNN(MDNRNNConfig(**cfg["mdnrnn"])) for _ in range(members)]
         except (TypeError, ValueError) as e:
             raise WorldModelError(f"{cfg_path}: bad architecture config ({e})") from None
+        mdn = mdns[0]
         tensors = read_tensors(w_path)
         load_state(vae, tensors, "vae.", w_path)
         load_state(mdn, tensors, "mdnrnn.", w_path)
+        for i, m in enumerate(mdns[1:], 1):
+            load_state(m, tensors, f"{MEMBER_PREFIX}{i}.", w_path)
         for key in ("z0.mu", "z0.logvar"):
             if key not in tensors:
                 raise WorldModelError(f"{w_path}: missing key {key!r}")
@@ -206,7 +241,7 @@ class WorldModel:
                     f"expected (N, {vae.z_dim})"
                 )
         starts = _load_starts(tensors, vae.z_dim, mdn.config.hidden, w_path)
-        wm = cls(spec, vae, mdn, tensors["z0.mu"], tensors["z0.logvar"], starts)
+        wm = cls(spec, vae, mdn, tensors["z0.mu"], tensors["z0.logvar"], starts, mdns[1:])
         return wm.to(device)
 
 

@@ -359,3 +359,25 @@ def test_every_stage_option_has_its_config_fields_docstring_as_help(capsys):
             if field == "game" and name == "collect":
                 continue  # the positional argument
             assert " ".join(doc.split()[:6]) in out, f"dreamgym {name} --help lacks: {doc}"
+
+
+def test_fit_mdnrnn_trains_an_ensemble_with_dropout(tmp_path):
+    """--members 2 --dropout 0.1: two Ms sharing V in one world-model folder; a rerun with
+    a third member trains only it."""
+    run = tmp_path / "run"
+    cli("collect", "doom_take_cover", "--run", run, "--episodes", "2", "--max-steps", "60",
+        "--min-frames", "0")  # fmt: skip
+    cli("fit-vae", run, "--batch-size", "8", "--epochs", "0.1", "--threads", "1")
+    cli("encode", run, "--batch-size", "32")
+    args = ("fit-mdnrnn", run, "--hidden", "16", "--batch-size", "2", "--seq-len", "20",
+            "--steps", "3", "--dropout", "0.1", "--threads", "1")  # fmt: skip
+    cli(*args, "--members", "2")
+    wm = WorldModel.load(run / "world_model")
+    assert len(wm.members) == 2 and wm.dropout == 0.1
+    first = (run / "mdnrnn" / "member1" / "checkpoint.pt").stat().st_mtime_ns
+    cli(*args, "--members", "3")
+    assert (run / "mdnrnn" / "member1" / "checkpoint.pt").stat().st_mtime_ns == first
+    wm = WorldModel.load(run / "world_model")
+    assert len(wm.members) == 3
+    a, b = (m.state_dict()["head.weight"] for m in wm.members[:2])
+    assert not np.allclose(a.numpy(), b.numpy())

@@ -58,6 +58,8 @@ def dream_rollouts(
     world: WorldModel | None = None,
     controller: ControllerConfig | None = None,
     starts: RealStarts | None = None,
+    members: str | int = "sample",
+    dropout: float | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Play every controller ``trials`` times in one batched dream.
 
@@ -74,6 +76,10 @@ def dream_rollouts(
 
     ``starts``: dreams start from random real states of this bank instead of first
     frames (trial j of every controller from the same one), and play ``wm``.
+
+    ``members``, ``dropout``: which member of an ensemble plays each dream, and the
+    dropout rate of M's heads (``dream_core.vary``); trial j of every controller
+    meets the same member and mask.
     """
     cfg = controller or controller_config(wm)
     spec = wm.game
@@ -85,9 +91,9 @@ def dream_rollouts(
     max_steps = max_steps or spec.max_episode_steps
     sim = wm if world is None else world
     if starts is None:
-        start = dc.initial_state(sim, trials, generator)
+        start = dc.initial_state(sim, trials, generator, dropout, members)
     else:
-        start = starts.sample(trials, generator)
+        start = dc.vary(sim, starts.sample(trials, generator), generator, dropout, members)
     state = dc.select(start, torch.arange(trials, device=wm.device).repeat(P))
     own = None if world is None else wm.mdnrnn.initial_state(N, device=wm.device)
     rows = torch.arange(N, device=wm.device)  # each live row's index in (P * trials)
@@ -123,7 +129,10 @@ class DreamEvaluator:
     ``worlds``: more world models with the same V (an ensemble). Each controller then
     plays ``trials`` dreams in ``wm`` and in every one of them (see ``dream_rollouts``),
     and its fitness is its worst model's mean: an exploit of one M's errors scores
-    only what the other Ms grant it. ``controller``: the controller the scored
+    only what the other Ms grant it. ``members``: for a world model that is itself an
+    ensemble, ``"min"`` scores every controller in each member's dreams and keeps the
+    worst member's mean in the same way; ``"sample"`` (each dream draws its member)
+    or an int (one member) play it once. ``controller``: the controller the scored
     parameters make (None: the paper's linear C). ``starts``: dreams start from these
     real states (``RealStarts``) instead of real first frames.
     """
@@ -136,12 +145,18 @@ class DreamEvaluator:
         worlds=(),
         controller: ControllerConfig | None = None,
         starts: RealStarts | None = None,
+        members: str | int = "min",
     ):
         if not (math.isfinite(tau) and tau > 0):
             raise ValueError(f"tau: expected a positive finite number, got {tau}")
         self.wm, self.tau, self.max_steps = wm, float(tau), max_steps
         self.controller, self.starts = controller, starts
-        self.worlds = [None, *worlds]  # None: wm's own dream
+        if members == "min":
+            own = [(None, k) for k in range(len(wm.members))]
+        else:
+            own = [(None, dc.check_members(wm, members))]
+        # (world, member) pairs: None plays wm's own dream
+        self.worlds = own + [(w, "sample") for w in worlds]
         self.steps = 0
         """Dream steps computed so far (a throughput counter)."""
 
@@ -149,11 +164,11 @@ class DreamEvaluator:
         """(P, n) -> (P, trials * models) returns, model by model; the same seed gives
         the same dreams."""
         out = []
-        for world in self.worlds:
+        for world, member in self.worlds:
             g = torch.Generator(device=self.wm.device).manual_seed(int(seed))
             ret, steps = dream_rollouts(
                 self.wm, params, trials, self.tau, g, self.max_steps, world,
-                controller=self.controller, starts=self.starts,
+                controller=self.controller, starts=self.starts, members=member,
             )  # fmt: skip
             self.steps += steps
             if progress is not None:

@@ -19,7 +19,7 @@ from dreamgym._version import __version__
 from dreamgym.starts import RealStarts
 from dreamgym.train.common import WORLD_MODEL_DIR, RunDirError, open_run, world_model_dest
 from dreamgym.train.encode import LATENTS, load_latents
-from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn
+from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn, member_count
 from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
 from dreamgym.world_model import WEIGHTS_FILE, WorldModel, vae_digest
 
@@ -52,12 +52,14 @@ def assemble(run_dir) -> Path:
     dest = world_model_dest(run_dir)
     lat = load_latents(run_dir)
     first = lat["offsets"][:-1]
+    ms = [load_trained_mdnrnn(run_dir, member=k) for k in range(member_count(run_dir))]
     wm = WorldModel(
         game,
         _encoding_vae(run_dir, game, lat),
-        load_trained_mdnrnn(run_dir),
+        ms[0],
         torch.from_numpy(lat["mu"][first]),
         torch.from_numpy(lat["logvar"][first]),
+        ensemble=ms[1:],
     )
     wm.starts = RealStarts.from_latents(wm, lat, STARTS_EVERY).subset(STARTS_SIZE, seed=0)
     return wm.save(dest)

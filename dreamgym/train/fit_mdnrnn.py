@@ -24,6 +24,7 @@ from dreamgym.mdnrnn import (
     MDNRNNOutput,
     Mixture,
     done_loss,
+    dropout_mask,
     mdn_nll,
     mixture_log_prob,
 )
@@ -37,6 +38,7 @@ from dreamgym.train.common import (
     world_model_dest,
 )
 from dreamgym.train.encode import load_latents
+from dreamgym.world_model import read_json
 
 MDN_DIR = "mdnrnn"
 
@@ -47,6 +49,15 @@ class FitMDNRNNConfig:
     """LSTM units (None: the game's)."""
     n_mix: int = 5
     """Gaussians in the mixture of each latent dimension (the paper: 5)."""
+    dropout: float = 0.0
+    """Dropout rate on what M's heads read, one mask per training sequence; the world
+    model records it and every dream draws its own mask at reset (0: none; Dropout's
+    Dream Land found 0.1 best for Doom)."""
+    members: int = 1
+    """Ms to train, one after another, each on its own draws of sequences: an ensemble
+    that shares V. Each dream is played by one member, so an exploit of one M's errors
+    earns nothing in the others. Member 0 is ``mdnrnn/``, member k ``mdnrnn/member<k>/``;
+    a rerun with more members trains only the new ones."""
     steps: int = 2000
     """Optimizer steps."""
     batch_size: int = 64
@@ -130,7 +141,7 @@ class SequenceSampler:
 
 
 def forward_with_states(
-    m: MDNRNN, z: torch.Tensor, a: torch.Tensor, every: int
+    m: MDNRNN, z: torch.Tensor, a: torch.Tensor, every: int, mask: torch.Tensor | None = None
 ) -> tuple[MDNRNNOutput, list[tuple[int, LSTMState]]]:
     """Teacher-forced outputs, and M's state before every ``every``-th step (t, state):
     M's sequence forward, run ``every`` steps at a time."""
@@ -138,7 +149,7 @@ def forward_with_states(
     outs, states = [], []
     for t in range(0, z.shape[1], every):
         states.append((t, state))
-        out, state = m(z[:, t : t + every], a[:, t : t + every], state)
+        out, state = m(z[:, t : t + every], a[:, t : t + every], state, mask)
         outs.append(out)
 
     def cat(parts):  # time is dim 1 of every field
@@ -156,7 +167,11 @@ def mixture_mean(mixture: Mixture) -> torch.Tensor:
 
 
 def open_loop_losses(
-    m: MDNRNN, b: dict, states: list[tuple[int, LSTMState]], steps: int
+    m: MDNRNN,
+    b: dict,
+    states: list[tuple[int, LSTMState]],
+    steps: int,
+    mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """NLL of the true next latents (and reward error) while M reads its own predictions.
 
@@ -169,11 +184,12 @@ def open_loop_losses(
     rows = torch.arange(B, device=b["z"].device).repeat(len(states))
     state = LSTMState(torch.cat([s.h for _, s in states]), torch.cat([s.c for _, s in states]))
     z_in = b["z"][rows, t0]
+    mask = None if mask is None else mask[rows]
     nll, n_nll, sq, n_sq = 0.0, 0, 0.0, 0
     for j in range(steps):
         t = t0 + j
         tc = t.clamp(max=T - 1)
-        state, out = m.step(state, z_in, b["a"][rows, tc])
+        state, out = m.step(state, z_in, b["a"][rows, tc], mask)
         if j:
             has_next = (b["has_next"][rows, tc] & (t < T)).float()
             lp = mixture_log_prob(out.mixture, b["z_next"][rows, tc]).sum(-1)
@@ -190,11 +206,16 @@ def open_loop_losses(
     return parts
 
 
-def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
+def losses(
+    m: MDNRNN, b: dict, cfg: FitMDNRNNConfig, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """The training losses of one batch; with dropout, one mask per sequence from ``generator``."""
+    B = b["z"].shape[0]
+    mask = dropout_mask(B, m.config.hidden, m.config.dropout, generator, b["z"].device)
     if cfg.open_loop_steps:
-        out, states = forward_with_states(m, b["z"], b["a"], cfg.open_loop_every)
+        out, states = forward_with_states(m, b["z"], b["a"], cfg.open_loop_every, mask)
     else:
-        out, _ = m(b["z"], b["a"])
+        out, _ = m(b["z"], b["a"], mask=mask)
     parts = {
         "nll": mdn_nll(out.mixture, b["z_next"], b["has_next"]),
         "done": done_loss(out.done_logit, b["done"], cfg.done_pos_weight, b["valid"]),
@@ -204,11 +225,17 @@ def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
         parts["reward"] = ((out.reward - b["reward"]).pow(2) * v).sum() / v.sum()
     total = parts["nll"] + parts["done"] + cfg.reward_weight * parts.get("reward", 0.0)
     if cfg.open_loop_steps:
-        parts.update(open_loop_losses(m, b, states, cfg.open_loop_steps))
+        parts.update(open_loop_losses(m, b, states, cfg.open_loop_steps, mask))
         total = total + cfg.open_loop_weight * (
             parts["open_loop_nll"] + cfg.reward_weight * parts.get("open_loop_reward", 0.0)
         )
     return {"loss": total, **parts}
+
+
+def member_dir(run_dir: Path, k: int) -> Path:
+    """Where member k of the run's ensemble of Ms trains (member 0: ``mdnrnn/`` itself)."""
+    out = Path(run_dir) / MDN_DIR
+    return out if k == 0 else out / f"member{k}"
 
 
 def run(config: FitMDNRNNConfig, run_dir) -> Path:
@@ -217,18 +244,37 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
             f"open_loop_steps must be 0 (off) or >= 2 and open_loop_every >= 1, got "
             f"{config.open_loop_steps} and {config.open_loop_every}"
         )
+    if (
+        isinstance(config.members, bool)
+        or not isinstance(config.members, int)
+        or config.members < 1
+    ):
+        raise ValueError(f"members: expected an integer >= 1, got {config.members!r}")
+    if not 0 <= config.dropout < 1:
+        raise ValueError(f"dropout: expected a number in [0, 1), got {config.dropout}")
     run_dir, game = open_run(run_dir)
     world_model_dest(run_dir)  # fail now, not after training, if assembling could not write
     set_threads(config.threads)
     spec = get_game(game)
-    out = run_dir / MDN_DIR
-    out.mkdir(exist_ok=True)
-    save_config(out / "config.json", config)
+    (run_dir / MDN_DIR).mkdir(exist_ok=True)
+    save_config(run_dir / MDN_DIR / "config.json", config)
     lat = load_latents(run_dir)
     mcfg = MDNRNNConfig(
         z_dim=lat["mu"].shape[1], action_dim=spec.action_dim, hidden=config.hidden or spec.hidden,
-        n_mix=config.n_mix, reward_head=spec.models_reward,
+        n_mix=config.n_mix, reward_head=spec.models_reward, dropout=config.dropout,
     )  # fmt: skip
+    for k in range(config.members):
+        _fit_member(config, run_dir, k, mcfg, lat, spec)
+    return run_dir / MDN_DIR
+
+
+def _fit_member(
+    config: FitMDNRNNConfig, run_dir: Path, k: int, mcfg: MDNRNNConfig, lat: dict, spec
+) -> Path:
+    """Train member k of the ensemble (resuming its checkpoint) to ``config.steps``."""
+    game = spec.name
+    out = member_dir(run_dir, k)
+    out.mkdir(exist_ok=True)
     m = MDNRNN(mcfg).to(config.device)
     opt = torch.optim.Adam(m.parameters(), lr=config.lr)
     decay = math.log(config.lr_final / config.lr) / max(config.steps, 1)
@@ -243,9 +289,8 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
         step = ckpt["step"]
     if step >= config.steps:
         return out
-    sampler = SequenceSampler(
-        lat, spec.executed_action, config.seq_len, config.seed * 100003 + step
-    )
+    seed = config.seed * 100003 + step + k * 7919  # each member its own sequences
+    sampler = SequenceSampler(lat, spec.executed_action, config.seq_len, seed)
 
     def checkpoint():
         atomic_torch_save(
@@ -255,12 +300,14 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
             ckpt_path,
         )  # fmt: skip
 
-    bar = tqdm(total=config.steps, initial=step, desc=f"fit-mdnrnn {game}", unit="step")
+    masks = torch.Generator(device=config.device).manual_seed(seed)
+    desc = f"fit-mdnrnn {game}" + (f" member {k}" if k else "")
+    bar = tqdm(total=config.steps, initial=step, desc=desc, unit="step")
     t0, step0 = time.time(), step
     m.train()
     while step < config.steps:
         b = sampler.batch(config.batch_size, config.device)
-        parts = losses(m, b, config)
+        parts = losses(m, b, config, masks)
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), config.grad_clip)
@@ -269,7 +316,7 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
         step += 1
         if step % 10 == 0 or step == config.steps:
             rate = (step - step0) / (time.time() - t0)
-            row = {k: round(v.item(), 5) for k, v in parts.items()}
+            row = {name: round(v.item(), 5) for name, v in parts.items()}
             log_metrics(out / "metrics.jsonl", step=step, lr=sched.get_last_lr()[0],
                         steps_per_s=round(rate, 3), **row)  # fmt: skip
             bar.set_postfix(**{k: f"{v:.3f}" for k, v in row.items()})
@@ -281,8 +328,15 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
     return out
 
 
-def load_trained_mdnrnn(run_dir: Path, device="cpu") -> MDNRNN:
-    ckpt = load_checkpoint(Path(run_dir) / MDN_DIR / "checkpoint.pt")
+def load_trained_mdnrnn(run_dir: Path, device="cpu", member: int = 0) -> MDNRNN:
+    """Member ``member`` of the run's trained Ms (0: the run's M)."""
+    ckpt = load_checkpoint(member_dir(run_dir, member) / "checkpoint.pt")
     m = MDNRNN(MDNRNNConfig(**ckpt["config"]))
     m.load_state_dict(ckpt["model"])
     return m.to(device).eval()
+
+
+def member_count(run_dir: Path) -> int:
+    """How many Ms the run's fit-mdnrnn trains (its config's ``members``; 1 before ensembles)."""
+    cfg_path = Path(run_dir) / MDN_DIR / "config.json"
+    return int(read_json(cfg_path).get("members", 1)) if cfg_path.exists() else 1
