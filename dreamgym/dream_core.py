@@ -25,6 +25,8 @@ Z_BOUND = 10.0
 
 
 class DreamState(NamedTuple):
+    """The state of a batch of dreams: the current z (N, Z) and M's LSTM state."""
+
     z: torch.Tensor  # (N, Z)
     lstm: LSTMState  # h, c: (N, H)
 

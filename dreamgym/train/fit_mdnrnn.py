@@ -43,6 +43,8 @@ MDN_DIR = "mdnrnn"
 
 @dataclass
 class FitMDNRNNConfig:
+    """Settings of the ``fit-mdnrnn`` stage: M on the run's encoded episodes."""
+
     hidden: int | None = None
     """LSTM units (None: the game's)."""
     n_mix: int = 5
@@ -191,6 +193,8 @@ def open_loop_losses(
 
 
 def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
+    """M's loss terms for a batch: latent NLL, done BCE, and the reward and open-loop
+    terms when enabled; ``loss`` is their weighted sum."""
     if cfg.open_loop_steps:
         out, states = forward_with_states(m, b["z"], b["a"], cfg.open_loop_every)
     else:
@@ -212,6 +216,7 @@ def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
 
 
 def run(config: FitMDNRNNConfig, run_dir) -> Path:
+    """Train M on the run's latents (a rerun resumes); return ``run_dir/mdnrnn``."""
     if config.open_loop_steps == 1 or config.open_loop_steps < 0 or config.open_loop_every < 1:
         raise ValueError(
             f"open_loop_steps must be 0 (off) or >= 2 and open_loop_every >= 1, got "
@@ -282,6 +287,7 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
 
 
 def load_trained_mdnrnn(run_dir: Path, device="cpu") -> MDNRNN:
+    """M from the run's ``mdnrnn/`` checkpoint, in eval mode on ``device``."""
     ckpt = load_checkpoint(Path(run_dir) / MDN_DIR / "checkpoint.pt")
     m = MDNRNN(MDNRNNConfig(**ckpt["config"]))
     m.load_state_dict(ckpt["model"])
