@@ -78,7 +78,7 @@ dreamgym encode $S --world-model "$OUT" --threads 2
 # Two Ms on the 520 episodes (one-step; open-loop K 10), a C on z in each, and their drives.
 linked_run runs/car_s1
 linked_run runs/car_s3
-dreamgym fit-mdnrnn runs/car_s1 "${M_ARGS[@]}"
+dreamgym fit-mdnrnn runs/car_s1 "${M_ARGS[@]}" --threads 1                      # ran beside another fit
 dreamgym fit-mdnrnn runs/car_s3 "${M_ARGS[@]}" "${OPEN_LOOP[@]}"
 for run in runs/car_s1 runs/car_s3; do
     dreamgym evolve $run --tau 1.0 --inputs z --seed 0 --generations 100 --popsize 64 --trials 16 \
