@@ -142,6 +142,7 @@ def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``dreamgym`` command: parse ``argv``, run one stage, return the exit code."""
     parser = argparse.ArgumentParser(prog="dreamgym", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     stages = _stages()

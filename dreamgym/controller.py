@@ -20,6 +20,8 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class ControllerConfig:
+    """Shape of C: input and output sizes, bias, and an optional tanh hidden layer."""
+
     in_dim: int
     """Size of the observation the controller reads ([z, h] or [z, c, h])."""
     out_dim: int

@@ -88,6 +88,7 @@ def read_manifest(run_dir: Path) -> list[dict]:
 
 
 def append_manifest(run_dir: Path, row: dict) -> None:
+    """Append one episode's row to the run's ``manifest.jsonl`` and flush it to disk."""
     with open(Path(run_dir) / MANIFEST, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()

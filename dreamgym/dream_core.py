@@ -34,6 +34,8 @@ draws one per dream at reset."""
 
 
 class DreamState(NamedTuple):
+    """The state of a batch of dreams: the current z (N, Z) and M's LSTM state."""
+
     z: torch.Tensor  # (N, Z)
     lstm: LSTMState  # h, c: (N, H) of the M that plays each dream
     mask: torch.Tensor | None = None  # (N, H) dropout mask of each dream, None: no dropout

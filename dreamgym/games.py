@@ -160,6 +160,9 @@ def _car_action(y: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class GameSpec:
+    """One game: its real env, frame preprocessing, action mapping, and the sizes and
+    limits its world model and dream use."""
+
     name: str
     """Game name used by the CLI, configs and model folders."""
     make_real: Callable[..., gym.Env]
@@ -239,6 +242,7 @@ GAMES: dict[str, GameSpec] = {
         dream_id="DreamCarRacing-v0",
     ),
 }
+"""Every game dreamgym knows, by name (``doom_take_cover``, ``car_racing``)."""
 
 
 def get_game(name: str) -> GameSpec:

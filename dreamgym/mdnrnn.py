@@ -21,6 +21,8 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 @dataclass(frozen=True)
 class MDNRNNConfig:
+    """Architecture of M: the LSTM, its mixture density head, and its done and reward heads."""
+
     z_dim: int = 32
     """Size of the latent vector z that M consumes and predicts."""
     action_dim: int = 3
@@ -54,11 +56,16 @@ class Mixture(NamedTuple):
 
 
 class LSTMState(NamedTuple):
+    """M's recurrent state: h and c, each (B, H)."""
+
     h: torch.Tensor  # (B, H)
     c: torch.Tensor  # (B, H)
 
 
 class MDNRNNOutput(NamedTuple):
+    """M's predictions: the mixture over the next z, the done logit, and the reward
+    (None without a reward head)."""
+
     mixture: Mixture
     done_logit: torch.Tensor  # (..., )
     reward: torch.Tensor | None  # (..., ) or None without a reward head

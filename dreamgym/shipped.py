@@ -1,8 +1,10 @@
 """Where the shipped world models live, and how an env finds the one it dreams in.
 
-The top-level ``models/`` folder installs as the package ``dreamgym.models``
-(one sub-folder per game, each with ``config.json``, ``weights.safetensors`` and
-a ``MODEL_CARD.md``). An editable install reads the repository's ``models/``.
+The top-level ``models/`` folder installs as the package ``dreamgym.models``:
+one sub-folder per game with what ``gym.make`` and ``load_controller`` read
+(``config.json``, ``weights.safetensors``, ``controller.json``,
+``controller.safetensors``). An editable install reads the repository's ``models/``,
+where each folder also holds its ``MODEL_CARD.md``, metrics and score reports.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from torch import nn
 
 @dataclass(frozen=True)
 class VAEConfig:
+    """Architecture of V, the convolutional VAE from 64x64x3 frames to z."""
+
     z_dim: int = 32
     """Size of the latent vector z (32 for CarRacing, 64 for Doom in the paper)."""
     kl_tolerance: float = 0.5

@@ -14,6 +14,8 @@ import dreamgym
 torch.set_num_threads(1)
 
 FOLDER = dreamgym.shipped_dir("doom_take_cover")
+PANEL = Path(__file__).parents[1] / "benchmarks" / "panel" / "car_racing"
+"""Controllers the shipped CarRacing C descends from; kept in the repository, not in the wheel."""
 
 
 def report() -> dict:
@@ -75,7 +77,7 @@ def test_the_shipped_car_racing_controller_was_trained_only_in_dreams_and_reads_
     checks = [json.loads(line) for line in (folder / "ppo_metrics.jsonl").read_text().splitlines()]
     best = max(checks, key=lambda r: r["dream_score"])  # kept by the dream score alone
     assert info["timesteps"] == best["timesteps"] and info["dream_score"] == best["dream_score"]
-    start = dreamgym.load_controller(folder / "cmaes_controller")  # where PPO started
+    start = dreamgym.load_controller(PANEL / "cmaes")  # where PPO started
     assert start.info["trained_in"] == "dream" and start.info["real_starts"] == 10
     assert checks[0]["timesteps"] == 0 and not np.array_equal(start.params, policy.params)
     r = json.loads((folder / "evaluate_real.json").read_text())
@@ -84,9 +86,9 @@ def test_the_shipped_car_racing_controller_was_trained_only_in_dreams_and_reads_
 
 
 def test_the_car_racing_controllers_the_shipped_one_started_from_read_z_only():
-    folder = dreamgym.shipped_dir("car_racing")
-    for name, init in (("z_controller", "round7_controller"), ("round7_controller", None)):
-        policy = dreamgym.load_controller(folder / name)
+    # "init" records the folder each started from when it was trained (since moved here)
+    for name, init in (("z_only", "round7_controller"), ("round7", None)):
+        policy = dreamgym.load_controller(PANEL / name)
         assert policy.info["inputs"] == "z" and policy.info["trained_in"] == "dream"
         assert policy.info["init"] == (init and f"models/car_racing/{init}")
         weight = policy.params[: 3 * (32 + 256)].reshape(3, 32 + 256)

@@ -27,6 +27,8 @@ from dreamgym.train.workers import GamePool
 
 @dataclass
 class CollectConfig:
+    """Settings of the ``collect`` stage: real episodes written as shards to the run."""
+
     game: str
     """Game name (``doom_take_cover`` or ``car_racing``)."""
     episodes: int = 100

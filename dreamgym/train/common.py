@@ -71,6 +71,7 @@ def run_world_model(run_dir: str | os.PathLike) -> Path:
 
 
 def save_config(path: Path, config) -> None:
+    """Write a stage's config dataclass as JSON, atomically."""
     atomic_write_text(path, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
@@ -88,6 +89,7 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by ``atomic_torch_save``; a corrupt file raises ``RunDirError``."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
@@ -97,5 +99,6 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def set_threads(threads: int | None) -> None:
+    """Set torch's thread count (None or 0 keeps torch's default)."""
     if threads:
         torch.set_num_threads(threads)

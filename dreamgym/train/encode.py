@@ -27,6 +27,8 @@ LATENTS = "latents.npz"
 
 @dataclass
 class EncodeConfig:
+    """Settings of the ``encode`` stage: every frame of the run to V's (mu, logvar)."""
+
     batch_size: int = 500
     """Frames V encodes at once."""
     device: str = "cpu"
@@ -40,6 +42,7 @@ class EncodeConfig:
 
 
 def vae_step(run_dir: Path) -> int:
+    """The training step of the run's V checkpoint."""
     return int(load_checkpoint(run_dir / VAE_DIR / "checkpoint.pt")["step"])
 
 
@@ -67,6 +70,7 @@ def _load_vae(run_dir: Path, config: EncodeConfig, game: str):
 
 
 def load_latents(run_dir: Path) -> dict[str, np.ndarray]:
+    """The arrays of the run's ``latents.npz``."""
     with np.load(Path(run_dir) / LATENTS, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
@@ -87,6 +91,7 @@ def _encoded(path: Path, step: int, source: str, names: list[str]) -> int:
 
 @torch.no_grad()
 def run(config: EncodeConfig, run_dir) -> Path:
+    """Encode the run's episodes (only the new ones on a rerun); return the ``latents.npz`` path."""
     run_dir, game = open_run(run_dir)
     set_threads(config.threads)
     path = run_dir / LATENTS

@@ -308,6 +308,8 @@ class RealEvaluator:
 
 @dataclass
 class EvaluateConfig:
+    """Settings of the ``evaluate`` stage: a controller's scores in the real game or the dream."""
+
     episodes: int = 100
     """Episodes to score (real: episode i uses game seed ``seed + i``)."""
     workers: int = 2

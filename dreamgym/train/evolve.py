@@ -187,6 +187,7 @@ def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], values: dict) -> 
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and JSON state of a CMA-ES checkpoint; a corrupt file raises ``RunDirError``."""
     try:
         with safe_open(str(path), framework="np") as f:
             values = json.loads(f.metadata()["state"])
@@ -204,6 +205,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 @dataclass
 class EvolveConfig:
+    """Settings of the ``evolve`` stage: CMA-ES for C, in the dream or the real game."""
+
     tau: float = 1.15
     """Dream temperature the controller trains at (ignored with ``real``)."""
     generations: int = 200

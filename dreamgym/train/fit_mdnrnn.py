@@ -45,6 +45,8 @@ MDN_DIR = "mdnrnn"
 
 @dataclass
 class FitMDNRNNConfig:
+    """Settings of the ``fit-mdnrnn`` stage: M on the run's encoded episodes."""
+
     hidden: int | None = None
     """LSTM units (None: the game's)."""
     n_mix: int = 5
@@ -206,12 +208,18 @@ def open_loop_losses(
     return parts
 
 
+<<<<<<< HEAD
 def losses(
     m: MDNRNN, b: dict, cfg: FitMDNRNNConfig, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
     """The training losses of one batch; with dropout, one mask per sequence from ``generator``."""
     B = b["z"].shape[0]
     mask = dropout_mask(B, m.config.hidden, m.config.dropout, generator, b["z"].device)
+=======
+def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
+    """M's loss terms for a batch: latent NLL, done BCE, and the reward and open-loop
+    terms when enabled; ``loss`` is their weighted sum."""
+>>>>>>> docs
     if cfg.open_loop_steps:
         out, states = forward_with_states(m, b["z"], b["a"], cfg.open_loop_every, mask)
     else:
@@ -239,6 +247,7 @@ def member_dir(run_dir: Path, k: int) -> Path:
 
 
 def run(config: FitMDNRNNConfig, run_dir) -> Path:
+    """Train M on the run's latents (a rerun resumes); return ``run_dir/mdnrnn``."""
     if config.open_loop_steps == 1 or config.open_loop_steps < 0 or config.open_loop_every < 1:
         raise ValueError(
             f"open_loop_steps must be 0 (off) or >= 2 and open_loop_every >= 1, got "
@@ -329,7 +338,8 @@ def _fit_member(
 
 
 def load_trained_mdnrnn(run_dir: Path, device="cpu", member: int = 0) -> MDNRNN:
-    """Member ``member`` of the run's trained Ms (0: the run's M)."""
+    """Member ``member`` of the run's trained Ms (0: the run's M, ``mdnrnn/``), in eval
+    mode on ``device``."""
     ckpt = load_checkpoint(member_dir(run_dir, member) / "checkpoint.pt")
     m = MDNRNN(MDNRNNConfig(**ckpt["config"]))
     m.load_state_dict(ckpt["model"])

@@ -31,6 +31,8 @@ VAE_DIR = "vae"
 
 @dataclass
 class FitVAEConfig:
+    """Settings of the ``fit-vae`` stage: V on the run's episodes."""
+
     z_dim: int | None = None
     """Latent size (None: the game's)."""
     epochs: float = 1.0
@@ -65,6 +67,7 @@ def _epoch_plan(rows: list[dict], cfg: FitVAEConfig, epoch: int):
 
 
 def run(config: FitVAEConfig, run_dir) -> Path:
+    """Train V on the run's episodes (a rerun resumes); return ``run_dir/vae``."""
     run_dir, game = open_run(run_dir)
     set_threads(config.threads)
     from dreamgym.games import get_game

@@ -50,6 +50,8 @@ RESUME_KEYS = (
 
 @dataclass
 class PPOConfig:
+    """Settings of the ``ppo`` stage: PPO (Stable-Baselines3) on C in the dream."""
+
     timesteps: int = 10_000_000
     """Total PPO steps in the dream (a rerun with more continues)."""
     init: str | None = None
