@@ -208,18 +208,14 @@ def open_loop_losses(
     return parts
 
 
-<<<<<<< HEAD
 def losses(
     m: MDNRNN, b: dict, cfg: FitMDNRNNConfig, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
-    """The training losses of one batch; with dropout, one mask per sequence from ``generator``."""
+    """M's loss terms for a batch: latent NLL, done BCE, and the reward and open-loop
+    terms when enabled; ``loss`` is their weighted sum. With dropout, one mask per
+    sequence, drawn from ``generator``."""
     B = b["z"].shape[0]
     mask = dropout_mask(B, m.config.hidden, m.config.dropout, generator, b["z"].device)
-=======
-def losses(m: MDNRNN, b: dict, cfg: FitMDNRNNConfig) -> dict[str, torch.Tensor]:
-    """M's loss terms for a batch: latent NLL, done BCE, and the reward and open-loop
-    terms when enabled; ``loss`` is their weighted sum."""
->>>>>>> docs
     if cfg.open_loop_steps:
         out, states = forward_with_states(m, b["z"], b["a"], cfg.open_loop_every, mask)
     else:
