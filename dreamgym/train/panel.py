@@ -154,6 +154,10 @@ def load_panel(panel_dir: str | os.PathLike, root) -> tuple[GameSpec, list[Panel
             entries.append(PanelEntry(name, policy=policy, note=note))
             continue
         folder = panel_dir / name
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{panel_dir / PANEL_FILE}: entry {name!r} has no 'policy' and no folder {folder}"
+            )
         _, info = read_controller(folder, game=spec.name)
         record = info.get("world_model") or raw.get("world_model")
         if record is None:
@@ -218,6 +222,25 @@ class RealScores:
         atomic_write_text(self.path, text)
 
 
+def import_report(
+    entry: PanelEntry, spec: GameSpec, cache: RealScores, report: str | os.PathLike
+) -> str:
+    """Cache the returns of an ``evaluate`` report of the real game (``evaluate_real.json``)
+    as ``entry``'s; return the key. Use it only for a report of this very controller and
+    world model (``dreamgym evaluate`` plays the same episodes as ``real_returns``)."""
+    r = read_json(Path(report))
+    seeds, first = r.get("seeds", []), (r.get("seeds") or [0])[0]
+    if r.get("mode") != "real" or r.get("game") != spec.name or entry.policy is not None:
+        raise ValueError(f"{report}: not a real-game report of a {spec.name} controller")
+    if seeds != list(range(first, first + len(seeds))) or len(r["returns"]) != len(seeds):
+        raise ValueError(f"{report}: expected one return per game seed, seeds consecutive")
+    if r.get("max_steps") != spec.max_episode_steps:
+        raise ValueError(f"{report}: episode limit {r.get('max_steps')}, not the game's")
+    key = cache_key(content_hash(entry), first, len(seeds), spec.max_episode_steps)
+    cache.put(key, entry.name, np.asarray(r["returns"], np.float64))
+    return key
+
+
 def play_fixed(spec: GameSpec, policy: FixedPolicy, seeds, max_steps: int) -> np.ndarray:
     """Real returns of a fixed policy, one episode per game seed; episode i's random
     actions come from ``np.random.default_rng(seed)``."""
@@ -276,5 +299,5 @@ def seeded(seed: int, stream: int, device="cpu") -> torch.Generator:
 
 __all__ = [
     "spearman", "rankdata", "PanelEntry", "add_controller", "load_panel", "content_hash",
-    "cache_key", "RealScores", "real_returns", "play_fixed", "seeded",
+    "cache_key", "RealScores", "real_returns", "import_report", "play_fixed", "seeded",
 ]  # fmt: skip
