@@ -23,6 +23,7 @@ from dreamgym.train.panel import (
     add_controller,
     cache_key,
     content_hash,
+    import_report,
     load_panel,
     rankdata,
     real_returns,
@@ -215,3 +216,19 @@ def test_benchmark_end_to_end_and_rerun_from_cache(tmp_path, monkeypatch, capsys
         np.testing.assert_array_equal(a["real"], b["real"])
         np.testing.assert_array_equal(a["dream"], b["dream"])  # same seed, same dreams
     assert second["rho"] == first["rho"] or np.isnan(first["rho"])
+
+
+def test_import_report_fills_the_cache(tmp_path):
+    panel, _, _ = make_panel(tmp_path)
+    spec, entries = load_panel(panel, tmp_path)
+    report = {"mode": "real", "game": "doom_take_cover", "seeds": [0, 1, 2],
+              "returns": [10.0, 20.0, 30.0], "max_steps": 2100}  # fmt: skip
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    cache = RealScores(panel / "real_scores.json")
+    import_report(entries[2], spec, cache, tmp_path / "r.json")
+    returns, cached = real_returns(entries[2], spec, cache, 3, play=False)
+    assert cached and returns.tolist() == [10.0, 20.0, 30.0]
+    report["seeds"] = [0, 2, 3]
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="consecutive"):
+        import_report(entries[2], spec, cache, tmp_path / "r.json")
