@@ -23,6 +23,7 @@ across the panel.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -95,7 +96,29 @@ def run(args: argparse.Namespace) -> dict:
         f"real scores: {len(both) - played} cached, {played} played"
         + (f", {len(rows) - len(both)} missing (--cached-only)" if len(both) < len(rows) else "")
     )
-    return {"rows": rows, "rho": rho, "tau": tau}
+    result = {"rows": rows, "rho": rho, "tau": tau}
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary(args, result), indent=1) + "\n")
+    return result
+
+
+def summary(args: argparse.Namespace, result: dict) -> dict:
+    """The numbers of a run as JSON: every policy's means and standard deviations."""
+
+    def stats(x: np.ndarray | None) -> dict | None:
+        return None if x is None else {"mean": float(x.mean()), "std": float(x.std()), "n": len(x)}
+
+    rows = [
+        {"name": r["name"], "sight": r["sight"], "dream": stats(r["dream"]),
+         "real": stats(r["real"]), "ratio": finite(r["ratio"])}
+        for r in result["rows"]
+    ]  # fmt: skip
+    args = {k: v for k, v in vars(args).items() if k != "out"}
+    return {"args": args, "tau": result["tau"], "spearman": finite(result["rho"]), "rows": rows}
+
+
+def finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,6 +135,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sight", choices=SIGHTS, default=None,
                    help="see every dream this way (pixels: check the pixel path)")  # fmt: skip
     p.add_argument("--cached-only", action="store_true", help="play no real episodes")
+    p.add_argument("--out", default=None, help="also write the numbers here (JSON)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the dreams")
     args = p.parse_args(argv)
     for name in ("dreams", "episodes", "workers"):

@@ -200,7 +200,7 @@ def test_benchmark_end_to_end_and_rerun_from_cache(tmp_path, monkeypatch, capsys
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     argv = ["--world-model", str(wm_a), "--panel", str(panel), "--root", str(tmp_path),
-            "--dreams", "6", "--episodes", "1", "--workers", "1"]  # fmt: skip
+            "--dreams", "6", "--episodes", "1", "--workers", "1", "--out", "out.json"]  # fmt: skip
     first = script.main(argv)
     out = capsys.readouterr().out
     assert [r["name"] for r in first["rows"]] == ["left", "random", "c_a", "c_b"]
@@ -208,6 +208,8 @@ def test_benchmark_end_to_end_and_rerun_from_cache(tmp_path, monkeypatch, capsys
     assert not any(r["cached"] for r in first["rows"])
     assert all(len(r["dream"]) == 6 and len(r["real"]) == 1 for r in first["rows"])
     assert "Spearman rho" in out and "c_b" in out
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == ["left", "random", "c_a", "c_b"]
     monkeypatch.setattr(panel_mod, "play_fixed", no_real_game)
     monkeypatch.setattr("dreamgym.train.evaluate.RealEvaluator", no_real_game)
     second = script.main(argv)
