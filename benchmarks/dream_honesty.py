@@ -61,6 +61,11 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(
             f"--panel: {panel_dir} is a {game.name} panel, the world model {spec.name}"
         )
+    if args.only:
+        missing = set(args.only) - {e.name for e in entries}
+        if missing:
+            raise SystemExit(f"--only: no policy {sorted(missing)[0]!r} in {panel_dir}")
+        entries = [e for e in entries if e.name in args.only]
     tau = check_tau(DEFAULT_TAU[spec.name] if args.tau is None else args.tau)
     cache = RealScores(panel_dir / REAL_SCORES_FILE)
     limit = spec.max_episode_steps
@@ -134,6 +139,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    "relative to (default: this repository)")  # fmt: skip
     p.add_argument("--sight", choices=SIGHTS, default=None,
                    help="see every dream this way (pixels: check the pixel path)")  # fmt: skip
+    p.add_argument("--only", nargs="+", default=None, help="score only these policies")
     p.add_argument("--cached-only", action="store_true", help="play no real episodes")
     p.add_argument("--out", default=None, help="also write the numbers here (JSON)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the dreams")

@@ -212,8 +212,11 @@ class RealScores:
         return None if hit is None else np.asarray(hit["returns"], np.float64)
 
     def put(self, key: str, name: str, returns: np.ndarray) -> None:
-        """Record and write at once (a killed benchmark keeps what it played)."""
+        """Record and write at once (a killed benchmark keeps what it played), over what the
+        file holds now (another run may have added to it since)."""
         r = np.asarray(returns, np.float64)
+        if self.path.is_file():
+            self.scores = {**read_json(self.path), **self.scores}
         self.scores[key] = {
             "name": name, "mean": round(float(r.mean()), 3), "std": round(float(r.std()), 3),
             "returns": [float(x) for x in r],
