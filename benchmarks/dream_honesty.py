@@ -15,9 +15,9 @@ another M with its V, ``pixels`` through another V's frames; see
 ``real_scores.json``, so a new world model costs only its dreams.
 
 Printed: each policy's dream and real score, the share of dreams that reach the
-episode limit, the ratio dream / real (1.0 is an honest dream; above 1 it
-flatters), and Spearman's rank correlation between the dream and real scores
-across the panel.
+episode limit (in games that pay per step survived), the ratio dream / real (1.0 is
+an honest dream; above 1 it flatters; it means little where scores near 0 or below),
+and Spearman's rank correlation between the dream and real scores across the panel.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PANELS = ROOT / "benchmarks" / "panel"
 
 
+def at_cap(returns: np.ndarray, cap: float | None) -> str:
+    return "-" if cap is None else f"{np.mean(returns >= cap):.0%}"
+
+
 def score(mean_std: np.ndarray | None) -> str:
     return "-" if mean_std is None else f"{mean_std.mean():7.1f} ± {mean_std.std():6.1f}"
 
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> dict:
         entries = [e for e in entries if e.name in args.only]
     tau = check_tau(DEFAULT_TAU[spec.name] if args.tau is None else args.tau)
     cache = RealScores(panel_dir / REAL_SCORES_FILE)
-    limit = spec.max_episode_steps
+    # a return at the cap means a dream survived to the episode limit (games paid per step)
+    cap = None if spec.constant_reward is None else spec.constant_reward * spec.max_episode_steps
     print(f"dream honesty: {spec.name}, world model {args.world_model} "
           f"({vae_digest(args.world_model)[:16]}), tau {tau:g}")  # fmt: skip
     print(f"dreams: {args.dreams} per policy (seed {args.seed}); real: {args.episodes} episodes "
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> dict:
         ratio = dream.mean() / real.mean() if real is not None and real.mean() else float("nan")
         rows.append({"name": entry.name, "sight": how, "dream": dream, "real": real,
                      "cached": cached, "ratio": ratio, "seconds": time.time() - t0})  # fmt: skip
-        print(f"{entry.name:<16} {how or '-':<7} {score(dream):>16} {np.mean(dream >= limit):6.0%} "
+        print(f"{entry.name:<16} {how or '-':<7} {score(dream):>16} {at_cap(dream, cap):>6} "
               f"{score(real):>16} {ratio:9.2f}x", flush=True)  # fmt: skip
     both = [r for r in rows if r["real"] is not None]
     rho = spearman([r["dream"].mean() for r in both], [r["real"].mean() for r in both])
