@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dreamgym.dream import DEFAULT_TAU, check_tau
 from dreamgym.train.cross_dream import SIGHTS, cross_dream_returns
@@ -90,9 +91,10 @@ def run(args: argparse.Namespace) -> dict:
             wm, entry.actor(), args.dreams, tau, seeded(args.seed, 0), seeded(args.seed, 1),
             rng=np.random.default_rng([args.seed, 2]), force=args.sight,
         )  # fmt: skip
-        real, cached = real_returns(
-            entry, spec, cache, args.episodes, 0, args.workers, play=not args.cached_only
-        )
+        with tqdm(total=args.episodes, desc=f"{entry.name} (real)", leave=False) as bar:
+            real, cached = real_returns(
+                entry, spec, cache, args.episodes, 0, args.workers, not args.cached_only, bar.update
+            )
         ratio = dream.mean() / real.mean() if real is not None and real.mean() else float("nan")
         rows.append({"name": entry.name, "sight": how, "dream": dream, "real": real,
                      "cached": cached, "ratio": ratio, "seconds": time.time() - t0})  # fmt: skip

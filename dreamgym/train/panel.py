@@ -271,11 +271,13 @@ def real_returns(
     seed: int = 0,
     workers: int = 2,
     play: bool = True,
+    progress=None,
 ) -> tuple[np.ndarray | None, bool]:
     """(returns over game seeds ``seed``.. ``seed + episodes - 1``, whether they were cached).
 
     Misses are played (controllers in ``workers`` processes, with their own V and M) and
-    cached, unless ``play`` is False: then a miss gives (None, False).
+    cached, unless ``play`` is False: then a miss gives (None, False). ``progress(k)`` is
+    called as episodes end.
     """
     from dreamgym.train.evaluate import RealEvaluator
 
@@ -286,10 +288,13 @@ def real_returns(
         return hit, hit is not None
     if entry.policy is not None:
         returns = play_fixed(spec, entry.policy, range(seed, seed + episodes), max_steps)
+        if progress is not None:
+            progress(episodes)
     else:
         controller, _ = read_controller(entry.folder)
         with RealEvaluator(entry.world_model, workers, controller=controller.config) as ev:
-            returns = ev.returns(controller.get_flat().numpy()[None], episodes, seed)[0]
+            params = controller.get_flat().numpy()[None]
+            returns = ev.returns(params, episodes, seed, progress)[0]
     cache.put(key, entry.name, returns)
     return returns, False
 
