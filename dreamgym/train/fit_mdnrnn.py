@@ -27,16 +27,22 @@ from dreamgym.mdnrnn import (
     mdn_nll,
     mixture_log_prob,
 )
+from dreamgym.train import provenance
 from dreamgym.train.common import (
     atomic_torch_save,
+    check_finite,
+    check_options,
+    check_resume,
+    check_weights,
     load_checkpoint,
     log_metrics,
     open_run,
     save_config,
     set_threads,
+    trim_metrics,
     world_model_dest,
 )
-from dreamgym.train.encode import load_latents
+from dreamgym.train.encode import LATENTS, load_latents
 
 MDN_DIR = "mdnrnn"
 
@@ -217,14 +223,19 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
             f"open_loop_steps must be 0 (off) or >= 2 and open_loop_every >= 1, got "
             f"{config.open_loop_steps} and {config.open_loop_every}"
         )
+    check_options(
+        config,
+        positive=("hidden", "n_mix", "batch_size", "seq_len", "lr", "lr_final", "grad_clip",
+                  "checkpoint_every", "threads"),
+        at_least_zero=("steps", "done_pos_weight", "reward_weight", "open_loop_weight"),
+    )  # fmt: skip
     run_dir, game = open_run(run_dir)
     world_model_dest(run_dir)  # fail now, not after training, if assembling could not write
     set_threads(config.threads)
     spec = get_game(game)
     out = run_dir / MDN_DIR
-    out.mkdir(exist_ok=True)
-    save_config(out / "config.json", config)
     lat = load_latents(run_dir)
+    vae_id, rows = provenance.latents_inputs(run_dir / LATENTS)
     mcfg = MDNRNNConfig(
         z_dim=lat["mu"].shape[1], action_dim=spec.action_dim, hidden=config.hidden or spec.hidden,
         n_mix=config.n_mix, reward_head=spec.models_reward,
@@ -237,10 +248,19 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
     step = 0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
+        check_resume(out, ckpt.get("config", {}), mcfg.to_dict())
+        if vae_id is not None:
+            provenance.check(out, "fit-mdnrnn", {"vae": vae_id}, rows)
         m.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        sched.base_lrs = [config.lr]  # the learning rates asked for now
         step = ckpt["step"]
+    out.mkdir(exist_ok=True)
+    save_config(out / "config.json", config)
+    trim_metrics(out / "metrics.jsonl", step)
+    if vae_id is not None and (step < config.steps or provenance.recorded(out) is None):
+        provenance.record(out, {"vae": vae_id, **provenance.shards_identity(rows)})
     if step >= config.steps:
         return out
     sampler = SequenceSampler(
@@ -248,6 +268,7 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
     )
 
     def checkpoint():
+        check_weights(m, "fit-mdnrnn", step, ckpt_path)
         atomic_torch_save(
             {"model": m.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "step": step, "game": game,
@@ -261,6 +282,7 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
     while step < config.steps:
         b = sampler.batch(config.batch_size, config.device)
         parts = losses(m, b, config)
+        check_finite(parts["loss"], "fit-mdnrnn", step, ckpt_path)
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), config.grad_clip)
