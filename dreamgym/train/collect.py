@@ -144,6 +144,8 @@ def run(config: CollectConfig, run_dir) -> Path:
             raise ValueError(f"noise: expected a number >= 0, got {config.noise}")
         check_noise_space(config.noise_space)  # a clear error before workers start
         world_model = str(_controller_world_model(Path(config.controller), run_dir))
+    for problem in data.reconcile(run_dir):
+        print(f"collect: {problem}; set aside (*.bad), a new episode replaces it", flush=True)
     save_config(run_dir / "collect.json", config)
     min_frames = DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
     max_steps = config.max_steps or spec.max_episode_steps

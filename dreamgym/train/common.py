@@ -75,6 +75,9 @@ def run_world_model(run_dir: str | os.PathLike) -> Path:
         WorldModel.load(wm_dir, game=game)
     except WorldModelError as e:
         raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
+    from dreamgym.train import provenance
+
+    provenance.check_world_model(run_dir)
     return wm_dir
 
 

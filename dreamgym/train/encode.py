@@ -70,6 +70,16 @@ def _vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str, str]:
     return -1, digest, digest
 
 
+def vae_identity(run_dir: Path, latents: Path) -> str | None:
+    """The identity of the V that encoded ``latents`` as that V is now (None: it is gone)."""
+    with np.load(latents, allow_pickle=False) as z:
+        folder = str(z["vae_folder"]) if "vae_folder" in z.files else ""
+    try:
+        return _vae_source(run_dir, folder or None)[2]
+    except (RunDirError, ValueError):
+        return None
+
+
 def _load_vae(run_dir: Path, config: EncodeConfig, game: str):
     if config.world_model is None:
         return load_trained_vae(run_dir, config.device)

@@ -73,7 +73,8 @@ def latents_inputs(path: Path) -> tuple[str | None, list[dict]]:
         return str(z["vae_id"]), rows
 
 
-UPSTREAM = {"vae": "fit-vae", "mdnrnn": "fit-mdnrnn", "world_model": "fit-mdnrnn"}
+UPSTREAM = {"vae": "fit-vae", "mdnrnn": "fit-mdnrnn", "world_model": "fit-mdnrnn",
+            "ensemble": "that world model's fit-mdnrnn"}  # fmt: skip
 """The stage that writes each named input."""
 
 
@@ -85,7 +86,8 @@ def stale_reason(old: dict, new: dict, rows: list[dict] | None = None) -> str | 
         return "episodes it read have changed since (collect replaced or removed them)"
     for key, value in old.items():
         if key not in ("episodes", "shards") and key in new and new[key] != value:
-            return f"its {key} has changed since ({UPSTREAM.get(key, key)} ran again)"
+            stage = UPSTREAM.get(key.rstrip("0123456789"), key)
+            return f"its {key} has changed since ({stage} ran again)"
     return None
 
 
@@ -98,3 +100,112 @@ def check(folder: Path, stage: str, new: dict, rows: list[dict] | None = None) -
             f"{folder}: {stage} built it from other inputs: {why}; delete {folder} to "
             f"run {stage} again on the current ones"
         )
+
+
+def assembly_inputs(run_dir: Path) -> dict:
+    """What ``world_model/`` is assembled from: the latents and M's checkpoint."""
+    from dreamgym.train.encode import LATENTS
+    from dreamgym.train.fit_mdnrnn import MDN_DIR
+
+    return {
+        "latents": file_digest(Path(run_dir) / LATENTS),
+        "mdnrnn": file_digest(Path(run_dir) / MDN_DIR / "checkpoint.pt"),
+    }
+
+
+def check_world_model(run_dir: Path) -> None:
+    """Refuse a run's ``world_model/`` assembled from latents or an M that changed since."""
+    from dreamgym.train.common import WORLD_MODEL_DIR
+
+    folder = Path(run_dir) / WORLD_MODEL_DIR
+    old = recorded(folder)
+    if old is None:
+        return  # assembled before records were, or copied in by hand
+    try:
+        now = assembly_inputs(run_dir)
+    except FileNotFoundError as e:
+        raise StaleError(f"{folder}: assembled from {e.filename}, which is gone; run encode "
+                         "and fit-mdnrnn again") from None  # fmt: skip
+    for key, stage in (("latents", "encode"), ("mdnrnn", "fit-mdnrnn")):
+        if old.get(key) != now[key]:
+            raise StaleError(
+                f"{folder}: assembled before {stage} last wrote its {key}; run "
+                "`dreamgym fit-mdnrnn` (it fits M on the current latents and reassembles)"
+            )
+
+
+def status(run_dir: Path) -> list[tuple[str, str, str]]:
+    """(stage, state, note) for each stage of a run: ``current``, ``stale`` (its inputs
+    changed: what to do is in the note), ``behind`` (more episodes than it has read) or
+    ``missing``."""
+    from dreamgym.train.common import WORLD_MODEL_DIR
+    from dreamgym.train.encode import LATENTS, vae_identity
+    from dreamgym.train.fit_mdnrnn import MDN_DIR
+    from dreamgym.train.fit_vae import VAE_DIR
+
+    run_dir = Path(run_dir)
+    rows = data.kept_rows(run_dir)
+    bad = data.verify(run_dir)
+    out = [
+        ("collect", "stale", f"{bad[0]}; rerun collect")
+        if bad
+        else ("collect", "current" if rows else "missing", f"{len(rows)} episodes")
+    ]
+    vae = run_dir / VAE_DIR
+    out.append(_data_status("fit-vae", vae, vae / "checkpoint.pt", {}, rows))
+    lat, vae_id, lat_rows = run_dir / LATENTS, None, []
+    if not lat.exists():
+        out.append(("encode", "missing", ""))
+    else:
+        vae_id, lat_rows = latents_inputs(lat)
+        now = vae_identity(run_dir, lat)
+        if vae_id is None:
+            out.append(("encode", "current", "written before records were"))
+        elif now != vae_id:
+            out.append(("encode", "stale", "V changed since; rerun encode"))
+        else:
+            out.append(_data_status("encode", None, lat, {}, rows, lat_rows))
+    mdn = run_dir / MDN_DIR
+    new = {} if vae_id is None else {"vae": vae_id}
+    out.append(_data_status("fit-mdnrnn", mdn, mdn / "checkpoint.pt", new, lat_rows or None))
+    wm = run_dir / WORLD_MODEL_DIR
+    try:
+        check_world_model(run_dir)
+        wm_state = ("current", "") if (wm / "weights.safetensors").exists() else ("missing", "")
+    except StaleError as e:
+        wm_state = ("stale", str(e).split("; ", 1)[-1])
+    out.append(("world_model", *wm_state))
+    for folder in sorted(run_dir.glob("evolve_*/")):
+        old = recorded(folder)
+        if old is None or not (wm / "weights.safetensors").exists():
+            out.append((folder.name, "current", "no record: built before records were"))
+            continue
+        digest = file_digest(wm / "weights.safetensors")
+        fresh = old.get("world_model") == digest
+        out.append((folder.name, *(("current", "") if fresh else (
+            "stale", f"evolved in another world model; delete {folder} to evolve again")))
+        )  # fmt: skip
+    return out
+
+
+def _data_status(stage, folder, artifact, new, rows, read_rows=None):
+    """A stage that read episodes: stale if they changed, behind if more came since."""
+    if not artifact.exists():
+        return (stage, "missing", "")
+    old = {**shards_identity(read_rows)} if read_rows is not None else recorded(folder)
+    if old is None:
+        return (stage, "current", "no record: built before records were")
+    why = stale_reason(old, new, rows)
+    if why is not None:
+        where = folder or artifact
+        return (stage, "stale", f"{why}; delete {where} and rerun {stage}")
+    if rows is not None and len(rows) > old.get("episodes", len(rows)):
+        return (stage, "behind", f"{len(rows) - old['episodes']} episodes more than it read")
+    return (stage, "current", f"{old.get('episodes', '?')} episodes")
+
+
+def format_status(rows: list[tuple[str, str, str]]) -> str:
+    width = max(len(stage) for stage, _, _ in rows)
+    return "\n".join(
+        f"{stage:<{width}}  {state:<8}  {note}".rstrip() for stage, state, note in rows
+    )
