@@ -112,15 +112,16 @@ class NonFiniteError(RunDirError):
 
 def check_finite(loss, stage: str, step: int, ckpt_path: Path) -> None:
     """Stop a stage at its first non-finite loss, before the step that would spread it."""
-    if not math.isfinite(float(loss)):
+    value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
         kept = (
             f"{ckpt_path} (the last good checkpoint) is kept"
             if ckpt_path.exists()
             else "no checkpoint was written"
         )
         raise NonFiniteError(
-            f"{stage}: the loss is {float(loss)} at step {step + 1}; {kept}. Lower --lr "
-            "(or raise --grad-clip) and rerun"
+            f"{stage}: the loss is {value} at step {step + 1}; {kept}. Rerun with a lower "
+            "--lr: it resumes from there"
         )
 
 
@@ -130,7 +131,7 @@ def check_weights(module: torch.nn.Module, stage: str, step: int, ckpt_path: Pat
     if bad:
         raise NonFiniteError(
             f"{stage}: weight {bad[0]!r} is NaN or infinite at step {step}; {ckpt_path} (the "
-            "last good checkpoint) is kept. Lower --lr (or raise --grad-clip) and rerun"
+            "last good checkpoint) is kept. Rerun with a lower --lr: it resumes from there"
         )
 
 

@@ -110,7 +110,10 @@ def run_summary(run_dir: Path, controller: Path | None = None) -> dict:
 
 def _check_controller(controller: Path, wm: WorldModel) -> None:
     """The controller must read this world model's observations ([z, h] or [z, c, h])."""
-    ctrl, _ = read_controller(controller, game=wm.game.name)
+    try:
+        ctrl, _ = read_controller(controller, game=wm.game.name)
+    except ControllerError as e:
+        raise ControllerError(f"--controller: {e}") from None
     want = controller_config(wm).in_dim
     if ctrl.config.in_dim != want:
         raise ControllerError(

@@ -104,6 +104,9 @@ def run(config: FitVAEConfig, run_dir) -> Path:
     if not rows:
         raise ValueError(f"{run_dir}: no episodes collected yet; run `dreamgym collect` first")
     folder = run_dir / data.EPISODES_DIR
+    problems = data.verify(run_dir)  # before anything is written; reads check them again
+    if problems:
+        raise data.ShardError(f"{problems[0]}; {data.RECOLLECT}")
     z_dim = config.z_dim or spec.z_dim
     vae = ConvVAE(VAEConfig(z_dim=z_dim, kl_tolerance=config.kl_tolerance))
     vae.to(config.device)

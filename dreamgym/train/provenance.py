@@ -15,6 +15,7 @@ ones, naming the upstream stage; ``status`` tells, stage by stage, what is curre
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,11 @@ def record(folder: Path, inputs: dict) -> None:
 def latents_inputs(path: Path) -> tuple[str | None, list[dict]]:
     """The V a ``latents.npz`` was encoded with and its episodes' rows (file, sha256);
     (None, []) for a file written before records were."""
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise RunDirError(f"{path}: unreadable ({e}); delete it and rerun encode") from None
+    with z:
         if "vae_id" not in z.files or "shards" not in z.files:
             return None, []
         rows = [
@@ -157,16 +162,22 @@ def status(run_dir: Path) -> list[tuple[str, str, str]]:
     if not lat.exists():
         out.append(("encode", "missing", ""))
     else:
-        vae_id, lat_rows = latents_inputs(lat)
-        now = vae_identity(run_dir, lat)
-        if vae_id is None:
+        try:
+            vae_id, lat_rows = latents_inputs(lat)
+            now = vae_identity(run_dir, lat)
+        except RunDirError as e:
+            vae_id, now = "unreadable", str(e).split(": ", 1)[-1]
+        if vae_id == "unreadable":
+            out.append(("encode", "stale", now))
+            vae_id = None
+        elif vae_id is None:
             out.append(("encode", "current", "written before records were"))
         elif now != vae_id:
             out.append(("encode", "stale", "V changed since; rerun encode"))
         else:
             out.append(_data_status("encode", None, lat, {}, rows, lat_rows))
     mdn = run_dir / MDN_DIR
-    new = {} if vae_id is None else {"vae": vae_id}
+    new = {} if vae_id is None else {"vae": vae_identity(run_dir, lat)}
     out.append(_data_status("fit-mdnrnn", mdn, mdn / "checkpoint.pt", new, lat_rows or None))
     wm = run_dir / WORLD_MODEL_DIR
     try:
@@ -185,6 +196,18 @@ def status(run_dir: Path) -> list[tuple[str, str, str]]:
         out.append((folder.name, *(("current", "") if fresh else (
             "stale", f"evolved in another world model; delete {folder} to evolve again")))
         )  # fmt: skip
+    return _propagate(out)
+
+
+def _propagate(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """A stage after a stale one is stale too: it was built from what that one made."""
+    out, upstream = [], None
+    for stage, state, note in rows:
+        if upstream is not None and state in ("current", "behind"):
+            state, note = "stale", f"built from {upstream}, which is stale"
+        if state == "stale" and upstream is None:
+            upstream = stage
+        out.append((stage, state, note))
     return out
 
 
