@@ -104,9 +104,6 @@ def run(config: FitVAEConfig, run_dir) -> Path:
     if not rows:
         raise ValueError(f"{run_dir}: no episodes collected yet; run `dreamgym collect` first")
     folder = run_dir / data.EPISODES_DIR
-    problems = data.verify(run_dir)  # before anything is written; reads check them again
-    if problems:
-        raise data.ShardError(f"{problems[0]}; {data.RECOLLECT}")
     z_dim = config.z_dim or spec.z_dim
     vae = ConvVAE(VAEConfig(z_dim=z_dim, kl_tolerance=config.kl_tolerance))
     vae.to(config.device)
@@ -122,11 +119,14 @@ def run(config: FitVAEConfig, run_dir) -> Path:
         for group in opt.param_groups:  # the learning rate asked for now
             group["lr"] = config.lr
         step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+    frames_total = sum(r["frames"] for r in rows)
+    total_steps = int(config.epochs * frames_total / config.batch_size)
+    problems = data.verify(run_dir) if step < total_steps else []
+    if problems:  # named before anything is written; reads check each shard again
+        raise data.ShardError(f"{problems[0]}; {data.RECOLLECT}")
     out.mkdir(exist_ok=True)
     save_config(out / "config.json", config)
     trim_metrics(out / "metrics.jsonl", step)
-    frames_total = sum(r["frames"] for r in rows)
-    total_steps = int(config.epochs * frames_total / config.batch_size)
     if step >= total_steps:
         if provenance.recorded(out) is None:
             provenance.record(out, provenance.shards_identity(rows))

@@ -131,6 +131,14 @@ def check_world_model(run_dir: Path) -> None:
     except FileNotFoundError as e:
         raise StaleError(f"{folder}: assembled from {e.filename}, which is gone; run encode "
                          "and fit-mdnrnn again") from None  # fmt: skip
+    from dreamgym.train.encode import LATENTS, vae_identity
+
+    vae_id, _ = latents_inputs(Path(run_dir) / LATENTS)
+    if vae_id is not None and vae_identity(run_dir, Path(run_dir) / LATENTS) != vae_id:
+        raise StaleError(
+            f"{folder}: assembled from latents of a V that fit-vae has changed since; run "
+            "`dreamgym encode`, then `dreamgym fit-mdnrnn`"
+        )
     for key, stage in (("latents", "encode"), ("mdnrnn", "fit-mdnrnn")):
         if old.get(key) != now[key]:
             raise StaleError(
