@@ -194,7 +194,7 @@ def status(run_dir: Path) -> list[tuple[str, str, str]]:
     except StaleError as e:
         wm_state = ("stale", str(e).split("; ", 1)[-1])
     out.append(("world_model", *wm_state))
-    for folder in sorted(run_dir.glob("evolve_*/")):
+    for folder in sorted([*run_dir.glob("evolve_*/"), *run_dir.glob("ppo_*/")]):
         old = recorded(folder)
         if old is None or not (wm / "weights.safetensors").exists():
             out.append((folder.name, "current", "no record: built before records were"))
@@ -202,7 +202,7 @@ def status(run_dir: Path) -> list[tuple[str, str, str]]:
         digest = file_digest(wm / "weights.safetensors")
         fresh = old.get("world_model") == digest
         out.append((folder.name, *(("current", "") if fresh else (
-            "stale", f"evolved in another world model; delete {folder} to evolve again")))
+            "stale", f"trained in another world model; delete {folder} to train again")))
         )  # fmt: skip
     return _propagate(out)
 
