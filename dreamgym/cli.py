@@ -15,7 +15,9 @@ import sys
 import typing
 from pathlib import Path
 
+from dreamgym._io import WriteError
 from dreamgym.games import GAMES
+from dreamgym.train.workers import WorkerDiedError
 
 
 def presets_dir() -> Path:
@@ -115,10 +117,13 @@ def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = Non
     """Every stage in order with the preset's configs; each resumes where it stopped."""
     from dreamgym.train.evaluate import format_table
     from dreamgym.train.export import assemble
+    from dreamgym.train.provenance import format_status, status
 
     stages = stages or _stages()
     cfg = load_preset(game, preset)
     run_dir = Path(run_dir)
+    if (run_dir / "run.json").exists():
+        print(f"== status\n{format_status(status(run_dir))}", flush=True)
     evolve_dir = None
     for name in PIPELINE:
         cls, fn, _ = stages[name]
@@ -166,35 +171,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("game", choices=sorted(GAMES))
     p.add_argument("--preset", default="cpu", help="tiny, cpu, paper, or a JSON file")
     p.add_argument("--run", default=None, help="run directory (default: runs/<game>-<preset>)")
+    p = sub.add_parser("status", help="which stages of a run are current, stale or missing")
+    p.add_argument("run", help="run directory")
+    for p in [parser, *sub.choices.values()]:
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS,
+            help="show the traceback of an error instead of one line",
+        )  # fmt: skip
     ns = parser.parse_args(argv)
-    from dreamgym._io import WriteError
-    from dreamgym.train.evaluate import format_table
-    from dreamgym.train.workers import WorkerDiedError
-
     try:
-        if ns.command == "pipeline":
-            run_pipeline(ns.game, ns.preset, ns.run or f"runs/{ns.game}-{ns.preset}", stages)
-        elif ns.command == "export":
-            from dreamgym.train.export import export
-
-            print(export(ns.run, ns.dest, ns.controller))
-        else:
-            cls, fn, _ = stages[ns.command]
-            if ns.command == "collect":
-                out = fn(_config(cls, ns, game=ns.game), ns.run)
-            elif ns.command == "evaluate":
-                out = fn(_config(cls, ns), ns.source)
-                print(format_table(out))
-            else:
-                out = fn(_config(cls, ns), ns.run)
-            if ns.command == "fit-mdnrnn":
-                from dreamgym.train.export import assemble
-
-                assemble(ns.run)
-            print(out)
-    except (ValueError, FileNotFoundError, WorkerDiedError, WriteError) as e:
-        print(f"dreamgym {ns.command}: error: {e}", file=sys.stderr)
+        return _run_command(ns, stages)
+    except (ValueError, OSError, WorkerDiedError) as e:
+        if getattr(ns, "debug", False):
+            raise
+        _close_progress_bars()
+        print(f"dreamgym {ns.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: Exception) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and not isinstance(e, WriteError) and e.filename:
+        msg = f"{e.filename}: {e.strerror or msg}"
+    return msg
+
+
+def _close_progress_bars() -> None:
+    """End every open progress bar's line, so that the error starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _run_command(ns: argparse.Namespace, stages: dict) -> int:
+    if ns.command == "status":
+        from dreamgym.train.common import open_run
+        from dreamgym.train.provenance import format_status, status
+
+        run_dir, _ = open_run(ns.run)
+        rows = status(run_dir)
+        print(format_status(rows))
+        return 0
+    from dreamgym.train.evaluate import format_table
+
+    if ns.command == "pipeline":
+        run_pipeline(ns.game, ns.preset, ns.run or f"runs/{ns.game}-{ns.preset}", stages)
+    elif ns.command == "export":
+        from dreamgym.train.export import export
+
+        print(export(ns.run, ns.dest, ns.controller))
+    else:
+        cls, fn, _ = stages[ns.command]
+        if ns.command == "collect":
+            out = fn(_config(cls, ns, game=ns.game), ns.run)
+        elif ns.command == "evaluate":
+            out = fn(_config(cls, ns), ns.source)
+            print(format_table(out))
+        else:
+            out = fn(_config(cls, ns), ns.run)
+        if ns.command == "fit-mdnrnn":
+            from dreamgym.train.export import assemble
+
+            assemble(ns.run)
+        print(out)
     return 0
 
 

@@ -10,6 +10,7 @@ episode with its frame count and sha256; it can be rebuilt from the shards.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import zipfile
@@ -25,8 +26,11 @@ MANIFEST = "manifest.jsonl"
 FIELDS = ("frames", "actions", "rewards", "terminated")
 
 
+RECOLLECT = "rerun `dreamgym collect` on this run: it sets bad shards aside and recollects them"
+
+
 class ShardError(ValueError):
-    """A shard is unreadable, truncated or inconsistent."""
+    """A shard is unreadable, truncated, inconsistent or not the one the manifest lists."""
 
 
 def shard_name(index: int) -> str:
@@ -69,16 +73,27 @@ def write_episode(folder: Path, index: int, episode: dict[str, np.ndarray]) -> d
     }
 
 
-def read_episode(path: Path, fields=FIELDS) -> dict[str, np.ndarray]:
-    """Read a shard (no pickle); a truncated or inconsistent file raises ShardError naming it."""
+def read_episode(path: Path, fields=FIELDS, sha: str | None = None) -> dict[str, np.ndarray]:
+    """Read a shard (no pickle); a truncated or inconsistent file raises ShardError naming it.
+
+    ``sha``: the sha256 the manifest recorded; the bytes read are checked against it.
+    """
     try:
-        with np.load(path, allow_pickle=False) as z:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ShardError(f"{path}: unreadable shard ({e.strerror or e}); {RECOLLECT}") from None
+    if sha is not None and hashlib.sha256(raw).hexdigest() != sha:
+        raise ShardError(
+            f"{path}: sha256 differs from {MANIFEST} (replaced or altered); {RECOLLECT}"
+        )
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             ep = {k: z[k] for k in fields}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise ShardError(f"{path}: unreadable shard ({e}); delete it and rerun collect") from None
+        raise ShardError(f"{path}: unreadable shard ({e}); {RECOLLECT}") from None
     lengths = {k: len(v) for k, v in ep.items()}
     if len(set(lengths.values())) != 1:
-        raise ShardError(f"{path}: fields of different lengths {lengths}")
+        raise ShardError(f"{path}: fields of different lengths {lengths}; {RECOLLECT}")
     return ep
 
 
@@ -95,26 +110,62 @@ def append_manifest(run_dir: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def kept_rows(run_dir: Path) -> list[dict]:
+    """Manifest rows of the kept episodes, in index order."""
+    rows = [r for r in read_manifest(run_dir) if not r.get("dropped")]
+    return sorted(rows, key=lambda r: r["index"])
+
+
 def kept_episodes(run_dir: Path) -> list[Path]:
     """Shards listed in the manifest (and present), in index order."""
     folder = Path(run_dir) / EPISODES_DIR
-    rows = [r for r in read_manifest(run_dir) if not r.get("dropped")]
-    return [folder / r["file"] for r in sorted(rows, key=lambda r: r["index"])]
+    return [folder / r["file"] for r in kept_rows(run_dir)]
+
+
+def _problem(path: Path, row: dict) -> str | None:
+    if not path.exists():
+        return f"{path}: listed in {MANIFEST} but missing"
+    if (
+        path.stat().st_size != row.get("bytes", path.stat().st_size)
+        or sha256(path) != row["sha256"]
+    ):
+        return f"{path}: sha256 differs from {MANIFEST}"
+    return None
 
 
 def verify(run_dir: Path) -> list[str]:
     """Check every manifest row against its shard's sha256; return the problems found."""
-    problems = []
     folder = Path(run_dir) / EPISODES_DIR
-    for row in read_manifest(run_dir):
-        if row.get("dropped"):
+    return [p for r in kept_rows(run_dir) if (p := _problem(folder / r["file"], r))]
+
+
+def reconcile(run_dir: Path) -> list[str]:
+    """Mark the kept rows whose shard is missing or altered as dropped (the file, if any, is
+    renamed ``*.bad``), so that collect recollects them; return the problems found."""
+    run_dir = Path(run_dir)
+    folder = run_dir / EPISODES_DIR
+    rows, problems = read_manifest(run_dir), []
+    for i, row in enumerate(rows):
+        problem = None if row.get("dropped") else _problem(folder / row["file"], row)
+        if problem is None:
             continue
+        problems.append(problem)
         path = folder / row["file"]
-        if not path.exists():
-            problems.append(f"{path}: listed in {MANIFEST} but missing")
-        elif sha256(path) != row["sha256"]:
-            problems.append(f"{path}: sha256 differs from {MANIFEST}")
+        if path.exists():
+            os.replace(path, path.with_name(path.name + ".bad"))
+        rows[i] = {"index": row["index"], "frames": row["frames"], "dropped": True, "bad": problem}
+    if problems:
+        with atomic_path(run_dir / MANIFEST) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return problems
+
+
+def shards_digest(rows: list[dict]) -> str:
+    """sha256 of the (file, sha256) pairs of manifest rows, in order: the data's identity."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(f"{r['file']}:{r['sha256']}\n".encode())
+    return h.hexdigest()
 
 
 def iter_frame_batches(
@@ -150,5 +201,6 @@ def iter_frame_batches(
 
 __all__ = [
     "write_episode", "read_episode", "read_manifest", "append_manifest",
-    "kept_episodes", "verify", "iter_frame_batches", "ShardError",
+    "kept_rows", "kept_episodes", "verify", "reconcile", "shards_digest", "iter_frame_batches",
+    "ShardError",
 ]  # fmt: skip

@@ -266,6 +266,10 @@ def put(state: core.DreamState, index: torch.Tensor, rows: core.DreamState) -> N
 # ---------------------------------------------------------------- the envs
 
 
+class EpisodeEndedError(gym.error.ResetNeeded, ValueError):
+    """``step`` on a dream whose episode has ended, before the ``reset`` it needs."""
+
+
 class DreamEnv(gym.Env):
     """One dream: a trained world model (V + M) of a game, played as a Gymnasium env.
 
@@ -416,19 +420,27 @@ class DreamEnv(gym.Env):
         """Change the temperature from the next step on (same checks as the constructor)."""
         self.tau = tau
 
+    _ended = False  # the episode terminated or truncated: step() needs a reset() first
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None or not self._dreams.seeded:
             self._dreams.seed(self.np_random)
         self._dreams.restart()
+        self._ended = False
         return self._dreams.observe()[0], {}
 
     def step(self, action):
         if self._dreams.state is None:
             raise gym.error.ResetNeeded("step: call reset() before the first step()")
+        if self._ended:
+            raise EpisodeEndedError(
+                "step: the episode has ended (terminated or truncated); call reset() first"
+            )
         a = self._dreams.check_action(action, self.action_space)
         reward, terminated, truncated = self._dreams.advance(a[None])
         obs = self._dreams.observe()[0]
+        self._ended = bool(terminated[0] or truncated[0])
         return obs, float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
 
     def render(self):
@@ -573,7 +585,7 @@ class DreamVectorEnv(VectorEnv):
         if self._pending.any():
             if mode == AutoresetMode.DISABLED:
                 rows = np.flatnonzero(self._pending).tolist()
-                raise ValueError(
+                raise EpisodeEndedError(
                     f"actions: dreams {rows[:10]} have ended; with autoreset_mode DISABLED "
                     "restart them with reset(options={'reset_mask': mask}) before stepping"
                 )

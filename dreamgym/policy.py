@@ -140,7 +140,14 @@ def read_controller(folder: str | os.PathLike, game: str | None = None) -> tuple
     hidden = info.get("hidden", 0)
     if not (isinstance(hidden, int) and hidden >= 0):
         raise ControllerError(f"{cfg_path}: key 'hidden' is {hidden!r}, expected an integer >= 0")
-    cfg = ControllerConfig(int(info["in_dim"]), int(info["out_dim"]), bool(info["bias"]), hidden)
+    for key in ("in_dim", "out_dim"):
+        if not (isinstance(info[key], int) and not isinstance(info[key], bool) and info[key] >= 1):
+            raise ControllerError(
+                f"{cfg_path}: key {key!r} is {info[key]!r}, expected an integer >= 1"
+            )
+    if not isinstance(info["bias"], bool):
+        raise ControllerError(f"{cfg_path}: key 'bias' is {info['bias']!r}, expected true or false")
+    cfg = ControllerConfig(info["in_dim"], info["out_dim"], info["bias"], hidden)
     outputs = get_game(info["game"]).controller_outputs
     if cfg.out_dim not in outputs:
         raise ControllerError(

@@ -62,9 +62,16 @@ def read_tensors(path: Path, device="cpu") -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WorldModelError(f"{path}: file not found")
     try:
-        return load_file(path, device=str(device))
+        tensors = load_file(path, device=str(device))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise WorldModelError(f"{path}: not a readable safetensors file ({e})") from None
+    for key, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise WorldModelError(
+                f"{path}: key {key!r} holds NaN or infinite values (training diverged); "
+                "train it again"
+            )
+    return tensors
 
 
 def vae_digest(folder: str | os.PathLike) -> str:
@@ -227,6 +234,12 @@ class WorldModel:
         except (TypeError, ValueError) as e:
             raise WorldModelError(f"{cfg_path}: bad architecture config ({e})") from None
         mdn = mdns[0]
+        got = (mdn.config.action_dim, mdn.config.z_dim, mdn.config.reward_head)
+        if got != (spec.action_dim, vae.z_dim, spec.models_reward):
+            raise WorldModelError(
+                f"{cfg_path}: key 'mdnrnn' has (action_dim, z_dim, reward_head) {got}; "
+                f"{spec.name} with this V needs {(spec.action_dim, vae.z_dim, spec.models_reward)}"
+            )
         tensors = read_tensors(w_path)
         load_state(vae, tensors, "vae.", w_path)
         load_state(mdn, tensors, "mdnrnn.", w_path)

@@ -118,6 +118,8 @@ def test_fit_vae_survives_sigkill(tmp_path):
     assert final["step"] == max(step, total)
     rows = [json.loads(x) for x in (run / "vae" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] <= final["step"]
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)), "a resumed fit-vae logged a step twice"
 
 
 def test_corrupt_shard_is_named(tmp_path):
@@ -210,6 +212,9 @@ def test_fit_mdnrnn_survives_sigkill(tmp_path):
     assert step >= 2
     cli(*args, "--steps", str(step + 3))
     assert load_checkpoint(ckpt)["step"] == step + 3
+    lines = (run / "mdnrnn" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in lines]
+    assert steps == sorted(set(steps)), "a resumed fit-mdnrnn logged a step twice"
     assert WorldModel.load(run / "world_model", game="doom_take_cover").mdnrnn.config.hidden == 16
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from dreamgym import data
 from dreamgym.games import get_game
-from dreamgym.train.common import WORLD_MODEL_DIR, open_run, save_config
+from dreamgym.train.common import WORLD_MODEL_DIR, check_options, open_run, save_config
 from dreamgym.train.policies import (
     check_collect_policy,
     check_noise_space,
@@ -132,8 +132,9 @@ def run(config: CollectConfig, run_dir) -> Path:
     """Collect until the run directory holds ``config.episodes`` kept episodes."""
     run_dir, game = open_run(run_dir, config.game)
     spec = get_game(game)
-    if config.episodes < 1 or config.workers < 1:
-        raise ValueError("episodes and workers must be >= 1")
+    check_options(config, positive=("episodes", "workers", "max_steps"), at_least_zero=("seed",))
+    if config.min_frames is not None and config.min_frames < 0:
+        raise ValueError(f"--min-frames: expected an integer >= 0, got {config.min_frames}")
     check_collect_policy(spec, config.policy)  # a clear error before workers start
     world_model = None
     if config.controller is not None:
@@ -146,6 +147,8 @@ def run(config: CollectConfig, run_dir) -> Path:
             raise ValueError(f"noise: expected a number >= 0, got {config.noise}")
         check_noise_space(config.noise_space)  # a clear error before workers start
         world_model = str(_controller_world_model(Path(config.controller), run_dir))
+    for problem in data.reconcile(run_dir):
+        print(f"collect: {problem}; set aside (*.bad), a new episode replaces it", flush=True)
     save_config(run_dir / "collect.json", config)
     min_frames = DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
     max_steps = config.max_steps or spec.max_episode_steps

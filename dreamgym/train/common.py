@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
 
 import torch
 
-from dreamgym._io import atomic_path
+from dreamgym._io import atomic_path, read_jsonl
 from dreamgym._version import __version__
 from dreamgym.games import get_game
 from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
@@ -43,7 +44,14 @@ def open_run(run_dir: str | os.PathLike, game: str | None = None) -> tuple[Path,
     run_dir = Path(run_dir)
     meta_path = run_dir / RUN_FILE
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+            meta["game"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise RunDirError(
+                f"{meta_path}: unreadable ({type(e).__name__}: {e}); restore it: it holds "
+                '{"game": "<game name>"}'
+            ) from None
         if game is not None and meta["game"] != get_game(game).name:
             raise RunDirError(
                 f"{run_dir}: this run directory is for {meta['game']!r}, not {game!r}; "
@@ -67,6 +75,9 @@ def run_world_model(run_dir: str | os.PathLike) -> Path:
         WorldModel.load(wm_dir, game=game)
     except WorldModelError as e:
         raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
+    from dreamgym.train import provenance
+
+    provenance.check_world_model(run_dir)
     return wm_dir
 
 
@@ -86,6 +97,86 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
     """Save a checkpoint of tensors and plain values (loaded back with weights_only=True)."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Keep the rows of a metrics file up to ``step`` (a resumed stage logs the rest again)."""
+    rows = read_jsonl(path)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if len(kept) != len(rows) or (path.exists() and not path.read_text().endswith("\n")):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+class NonFiniteError(RunDirError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+def check_finite(loss, stage: str, step: int, ckpt_path: Path) -> None:
+    """Stop a stage at its first non-finite loss, before the step that would spread it."""
+    value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
+        kept = (
+            f"{ckpt_path} (the last good checkpoint) is kept"
+            if ckpt_path.exists()
+            else "no checkpoint was written"
+        )
+        raise NonFiniteError(
+            f"{stage}: the loss is {value} at step {step + 1}; {kept}. Rerun with a lower "
+            "--lr: it resumes from there"
+        )
+
+
+def check_weights(module: torch.nn.Module, stage: str, step: int, ckpt_path: Path) -> None:
+    """Refuse to checkpoint weights that are no longer finite (the last good one is kept)."""
+    bad = [k for k, v in module.state_dict().items() if not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteError(
+            f"{stage}: weight {bad[0]!r} is NaN or infinite at step {step}; {ckpt_path} (the "
+            "last good checkpoint) is kept. Rerun with a lower --lr: it resumes from there"
+        )
+
+
+def check_options(config, positive=(), at_least_zero=(), finite=()) -> None:
+    """Options of a stage's config: integers or numbers in range, a usable device."""
+    for name in positive:
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, int | float) and value > 0):
+            raise ValueError(f"--{name.replace('_', '-')}: expected a number > 0, got {value}")
+    for name in at_least_zero:
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, int | float) and value >= 0):
+            raise ValueError(f"--{name.replace('_', '-')}: expected a number >= 0, got {value}")
+    for name in (*positive, *at_least_zero, *finite):
+        value = getattr(config, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')}: expected a finite number, got {value}")
+    if hasattr(config, "device"):
+        check_device(config.device)
+
+
+def check_device(device: str) -> None:
+    """A torch device this machine has (``cpu``, ``cuda``, ``cuda:1``)."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device: {device!r} is not a torch device ({e})") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r}, but CUDA is not available here; use cpu")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"--device: {device!r}, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA devices")  # fmt: skip
+    if d.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu or cuda[:N], got {device!r}")
+
+
+def check_resume(folder: Path, started: dict, now: dict) -> None:
+    """Refuse to resume a stage whose settings that shape its checkpoint changed."""
+    for key, value in now.items():
+        if key in started and started[key] != value:
+            raise RunDirError(
+                f"{folder}: started with {key}={started[key]!r}, now {key}={value!r}; use the "
+                f"same value to resume, or delete {folder} to start over"
+            )
 
 
 def load_checkpoint(path: Path) -> dict:

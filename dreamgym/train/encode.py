@@ -8,6 +8,7 @@ after more collection encodes only the new episodes, and an up-to-date file is k
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,14 @@ from tqdm import tqdm
 
 from dreamgym import data
 from dreamgym._io import atomic_path
-from dreamgym.train.common import RunDirError, load_checkpoint, open_run, set_threads
+from dreamgym.train import provenance
+from dreamgym.train.common import (
+    RunDirError,
+    check_options,
+    load_checkpoint,
+    open_run,
+    set_threads,
+)
 from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
 from dreamgym.vae import frames_to_tensor
 from dreamgym.world_model import WEIGHTS_FILE, WorldModel, vae_digest
@@ -46,21 +54,33 @@ def vae_step(run_dir: Path) -> int:
     return int(load_checkpoint(run_dir / VAE_DIR / "checkpoint.pt")["step"])
 
 
-def _vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str]:
-    """Which V encodes: (step, "") for the run's checkpoint; for a world model's,
-    (-1, the digest of its V's tensors), so a new V in the same folder re-encodes and
-    a new M or bank there does not."""
+def _vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str, str]:
+    """Which V encodes: (step, "", the checkpoint file's digest) for the run's checkpoint;
+    for a world model's, (-1, the digest of its V's tensors, the same), so a new V in the
+    same folder re-encodes and a new M or bank there does not."""
     if world_model is None:
-        if not (run_dir / VAE_DIR / "checkpoint.pt").exists():
+        ckpt = run_dir / VAE_DIR / "checkpoint.pt"
+        if not ckpt.exists():
             raise RunDirError(
                 f"{run_dir}: no V to encode with; run fit-vae, or pass --world-model DIR "
                 "to encode with an exported world model's V"
             )
-        return vae_step(run_dir), ""
+        return vae_step(run_dir), "", provenance.file_digest(ckpt)
     weights = Path(world_model) / WEIGHTS_FILE
     if not weights.exists():
         raise RunDirError(f"world_model: {weights} not found; pass a world-model folder")
-    return -1, vae_digest(weights.parent)
+    digest = vae_digest(weights.parent)
+    return -1, digest, digest
+
+
+def vae_identity(run_dir: Path, latents: Path) -> str | None:
+    """The identity of the V that encoded ``latents`` as that V is now (None: it is gone)."""
+    with np.load(latents, allow_pickle=False) as z:
+        folder = str(z["vae_folder"]) if "vae_folder" in z.files else ""
+    try:
+        return _vae_source(run_dir, folder or None)[2]
+    except (RunDirError, ValueError):
+        return None
 
 
 def _load_vae(run_dir: Path, config: EncodeConfig, game: str):
@@ -71,34 +91,54 @@ def _load_vae(run_dir: Path, config: EncodeConfig, game: str):
 
 def load_latents(run_dir: Path) -> dict[str, np.ndarray]:
     """The arrays of the run's ``latents.npz``."""
-    with np.load(Path(run_dir) / LATENTS, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    path = Path(run_dir) / LATENTS
+    if not path.exists():
+        raise RunDirError(f"{path}: not found; run encode first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise RunDirError(f"{path}: unreadable ({e}); delete it and rerun encode") from None
 
 
-def _encoded(path: Path, step: int, source: str, names: list[str]) -> int:
-    """How many of the episodes ``names`` ``path`` already holds, in order, from this V."""
+def _encoded(path: Path, step: int, source: str, vae_id: str, rows: list[dict]) -> int:
+    """How many of the episodes ``rows`` ``path`` already holds, in order, from this V."""
     if not path.exists():
         return 0
-    with np.load(path, allow_pickle=False) as z:  # reads only the small arrays asked for
-        if "files" not in z.files or int(z["vae_step"]) != step:
-            return 0
-        old_source = str(z["vae_source"]) if "vae_source" in z.files else ""
-        if old_source != source:
-            return 0
-        old = [str(f) for f in z["files"]]
+    try:
+        old_id, old_rows = provenance.latents_inputs(path)
+        if old_id is not None:
+            same = old_id == vae_id and provenance.covers(
+                provenance.shards_identity(old_rows), rows
+            )
+            return len(old_rows) if same else 0
+        with np.load(path, allow_pickle=False) as z:  # written before records were
+            if "files" not in z.files or int(z["vae_step"]) != step:
+                return 0
+            old_source = str(z["vae_source"]) if "vae_source" in z.files else ""
+            if old_source != source:
+                return 0
+            old = [str(f) for f in z["files"]]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return 0  # unreadable: encode it again
+    names = [r["file"] for r in rows]
     return len(old) if old == names[: len(old)] else 0
 
 
 @torch.no_grad()
 def run(config: EncodeConfig, run_dir) -> Path:
     """Encode the run's episodes (only the new ones on a rerun); return the ``latents.npz`` path."""
+    check_options(config, positive=("batch_size", "threads"))
     run_dir, game = open_run(run_dir)
     set_threads(config.threads)
     path = run_dir / LATENTS
-    step, source = _vae_source(run_dir, config.world_model)
-    paths = data.kept_episodes(run_dir)
+    step, source, vae_id = _vae_source(run_dir, config.world_model)
+    rows = data.kept_rows(run_dir)
+    paths = [run_dir / data.EPISODES_DIR / r["file"] for r in rows]
     names = [p.name for p in paths]
-    done = _encoded(path, step, source, names)
+    if not rows:
+        raise RunDirError(f"{run_dir}: no episodes collected yet; run `dreamgym collect` first")
+    done = _encoded(path, step, source, vae_id, rows)
     if done == len(paths) and path.exists():
         return path
     vae = _load_vae(run_dir, config, game)
@@ -108,8 +148,10 @@ def run(config: EncodeConfig, run_dir) -> Path:
         mus, logvars = [old["mu"]], [old["logvar"]]
         actions, rewards, terms = [old["actions"]], [old["rewards"]], [old["terminated"]]
         lengths = list(np.diff(old["offsets"]))
-    for p in tqdm(paths[done:], desc=f"encode {game}", unit="ep"):
-        ep = data.read_episode(p)
+    for p, row in tqdm(
+        list(zip(paths, rows, strict=True))[done:], desc=f"encode {game}", unit="ep"
+    ):
+        ep = data.read_episode(p, sha=row["sha256"])
         for i in range(0, len(ep["frames"]), config.batch_size):
             mu, logvar = vae.encode(
                 frames_to_tensor(ep["frames"][i : i + config.batch_size], config.device)
@@ -131,6 +173,8 @@ def run(config: EncodeConfig, run_dir) -> Path:
             terminated=np.concatenate(terms),
             offsets=offsets,
             files=np.array(names),
+            shards=np.array([r["sha256"] for r in rows]),
+            vae_id=np.array(vae_id),
             vae_step=np.int64(step),
             vae_source=np.array(source),
             vae_folder=np.array(str(Path(config.world_model).resolve()) if source else ""),

@@ -27,7 +27,7 @@ from dreamgym.dream import DEFAULT_TAU, STARTS
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.starts import RealStarts
-from dreamgym.train.common import WORLD_MODEL_DIR, set_threads
+from dreamgym.train.common import WORLD_MODEL_DIR, check_options, set_threads
 from dreamgym.train.workers import GamePool
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text, read_json
@@ -401,16 +401,24 @@ def run(config: EvaluateConfig, source) -> Path:
         raise ValueError(
             f"starts: expected one of {STARTS} ('real' with dream), got {config.starts!r}"
         )
+    check_options(config, positive=("workers", "tau", "max_steps", "threads"))
     set_threads(config.threads)
     wm_dir, ctrl_dir = resolve_source(source, config.controller, config.tau)
-    controller, info = read_controller(ctrl_dir, game=read_json(wm_dir / WM_CONFIG)["game"])
+    wm = WorldModel.load(wm_dir)  # names the file of a broken or diverged world model
+    controller, info = read_controller(ctrl_dir, game=wm.game.name)
+    want = controller_config(wm).in_dim
+    if controller.config.in_dim != want:
+        raise ValueError(
+            f"--controller: {ctrl_dir} reads {controller.config.in_dim} inputs, but the world "
+            f"model {wm_dir} gives {want}; pass a controller trained in this world model"
+        )
     params = controller.get_flat().numpy()[None]
     mode = "dream" if config.dream else "real"
     tau = config.tau if config.tau is not None else info.get("tau") or DEFAULT_TAU[info["game"]]
     bar = tqdm(total=config.episodes, desc=f"evaluate {info['game']} ({mode})", unit="ep")
     t0 = time.time()
     if config.dream:
-        wm = WorldModel.load(wm_dir, game=info["game"], device=config.device)
+        wm = wm.to(config.device)
         if config.starts == "real" and wm.starts is None:
             raise ValueError(f"starts: {wm_dir} has no bank of real states; use starts='first'")
         starts = wm.starts if config.starts == "real" else None

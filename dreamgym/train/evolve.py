@@ -35,6 +35,7 @@ from dreamgym._io import atomic_path, read_jsonl
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
 from dreamgym.starts import RealStarts
+from dreamgym.train import provenance
 from dreamgym.train.common import (
     RunDirError,
     log_metrics,
@@ -44,6 +45,7 @@ from dreamgym.train.common import (
 )
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.evaluate import DreamEvaluator, RealEvaluator
+from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel, atomic_write_text
 
 CMA_FILE = "cma.safetensors"
@@ -387,6 +389,14 @@ def _repair_metrics(path: Path, generation: int, last_row: dict | None) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _inputs(wm_dir: Path, config: EvolveConfig) -> dict:
+    """The dreams a controller is evolved in: the world model and any ensemble members."""
+    inputs = {"world_model": provenance.file_digest(wm_dir / WM_WEIGHTS)}
+    for i, folder in enumerate(config.ensemble):
+        inputs[f"ensemble{i}"] = provenance.file_digest(Path(folder) / WM_WEIGHTS)
+    return inputs
+
+
 def run(config: EvolveConfig, run_dir) -> Path:
     """Evolve a controller in the run's world model; return the folder holding it."""
     _check(config)
@@ -415,7 +425,9 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
 
     log = {"evals": [], "best_eval": None, "last_row": None}
     best_eval_x = None
+    inputs = _inputs(wm_dir, config)
     if (out / CMA_FILE).exists():
+        provenance.check(out, "evolve", inputs)
         arrays, values = load_checkpoint(out / CMA_FILE)
         old = values["config"]
         keys = [k for k in RESUME_KEYS if not (k == "tau" and config.real)]
@@ -431,6 +443,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
         log = values["log"]
         best_eval_x = arrays.get("best_eval_x")
     save_config(out / CONFIG_NAME, config)
+    if es.generation < config.generations or provenance.recorded(out) is None:
+        provenance.record(out, inputs)
     _repair_metrics(out / METRICS_FILE, es.generation, log["last_row"])
     meta = {
         "tau": None if config.real else config.tau,

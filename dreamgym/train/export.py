@@ -8,15 +8,18 @@ model folder and writes a MODEL_CARD.md skeleton filled with the run's numbers.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from dreamgym import data
-from dreamgym._io import read_jsonl
+from dreamgym._io import WriteError, read_jsonl
 from dreamgym._version import __version__
+from dreamgym.policy import ControllerError, controller_config, read_controller
 from dreamgym.starts import RealStarts
+from dreamgym.train import provenance
 from dreamgym.train.common import WORLD_MODEL_DIR, RunDirError, open_run, world_model_dest
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn, member_count
@@ -50,7 +53,12 @@ def assemble(run_dir) -> Path:
     frames, and a bank of real states along its episodes (``RealStarts``)."""
     run_dir, game = open_run(run_dir)
     dest = world_model_dest(run_dir)
+    if not (run_dir / MDN_DIR / "checkpoint.pt").exists():
+        raise RunDirError(f"{run_dir}: no trained M yet; run fit-mdnrnn first")
     lat = load_latents(run_dir)
+    inputs = provenance.assembly_inputs(run_dir)
+    if (dest / WEIGHTS_FILE).exists() and provenance.recorded(dest) == inputs:
+        return dest  # assembled from these very latents and M
     first = lat["offsets"][:-1]
     ms = [load_trained_mdnrnn(run_dir, member=k) for k in range(member_count(run_dir))]
     wm = WorldModel(
@@ -62,7 +70,10 @@ def assemble(run_dir) -> Path:
         ensemble=ms[1:],
     )
     wm.starts = RealStarts.from_latents(wm, lat, STARTS_EVERY).subset(STARTS_SIZE, seed=0)
-    return wm.save(dest)
+    (dest / provenance.INPUTS_FILE).unlink(missing_ok=True)  # no record for a half-written one
+    wm.save(dest)
+    provenance.record(dest, inputs)
+    return dest
 
 
 def _last(path: Path) -> dict:
@@ -99,30 +110,89 @@ def run_summary(run_dir: Path, controller: Path | None = None) -> dict:
     return summary
 
 
+def _check_controller(controller: Path, wm: WorldModel) -> None:
+    """The controller must read this world model's observations ([z, h] or [z, c, h])."""
+    try:
+        ctrl, _ = read_controller(controller, game=wm.game.name)
+    except ControllerError as e:
+        raise ControllerError(f"--controller: {e}") from None
+    want = controller_config(wm).in_dim
+    if ctrl.config.in_dim != want:
+        raise ControllerError(
+            f"--controller: {controller} reads {ctrl.config.in_dim} inputs, but this world "
+            f"model's observations have {want}; it was trained in another world model"
+        )
+
+
 def export(run_dir, dest, controller: str | None = None) -> Path:
-    """Copy the world model (and a controller folder, if given) into ``dest``."""
+    """Copy the world model (and a controller folder, if given) into ``dest``.
+
+    Everything is checked first, then ``dest`` is written as a whole: a new folder
+    beside it, renamed into place (a MODEL_CARD.md already there is kept).
+    """
     run_dir, game = open_run(run_dir)
     src = run_dir / WORLD_MODEL_DIR
     if not (src / "weights.safetensors").exists():
         if not (run_dir / LATENTS).exists():
             raise ValueError(f"{run_dir}: no trained world model yet; run fit-mdnrnn first")
         assemble(run_dir)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "weights.safetensors"):
-        shutil.copy2(src / name, dest / name)
+    provenance.check_world_model(run_dir)
+    wm = WorldModel.load(src, game=game)  # refuses NaN weights, names the file
     if controller is not None:
-        for name in ("controller.json", "controller.safetensors"):
-            shutil.copy2(Path(controller) / name, dest / name)
-    summary = run_summary(run_dir, Path(controller) if controller else None)
-    card = dest / "MODEL_CARD.md"
-    if not card.exists():  # a skeleton: the commands and the machine are the author's to add
-        card.write_text(
-            f"# {game}\n\n"
-            f"Exported from run directory `{run_dir}` by dreamgym {__version__}.\n\n"
-            "## Data, losses, wall time per stage and scores (read from the run)\n\n"
-            f"```json\n{json.dumps(summary, indent=2)}\n```\n\n"
-            "## Commands and machine\n\n"
-            "The exact commands that made this run, and the machine they ran on.\n"
-        )
+        _check_controller(Path(controller), wm)
+    dest = Path(dest)
+    if dest.resolve() == src.resolve():
+        raise ValueError(f"dest: {dest} is the run's own world model; choose another folder")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for name in ("config.json", "weights.safetensors"):
+            shutil.copy2(src / name, tmp / name)
+        if controller is not None:
+            for name in ("controller.json", "controller.safetensors"):
+                shutil.copy2(Path(controller) / name, tmp / name)
+        if (dest / "MODEL_CARD.md").exists():
+            shutil.copy2(dest / "MODEL_CARD.md", tmp / "MODEL_CARD.md")
+        else:
+            _write_card(tmp / "MODEL_CARD.md", run_dir, game, controller)
+        _replace_dir(tmp, dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(
+            f"{dest}: could not be written ({e.strerror or e}); nothing changed"
+        ) from e
     return dest
+
+
+def _write_card(card: Path, run_dir: Path, game: str, controller: str | None) -> None:
+    """A skeleton: the commands and the machine are the author's to add."""
+    summary = run_summary(run_dir, Path(controller) if controller else None)
+    card.write_text(
+        f"# {game}\n\n"
+        f"Exported from run directory `{run_dir}` by dreamgym {__version__}.\n\n"
+        "## Data, losses, wall time per stage and scores (read from the run)\n\n"
+        f"```json\n{json.dumps(summary, indent=2)}\n```\n\n"
+        "## Commands and machine\n\n"
+        "The exact commands that made this run, and the machine they ran on.\n"
+    )
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """Put the folder ``new`` in the place of ``dest`` (two renames; files beside the
+    exported ones in an existing ``dest`` are copied over first)."""
+    if dest.exists():
+        for p in dest.iterdir():
+            if (new / p.name).exists():
+                continue
+            if p.is_dir():
+                shutil.copytree(p, new / p.name, symlinks=True)
+            else:
+                shutil.copy2(p, new / p.name, follow_symlinks=False)
+        old = dest.with_name(dest.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(new, dest)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, dest)

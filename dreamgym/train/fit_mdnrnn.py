@@ -28,16 +28,22 @@ from dreamgym.mdnrnn import (
     mdn_nll,
     mixture_log_prob,
 )
+from dreamgym.train import provenance
 from dreamgym.train.common import (
     atomic_torch_save,
+    check_finite,
+    check_options,
+    check_resume,
+    check_weights,
     load_checkpoint,
     log_metrics,
     open_run,
     save_config,
     set_threads,
+    trim_metrics,
     world_model_dest,
 )
-from dreamgym.train.encode import load_latents
+from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.world_model import read_json
 
 MDN_DIR = "mdnrnn"
@@ -243,43 +249,48 @@ def member_dir(run_dir: Path, k: int) -> Path:
 
 
 def run(config: FitMDNRNNConfig, run_dir) -> Path:
-    """Train M on the run's latents (a rerun resumes); return ``run_dir/mdnrnn``."""
+    """Train M (every member of an ensemble) on the run's latents; return ``run_dir/mdnrnn``."""
     if config.open_loop_steps == 1 or config.open_loop_steps < 0 or config.open_loop_every < 1:
         raise ValueError(
             f"open_loop_steps must be 0 (off) or >= 2 and open_loop_every >= 1, got "
             f"{config.open_loop_steps} and {config.open_loop_every}"
         )
-    if (
-        isinstance(config.members, bool)
-        or not isinstance(config.members, int)
-        or config.members < 1
-    ):
-        raise ValueError(f"members: expected an integer >= 1, got {config.members!r}")
+    check_options(
+        config,
+        positive=("hidden", "n_mix", "batch_size", "seq_len", "lr", "lr_final", "grad_clip",
+                  "checkpoint_every", "threads", "members"),
+        at_least_zero=("steps", "done_pos_weight", "reward_weight", "open_loop_weight"),
+    )  # fmt: skip
     if not 0 <= config.dropout < 1:
         raise ValueError(f"dropout: expected a number in [0, 1), got {config.dropout}")
     run_dir, game = open_run(run_dir)
     world_model_dest(run_dir)  # fail now, not after training, if assembling could not write
     set_threads(config.threads)
     spec = get_game(game)
-    (run_dir / MDN_DIR).mkdir(exist_ok=True)
-    save_config(run_dir / MDN_DIR / "config.json", config)
     lat = load_latents(run_dir)
+    vae_id, rows = provenance.latents_inputs(run_dir / LATENTS)
     mcfg = MDNRNNConfig(
         z_dim=lat["mu"].shape[1], action_dim=spec.action_dim, hidden=config.hidden or spec.hidden,
         n_mix=config.n_mix, reward_head=spec.models_reward, dropout=config.dropout,
     )  # fmt: skip
     for k in range(config.members):
-        _fit_member(config, run_dir, k, mcfg, lat, spec)
+        _fit_member(config, run_dir, k, mcfg, lat, spec, vae_id, rows)
     return run_dir / MDN_DIR
 
 
 def _fit_member(
-    config: FitMDNRNNConfig, run_dir: Path, k: int, mcfg: MDNRNNConfig, lat: dict, spec
+    config: FitMDNRNNConfig,
+    run_dir: Path,
+    k: int,
+    mcfg: MDNRNNConfig,
+    lat: dict,
+    spec,
+    vae_id,
+    rows,
 ) -> Path:
     """Train member k of the ensemble (resuming its checkpoint) to ``config.steps``."""
     game = spec.name
     out = member_dir(run_dir, k)
-    out.mkdir(exist_ok=True)
     m = MDNRNN(mcfg).to(config.device)
     opt = torch.optim.Adam(m.parameters(), lr=config.lr)
     decay = math.log(config.lr_final / config.lr) / max(config.steps, 1)
@@ -288,16 +299,27 @@ def _fit_member(
     step = 0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
+        check_resume(out, ckpt.get("config", {}), mcfg.to_dict())
+        if vae_id is not None:
+            provenance.check(out, "fit-mdnrnn", {"vae": vae_id}, rows)
         m.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        sched.base_lrs = [config.lr]  # the learning rates asked for now
         step = ckpt["step"]
+    out.mkdir(exist_ok=True)
+    if k == 0:
+        save_config(out / "config.json", config)
+    trim_metrics(out / "metrics.jsonl", step)
+    if vae_id is not None and (step < config.steps or provenance.recorded(out) is None):
+        provenance.record(out, {"vae": vae_id, **provenance.shards_identity(rows)})
     if step >= config.steps:
         return out
     seed = config.seed * 100003 + step + k * 7919  # each member its own sequences
     sampler = SequenceSampler(lat, spec.executed_action, config.seq_len, seed)
 
     def checkpoint():
+        check_weights(m, "fit-mdnrnn", step, ckpt_path)
         atomic_torch_save(
             {"model": m.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "step": step, "game": game,
@@ -313,6 +335,7 @@ def _fit_member(
     while step < config.steps:
         b = sampler.batch(config.batch_size, config.device)
         parts = losses(m, b, config, masks)
+        check_finite(parts["loss"], "fit-mdnrnn", step, ckpt_path)
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), config.grad_clip)
@@ -324,7 +347,7 @@ def _fit_member(
             row = {name: round(v.item(), 5) for name, v in parts.items()}
             log_metrics(out / "metrics.jsonl", step=step, lr=sched.get_last_lr()[0],
                         steps_per_s=round(rate, 3), **row)  # fmt: skip
-            bar.set_postfix(**{k: f"{v:.3f}" for k, v in row.items()})
+            bar.set_postfix(**{name: f"{v:.3f}" for name, v in row.items()})
         bar.update(1)
         if step % config.checkpoint_every == 0:
             checkpoint()

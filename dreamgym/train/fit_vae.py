@@ -7,6 +7,7 @@ resumes at the same epoch and batch without re-reading the batches already done.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,19 @@ import torch
 from tqdm import tqdm
 
 from dreamgym import data
+from dreamgym.train import provenance
 from dreamgym.train.common import (
     atomic_torch_save,
+    check_finite,
+    check_options,
+    check_resume,
+    check_weights,
     load_checkpoint,
     log_metrics,
     open_run,
     save_config,
     set_threads,
+    trim_metrics,
 )
 from dreamgym.vae import ConvVAE, VAEConfig, frames_to_tensor, vae_loss
 
@@ -66,37 +73,71 @@ def _epoch_plan(rows: list[dict], cfg: FitVAEConfig, epoch: int):
     return buffers, counts
 
 
+def _check(config: FitVAEConfig) -> None:
+    check_options(
+        config,
+        positive=("z_dim", "epochs", "batch_size", "lr", "buffer_episodes", "checkpoint_every",
+                  "threads"),
+        at_least_zero=("kl_tolerance",),
+    )  # fmt: skip
+
+
+def _resume(out: Path, ckpt: dict, config: FitVAEConfig, z_dim: int) -> None:
+    """Refuse a checkpoint of another architecture or loss (nothing is written yet)."""
+    started = {"z_dim": int(ckpt["model"]["fc_mu.weight"].shape[0])}
+    old_cfg = out / "config.json"
+    if old_cfg.exists():
+        try:
+            started["kl_tolerance"] = json.loads(old_cfg.read_text()).get("kl_tolerance", 0.5)
+        except json.JSONDecodeError:
+            pass  # a config torn by a kill: the checkpoint's shapes still decide
+    check_resume(out, started, {"z_dim": z_dim, "kl_tolerance": config.kl_tolerance})
+
+
 def run(config: FitVAEConfig, run_dir) -> Path:
     """Train V on the run's episodes (a rerun resumes); return ``run_dir/vae``."""
+    _check(config)
     run_dir, game = open_run(run_dir)
     set_threads(config.threads)
     from dreamgym.games import get_game
 
     spec = get_game(game)
     out = run_dir / VAE_DIR
-    out.mkdir(exist_ok=True)
-    save_config(out / "config.json", config)
-    rows = [r for r in data.read_manifest(run_dir) if not r.get("dropped")]
-    rows.sort(key=lambda r: r["index"])
+    rows = data.kept_rows(run_dir)
     if not rows:
         raise ValueError(f"{run_dir}: no episodes collected yet; run `dreamgym collect` first")
     folder = run_dir / data.EPISODES_DIR
-    vae = ConvVAE(VAEConfig(z_dim=config.z_dim or spec.z_dim, kl_tolerance=config.kl_tolerance))
+    z_dim = config.z_dim or spec.z_dim
+    vae = ConvVAE(VAEConfig(z_dim=z_dim, kl_tolerance=config.kl_tolerance))
     vae.to(config.device)
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     ckpt_path = out / "checkpoint.pt"
     step, epoch, batch_in_epoch = 0, 0, 0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
+        _resume(out, ckpt, config, z_dim)
+        provenance.check(out, "fit-vae", {}, rows)
         vae.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        for group in opt.param_groups:  # the learning rate asked for now
+            group["lr"] = config.lr
         step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
     frames_total = sum(r["frames"] for r in rows)
     total_steps = int(config.epochs * frames_total / config.batch_size)
+    problems = data.verify(run_dir) if step < total_steps else []
+    if problems:  # named before anything is written; reads check each shard again
+        raise data.ShardError(f"{problems[0]}; {data.RECOLLECT}")
+    out.mkdir(exist_ok=True)
+    save_config(out / "config.json", config)
+    trim_metrics(out / "metrics.jsonl", step)
     if step >= total_steps:
+        if provenance.recorded(out) is None:
+            provenance.record(out, provenance.shards_identity(rows))
         return out
+    provenance.record(out, provenance.shards_identity(rows))
 
     def checkpoint():
+        check_weights(vae, "fit-vae", step, ckpt_path)
         atomic_torch_save(
             {"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
              "epoch": epoch, "batch_in_epoch": batch_in_epoch, "game": game},
@@ -117,7 +158,12 @@ def run(config: FitVAEConfig, run_dir) -> Path:
                 done += n_batches
                 continue
             frames = np.concatenate(
-                [data.read_episode(folder / rows[j]["file"], ("frames",))["frames"] for j in buf]
+                [
+                    data.read_episode(folder / rows[j]["file"], ("frames",), rows[j]["sha256"])[
+                        "frames"
+                    ]
+                    for j in buf
+                ]
             )
             rng = np.random.default_rng([config.seed, epoch, int(buf[0])])
             perm = rng.permutation(len(frames))
@@ -130,6 +176,7 @@ def run(config: FitVAEConfig, run_dir) -> Path:
                 x = frames_to_tensor(frames[idx], config.device)
                 x_hat, mu, logvar = vae(x, gen)
                 loss, rec, kl = vae_loss(x, x_hat, mu, logvar, config.kl_tolerance)
+                check_finite(loss, "fit-vae", step, ckpt_path)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -164,8 +211,6 @@ def load_trained_vae(run_dir: Path, device="cpu") -> ConvVAE:
     ckpt = load_checkpoint(Path(run_dir) / VAE_DIR / "checkpoint.pt")
     z_dim = ckpt["model"]["fc_mu.weight"].shape[0]
     cfg_path = Path(run_dir) / VAE_DIR / "config.json"
-    import json
-
     kl_tol = json.loads(cfg_path.read_text()).get("kl_tolerance", 0.5) if cfg_path.exists() else 0.5
     vae = ConvVAE(VAEConfig(z_dim=z_dim, kl_tolerance=kl_tol))
     vae.load_state_dict(ckpt["model"])

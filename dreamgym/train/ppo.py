@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from dreamgym._io import read_jsonl
 from dreamgym.policy import read_controller
+from dreamgym.train import provenance
 from dreamgym.train.common import (
     RunDirError,
     run_world_model,
@@ -36,6 +37,7 @@ from dreamgym.train.common import (
     set_threads,
 )
 from dreamgym.train.evolve import INPUTS, input_mask, load_checkpoint, save_checkpoint
+from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel, atomic_write_text
 
 CHECKPOINT = "ppo.safetensors"
@@ -215,7 +217,9 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
     }  # fmt: skip
     checker = _checks(config, wm, out, meta)
     done = 0
+    inputs = {"world_model": provenance.file_digest(wm_dir / WM_WEIGHTS)}
     if (out / CHECKPOINT).exists():
+        provenance.check(out, "ppo", inputs)
         arrays, values = load_checkpoint(out / CHECKPOINT)
         old = values["config"]
         changed = [k for k in RESUME_KEYS if old.get(k) != getattr(config, k)]
@@ -233,6 +237,8 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
         atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
     out.mkdir(parents=True, exist_ok=True)
     save_config(out / CONFIG_NAME, config)
+    if done < config.timesteps or provenance.recorded(out) is None:
+        provenance.record(out, inputs)
     if done < config.timesteps:
         model.num_timesteps = done
         model.learn(config.timesteps - done, callback=checker, reset_num_timesteps=False)

@@ -1,0 +1,242 @@
+"""What each stage was built from: the identity of its inputs, recorded and checked.
+
+A stage's output folder holds ``inputs.json``: the identity of what it read, as
+``{name: value}``. The data's identity is the list of shard sha256s the manifest
+records (``episodes`` of them, ``shards`` their digest): more episodes collected
+later extend it and keep what a stage read intact, so a stage is stale only when
+a shard it read was replaced or removed, or when the V or M it read changed. V
+is named by the sha256 of its checkpoint file (or by ``vae_digest`` for a world
+model's V), M by its checkpoint's, a world model by its weights file's.
+
+``check`` refuses to resume a stage whose recorded inputs differ from the current
+ones, naming the upstream stage; ``status`` tells, stage by stage, what is current.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from dreamgym import data
+from dreamgym._io import atomic_path
+from dreamgym.train.common import RunDirError
+
+INPUTS_FILE = "inputs.json"
+
+
+class StaleError(RunDirError):
+    """A stage's output was built from inputs that have changed since."""
+
+
+def file_digest(path: Path) -> str:
+    return "sha256:" + data.sha256(Path(path))
+
+
+def shards_identity(rows: list[dict]) -> dict:
+    """The identity of the episodes of these manifest rows: their count and digest."""
+    return {"episodes": len(rows), "shards": data.shards_digest(rows)}
+
+
+def covers(recorded: dict, rows: list[dict]) -> bool:
+    """Whether the first episodes of ``rows`` are still exactly those ``recorded`` names."""
+    n = recorded["episodes"]
+    return len(rows) >= n and data.shards_digest(rows[:n]) == recorded["shards"]
+
+
+def recorded(folder: Path) -> dict | None:
+    """The inputs a stage recorded in ``folder`` (None: none recorded, an older run)."""
+    path = Path(folder) / INPUTS_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a record torn by a kill is rewritten by the next run of the stage
+
+
+def record(folder: Path, inputs: dict) -> None:
+    with atomic_path(Path(folder) / INPUTS_FILE) as tmp:
+        tmp.write_text(json.dumps(inputs, indent=2) + "\n")
+
+
+def latents_inputs(path: Path) -> tuple[str | None, list[dict]]:
+    """The V a ``latents.npz`` was encoded with and its episodes' rows (file, sha256);
+    (None, []) for a file written before records were."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise RunDirError(f"{path}: unreadable ({e}); delete it and rerun encode") from None
+    with z:
+        if "vae_id" not in z.files or "shards" not in z.files:
+            return None, []
+        rows = [
+            {"file": str(f), "sha256": str(s)} for f, s in zip(z["files"], z["shards"], strict=True)
+        ]
+        return str(z["vae_id"]), rows
+
+
+UPSTREAM = {"vae": "fit-vae", "mdnrnn": "fit-mdnrnn", "world_model": "fit-mdnrnn",
+            "ensemble": "that world model's fit-mdnrnn"}  # fmt: skip
+"""The stage that writes each named input."""
+
+
+def stale_reason(old: dict, new: dict, rows: list[dict] | None = None) -> str | None:
+    """Why the recorded inputs ``old`` no longer hold (None: they do), naming the upstream
+    stage. ``new``: the current identities; ``rows``: the current episodes, which must
+    still begin with the ones recorded."""
+    if "episodes" in old and rows is not None and not covers(old, rows):
+        return "episodes it read have changed since (collect replaced or removed them)"
+    for key, value in old.items():
+        if key not in ("episodes", "shards") and key in new and new[key] != value:
+            stage = UPSTREAM.get(key.rstrip("0123456789"), key)
+            return f"its {key} has changed since ({stage} ran again)"
+    return None
+
+
+def check(folder: Path, stage: str, new: dict, rows: list[dict] | None = None) -> None:
+    """Refuse to resume ``stage``, whose output is ``folder``, if its inputs changed."""
+    old = recorded(folder)
+    why = None if old is None else stale_reason(old, new, rows)
+    if why is not None:
+        raise StaleError(
+            f"{folder}: {stage} built it from other inputs: {why}; delete {folder} to "
+            f"run {stage} again on the current ones"
+        )
+
+
+def assembly_inputs(run_dir: Path) -> dict:
+    """What ``world_model/`` is assembled from: the latents and M's checkpoint."""
+    from dreamgym.train.encode import LATENTS
+    from dreamgym.train.fit_mdnrnn import MDN_DIR
+
+    return {
+        "latents": file_digest(Path(run_dir) / LATENTS),
+        "mdnrnn": file_digest(Path(run_dir) / MDN_DIR / "checkpoint.pt"),
+    }
+
+
+def check_world_model(run_dir: Path) -> None:
+    """Refuse a run's ``world_model/`` assembled from latents or an M that changed since."""
+    from dreamgym.train.common import WORLD_MODEL_DIR
+
+    folder = Path(run_dir) / WORLD_MODEL_DIR
+    old = recorded(folder)
+    if old is None:
+        return  # assembled before records were, or copied in by hand
+    try:
+        now = assembly_inputs(run_dir)
+    except FileNotFoundError as e:
+        raise StaleError(f"{folder}: assembled from {e.filename}, which is gone; run encode "
+                         "and fit-mdnrnn again") from None  # fmt: skip
+    from dreamgym.train.encode import LATENTS, vae_identity
+
+    vae_id, _ = latents_inputs(Path(run_dir) / LATENTS)
+    if vae_id is not None and vae_identity(run_dir, Path(run_dir) / LATENTS) != vae_id:
+        raise StaleError(
+            f"{folder}: assembled from latents of a V that fit-vae has changed since; run "
+            "`dreamgym encode`, then `dreamgym fit-mdnrnn`"
+        )
+    for key, stage in (("latents", "encode"), ("mdnrnn", "fit-mdnrnn")):
+        if old.get(key) != now[key]:
+            raise StaleError(
+                f"{folder}: assembled before {stage} last wrote its {key}; run "
+                "`dreamgym fit-mdnrnn` (it fits M on the current latents and reassembles)"
+            )
+
+
+def status(run_dir: Path) -> list[tuple[str, str, str]]:
+    """(stage, state, note) for each stage of a run: ``current``, ``stale`` (its inputs
+    changed: what to do is in the note), ``behind`` (more episodes than it has read) or
+    ``missing``."""
+    from dreamgym.train.common import WORLD_MODEL_DIR
+    from dreamgym.train.encode import LATENTS, vae_identity
+    from dreamgym.train.fit_mdnrnn import MDN_DIR
+    from dreamgym.train.fit_vae import VAE_DIR
+
+    run_dir = Path(run_dir)
+    rows = data.kept_rows(run_dir)
+    bad = data.verify(run_dir)
+    out = [
+        ("collect", "stale", f"{bad[0]}; rerun collect")
+        if bad
+        else ("collect", "current" if rows else "missing", f"{len(rows)} episodes")
+    ]
+    vae = run_dir / VAE_DIR
+    out.append(_data_status("fit-vae", vae, vae / "checkpoint.pt", {}, rows))
+    lat, vae_id, lat_rows = run_dir / LATENTS, None, []
+    if not lat.exists():
+        out.append(("encode", "missing", ""))
+    else:
+        try:
+            vae_id, lat_rows = latents_inputs(lat)
+            now = vae_identity(run_dir, lat)
+        except RunDirError as e:
+            vae_id, now = "unreadable", str(e).split(": ", 1)[-1]
+        if vae_id == "unreadable":
+            out.append(("encode", "stale", now))
+            vae_id = None
+        elif vae_id is None:
+            out.append(("encode", "current", "written before records were"))
+        elif now != vae_id:
+            out.append(("encode", "stale", "V changed since; rerun encode"))
+        else:
+            out.append(_data_status("encode", None, lat, {}, rows, lat_rows))
+    mdn = run_dir / MDN_DIR
+    new = {} if vae_id is None else {"vae": vae_identity(run_dir, lat)}
+    out.append(_data_status("fit-mdnrnn", mdn, mdn / "checkpoint.pt", new, lat_rows or None))
+    wm = run_dir / WORLD_MODEL_DIR
+    try:
+        check_world_model(run_dir)
+        wm_state = ("current", "") if (wm / "weights.safetensors").exists() else ("missing", "")
+    except StaleError as e:
+        wm_state = ("stale", str(e).split("; ", 1)[-1])
+    out.append(("world_model", *wm_state))
+    for folder in sorted([*run_dir.glob("evolve_*/"), *run_dir.glob("ppo_*/")]):
+        old = recorded(folder)
+        if old is None or not (wm / "weights.safetensors").exists():
+            out.append((folder.name, "current", "no record: built before records were"))
+            continue
+        digest = file_digest(wm / "weights.safetensors")
+        fresh = old.get("world_model") == digest
+        out.append((folder.name, *(("current", "") if fresh else (
+            "stale", f"trained in another world model; delete {folder} to train again")))
+        )  # fmt: skip
+    return _propagate(out)
+
+
+def _propagate(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """A stage after a stale one is stale too: it was built from what that one made."""
+    out, upstream = [], None
+    for stage, state, note in rows:
+        if upstream is not None and state in ("current", "behind"):
+            state, note = "stale", f"built from {upstream}, which is stale"
+        if state == "stale" and upstream is None:
+            upstream = stage
+        out.append((stage, state, note))
+    return out
+
+
+def _data_status(stage, folder, artifact, new, rows, read_rows=None):
+    """A stage that read episodes: stale if they changed, behind if more came since."""
+    if not artifact.exists():
+        return (stage, "missing", "")
+    old = {**shards_identity(read_rows)} if read_rows is not None else recorded(folder)
+    if old is None:
+        return (stage, "current", "no record: built before records were")
+    why = stale_reason(old, new, rows)
+    if why is not None:
+        where = folder or artifact
+        return (stage, "stale", f"{why}; delete {where} and rerun {stage}")
+    if rows is not None and len(rows) > old.get("episodes", len(rows)):
+        return (stage, "behind", f"{len(rows) - old['episodes']} episodes more than it read")
+    return (stage, "current", f"{old.get('episodes', '?')} episodes")
+
+
+def format_status(rows: list[tuple[str, str, str]]) -> str:
+    width = max(len(stage) for stage, _, _ in rows)
+    return "\n".join(
+        f"{stage:<{width}}  {state:<8}  {note}".rstrip() for stage, state, note in rows
+    )
