@@ -89,11 +89,13 @@ def real_frames(wm: WorldModel, controller, episodes: int, seed: int):
     return np.concatenate(frames), np.array(lengths)
 
 
-def dream_frames(wm: WorldModel, controller, dreams: int, tau: float, seed: int):
+def dream_frames(
+    wm: WorldModel, controller, dreams: int, tau: float, seed: int, dropout: float | None = None
+):
     """Every frame of ``dreams`` dreams up to each one's end, and their lengths."""
     venv = gym.make_vec(
         "DreamDoom-v0", num_envs=dreams, world_model=wm, tau=tau, render_mode="rgb_array",
-        autoreset_mode="Disabled",
+        autoreset_mode="Disabled", dropout=dropout,
     )  # fmt: skip
     policy = make_policy(controller, dreams, seed)
     obs, _ = venv.reset(seed=seed)
@@ -127,21 +129,24 @@ def main(argv=None) -> None:
     p.add_argument("--dreams", type=int, default=64)
     p.add_argument("--tau", type=float, default=1.15)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=None, help="dream dropout (default: M's)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     wm = load_world_model("doom_take_cover", a.world_model)
     t0 = time.time()
-    real, real_len = real_frames(wm, a.controller, a.episodes, a.seed)
-    recon = reconstruct(wm, real)
-    dream, dream_len = dream_frames(wm, a.controller, a.dreams, a.tau, a.seed)
+    if a.episodes:
+        real, real_len = real_frames(wm, a.controller, a.episodes, a.seed)
+        recon = reconstruct(wm, real)
+    dream, dream_len = dream_frames(wm, a.controller, a.dreams, a.tau, a.seed, a.dropout)
     print(
         f"world model {a.world_model or 'shipped'}, policy {a.controller or 'random holds'}, "
         f"tau {a.tau}, {a.episodes} real episodes, {a.dreams} dreams, {time.time() - t0:.0f} s"
     )
     print(f"{'frames of':<22}{'frames':>9}{'px/frame':>10}{'with any':>10}{'ep. len':>10}")
-    print(summary("real game", real, real_len))
-    print(summary("V's reconstruction", recon, None))
+    if a.episodes:
+        print(summary("real game", real, real_len))
+        print(summary("V's reconstruction", recon, None))
     print(summary(f"dream (tau {a.tau})", dream, dream_len))
 
 
