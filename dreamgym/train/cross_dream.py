@@ -36,6 +36,9 @@ from dreamgym.vae import frames_to_tensor, reparameterize, tensor_to_frames
 from dreamgym.world_model import WorldModel
 
 SIGHTS = ("latent", "follow", "pixels")
+"""How a controller sees another world model's dream: its own V and M (``latent``), its
+own M following the dream's z (``follow``), or its own V and M on the dream's frames
+(``pixels``)."""
 COMPACT_BELOW = 0.875
 """The batch drops finished dreams once fewer than this fraction of its rows live."""
 

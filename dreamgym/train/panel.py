@@ -197,6 +197,7 @@ def content_hash(entry: PanelEntry) -> str:
 
 
 def cache_key(content: str, seed: int, episodes: int, max_steps: int) -> str:
+    """The real-score cache's key: an entry's content hash, its game seeds and step limit."""
     return f"{content[:32]}/seeds{seed}-{seed + episodes - 1}/steps{max_steps}"
 
 

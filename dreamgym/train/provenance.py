@@ -32,6 +32,7 @@ class StaleError(RunDirError):
 
 
 def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes."""
     return "sha256:" + data.sha256(Path(path))
 
 
@@ -58,6 +59,7 @@ def recorded(folder: Path) -> dict | None:
 
 
 def record(folder: Path, inputs: dict) -> None:
+    """Write what the stage in ``folder`` was built from (``inputs.json``, atomically)."""
     with atomic_path(Path(folder) / INPUTS_FILE) as tmp:
         tmp.write_text(json.dumps(inputs, indent=2) + "\n")
 
@@ -108,14 +110,21 @@ def check(folder: Path, stage: str, new: dict, rows: list[dict] | None = None) -
 
 
 def assembly_inputs(run_dir: Path) -> dict:
-    """What ``world_model/`` is assembled from: the latents and M's checkpoint."""
+    """What ``world_model/`` is assembled from: the latents and M's checkpoint (and those
+    of the other members of an ensemble)."""
     from dreamgym.train.encode import LATENTS
-    from dreamgym.train.fit_mdnrnn import MDN_DIR
+    from dreamgym.train.fit_mdnrnn import member_count, member_dir
 
-    return {
+    inputs = {
         "latents": file_digest(Path(run_dir) / LATENTS),
-        "mdnrnn": file_digest(Path(run_dir) / MDN_DIR / "checkpoint.pt"),
+        "mdnrnn": file_digest(member_dir(run_dir, 0) / "checkpoint.pt"),
     }
+    k = member_count(run_dir)
+    if k > 1:
+        inputs["members"] = [
+            file_digest(member_dir(run_dir, i) / "checkpoint.pt") for i in range(1, k)
+        ]
+    return inputs
 
 
 def check_world_model(run_dir: Path) -> None:
@@ -139,8 +148,8 @@ def check_world_model(run_dir: Path) -> None:
             f"{folder}: assembled from latents of a V that fit-vae has changed since; run "
             "`dreamgym encode`, then `dreamgym fit-mdnrnn`"
         )
-    for key, stage in (("latents", "encode"), ("mdnrnn", "fit-mdnrnn")):
-        if old.get(key) != now[key]:
+    for key, stage in (("latents", "encode"), ("mdnrnn", "fit-mdnrnn"), ("members", "fit-mdnrnn")):
+        if old.get(key) != now.get(key):
             raise StaleError(
                 f"{folder}: assembled before {stage} last wrote its {key}; run "
                 "`dreamgym fit-mdnrnn` (it fits M on the current latents and reassembles)"
@@ -236,6 +245,7 @@ def _data_status(stage, folder, artifact, new, rows, read_rows=None):
 
 
 def format_status(rows: list[tuple[str, str, str]]) -> str:
+    """The rows of ``status`` as an aligned table, one stage a line."""
     width = max(len(stage) for stage, _, _ in rows)
     return "\n".join(
         f"{stage:<{width}}  {state:<8}  {note}".rstrip() for stage, state, note in rows
