@@ -193,7 +193,7 @@ class Dreams:
         if self.starts == "real":
             state = self.wm.starts.sample(n, self.generator)
         else:
-            state = core.initial_state(self.wm, n, self.generator, 0.0, 0)
+            state = core.first_frames(self.wm, n, self.generator)
         return core.vary(self.wm, state, self.generator, self.dropout, self.members)
 
     def restart(self, rows: np.ndarray | None = None) -> None:

@@ -61,12 +61,17 @@ def initial_state(
 ) -> DreamState:
     """n fresh dreams: z0 from random real first frames, zero recurrent state, and each
     dream's dropout mask and member (``vary``)."""
+    return vary(wm, first_frames(wm, n, generator), generator, dropout, members)
+
+
+@torch.no_grad()
+def first_frames(wm: WorldModel, n: int, generator: torch.Generator) -> DreamState:
+    """n dreams at random real first frames with zero recurrent state, nothing drawn
+    for dropout or members yet (``vary`` does that)."""
     dev = wm.device
     idx = torch.randint(0, wm.z0_mu.shape[0], (n,), generator=generator, device=dev)
     z = posterior_sample(wm.z0_mu[idx], wm.z0_logvar[idx], generator)
-    return vary(
-        wm, DreamState(z, wm.mdnrnn.initial_state(n, device=dev)), generator, dropout, members
-    )
+    return DreamState(z, wm.mdnrnn.initial_state(n, device=dev))
 
 
 def check_members(wm: WorldModel, members: str | int) -> str | int:
