@@ -134,7 +134,8 @@ class DreamEvaluator:
     worst member's mean in the same way; ``"sample"`` (each dream draws its member)
     or an int (one member) play it once. ``controller``: the controller the scored
     parameters make (None: the paper's linear C). ``starts``: dreams start from these
-    real states (``RealStarts``) instead of real first frames.
+    real states (``RealStarts``) instead of real first frames. ``dropout``: the rate
+    of M's dropout in every dream (None: the rate M was trained with; 0: none).
     """
 
     def __init__(
@@ -146,11 +147,13 @@ class DreamEvaluator:
         controller: ControllerConfig | None = None,
         starts: RealStarts | None = None,
         members: str | int = "min",
+        dropout: float | None = None,
     ):
         if not (math.isfinite(tau) and tau > 0):
             raise ValueError(f"tau: expected a positive finite number, got {tau}")
         self.wm, self.tau, self.max_steps = wm, float(tau), max_steps
         self.controller, self.starts = controller, starts
+        self.dropout = None if dropout is None else dc.check_dropout(dropout)
         if members == "min":
             own = [(None, k) for k in range(len(wm.members))]
         else:
@@ -169,6 +172,7 @@ class DreamEvaluator:
             ret, steps = dream_rollouts(
                 self.wm, params, trials, self.tau, g, self.max_steps, world,
                 controller=self.controller, starts=self.starts, members=member,
+                dropout=self.dropout,
             )  # fmt: skip
             self.steps += steps
             if progress is not None:
@@ -322,6 +326,9 @@ class EvaluateConfig:
     """Dream temperature (with ``dream``; None: the one the controller was trained at)."""
     max_steps: int | None = None
     """Episode limit (None: the game's)."""
+    dropout: float | None = None
+    """Dropout rate of M's heads in the dream (with ``dream``; None: the rate M was
+    trained with; 0: none)."""
     starts: str = "first"
     """Where dreams start (with ``dream``): real ``first`` frames, or ``real`` states
     from the world model's bank (as ``gym.make(..., starts="real")``)."""
@@ -376,12 +383,13 @@ def resolve_source(source, controller: str | None = None, tau: float | None = No
     raise ValueError(f"{path}: several controllers ({names}); choose one with --controller")
 
 
-def report_name(mode: str, tau: float, starts: str, seed: int) -> str:
+def report_name(mode: str, tau: float, starts: str, seed: int, dropout: float | None = None) -> str:
     """The report's file name: ``evaluate_real[_seeds<seed>].json`` (other tracks, their
-    own report) or ``evaluate_dream_tau<tau>[_real_starts].json``."""
+    own report) or ``evaluate_dream_tau<tau>[_real_starts][_dropout<p>].json``."""
     if mode == "real":
         return "evaluate_real" + (f"_seeds{seed}" if seed else "") + ".json"
-    return f"evaluate_dream_tau{tau:g}" + ("_real_starts" if starts == "real" else "") + ".json"
+    name = f"evaluate_dream_tau{tau:g}" + ("_real_starts" if starts == "real" else "")
+    return name + (f"_dropout{dropout:g}" if dropout is not None else "") + ".json"
 
 
 def _report_dir(ctrl_dir: Path, game: str) -> Path:
@@ -402,6 +410,9 @@ def run(config: EvaluateConfig, source) -> Path:
             f"starts: expected one of {STARTS} ('real' with dream), got {config.starts!r}"
         )
     check_options(config, positive=("workers", "tau", "max_steps", "threads"))
+    if config.dropout is not None and not config.dream:
+        raise ValueError("dropout: the real game has no M to drop out of; use it with dream")
+    dc.check_dropout(config.dropout)
     set_threads(config.threads)
     wm_dir, ctrl_dir = resolve_source(source, config.controller, config.tau)
     wm = WorldModel.load(wm_dir)  # names the file of a broken or diverged world model
@@ -423,8 +434,9 @@ def run(config: EvaluateConfig, source) -> Path:
             raise ValueError(f"starts: {wm_dir} has no bank of real states; use starts='first'")
         starts = wm.starts if config.starts == "real" else None
         evaluator = DreamEvaluator(
-            wm, tau, config.max_steps, controller=controller.config, starts=starts
-        )
+            wm, tau, config.max_steps, controller=controller.config, starts=starts,
+            dropout=config.dropout,
+        )  # fmt: skip
         seeds = [config.seed]  # one generator draws every dream
     else:
         evaluator = RealEvaluator(
@@ -439,6 +451,9 @@ def run(config: EvaluateConfig, source) -> Path:
         "game": info["game"],
         "tau": tau if config.dream else None,
         "starts": config.starts if config.dream else None,
+        "dropout": (wm.dropout if config.dropout is None else config.dropout)
+        if config.dream
+        else None,
         "trained_tau": info.get("tau"),
         "episodes": config.episodes,
         "mean": float(returns.mean()),
@@ -454,7 +469,7 @@ def run(config: EvaluateConfig, source) -> Path:
         "dreamgym_version": __version__,
         "config": asdict(config),
     }
-    name = report_name(mode, tau, config.starts, config.seed)
+    name = report_name(mode, tau, config.starts, config.seed, config.dropout)
     out = Path(config.output) if config.output else _report_dir(ctrl_dir, info["game"]) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")

@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
+from dreamgym import dream_core as dc
 from dreamgym._io import atomic_path, read_jsonl
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
@@ -53,7 +54,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_NAME = "evolve.json"
 RESUME_KEYS = (
     "popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps", "init", "inputs", "ensemble",
-    "hidden", "outputs", "real_starts",
+    "hidden", "outputs", "real_starts", "dropout",
 )  # fmt: skip
 """Config fields a resumed run must share with the run it continues."""
 INPUTS = ("zh", "z")
@@ -257,6 +258,9 @@ class EvolveConfig:
     """The controller's tanh outputs (0: the paper's). CarRacing also takes 2: steer, and
     one pedal that is gas when positive and brake when negative, so the controller cannot
     press both at once."""
+    dropout: float | None = None
+    """Dropout rate of M's heads in every dream (None: the rate M was trained with, drawn
+    anew for each dream; 0: dreams without dropout)."""
     real_starts: int = 0
     """0: dreams start at real first frames (the paper's). N > 0: they start from every
     Nth frame of the run's recorded episodes (``latents.npz``, encoded by its V), with
@@ -280,6 +284,7 @@ def evolve_dir_name(config: EvolveConfig) -> str:
     name += f"_hidden{config.hidden}" if config.hidden else ""
     name += f"_outputs{config.outputs}" if config.outputs else ""
     name += f"_starts{config.max_steps or ''}" if config.real_starts else ""
+    name += f"_dropout{config.dropout:g}" if config.dropout is not None else ""
     return name + ("_ensemble" if config.ensemble else "")
 
 
@@ -307,6 +312,9 @@ def _check(config: EvolveConfig) -> None:
         raise ValueError(f"inputs: expected one of {INPUTS}, got {config.inputs!r}")
     if config.ensemble and config.real:
         raise ValueError("ensemble: the real game is one world; use ensemble without real")
+    if config.dropout is not None and config.real:
+        raise ValueError("dropout: the real game has no M to drop out of; use it without real")
+    dc.check_dropout(config.dropout)
     if config.real_starts < 0:
         raise ValueError(f"real_starts: expected an integer >= 0, got {config.real_starts}")
     if config.real_starts and (config.real or config.ensemble):
@@ -457,6 +465,8 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     }
     if config.ensemble:
         meta["ensemble"] = list(config.ensemble)
+    if config.dropout is not None:
+        meta["dropout"] = config.dropout
     if config.real_starts:
         meta["real_starts"], meta["max_steps"] = config.real_starts, config.max_steps
 
@@ -480,7 +490,9 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     else:
         worlds = load_worlds(wm, config.ensemble, config.device)
         starts = _real_starts(config, wm, wm_dir.parent) if config.real_starts else None
-        evaluator = DreamEvaluator(wm, config.tau, config.max_steps, worlds, cfg, starts)
+        evaluator = DreamEvaluator(
+            wm, config.tau, config.max_steps, worlds, cfg, starts, dropout=config.dropout
+        )
     where = "real" if config.real else f"tau={config.tau:g}"
 
     def score_mean(gen: int) -> dict:
