@@ -236,6 +236,10 @@ def test_report_names_keep_other_tracks_apart():
     assert evaluate.report_name("real", 1.0, "first", 100) == "evaluate_real_seeds100.json"
     assert evaluate.report_name("dream", 1.15, "first", 4) == "evaluate_dream_tau1.15.json"
     assert evaluate.report_name("dream", 1.0, "real", 0) == "evaluate_dream_tau1_real_starts.json"
+    assert (
+        evaluate.report_name("dream", 1.15, "first", 0, 0.0)
+        == "evaluate_dream_tau1.15_dropout0.json"
+    )
 
 
 def test_source_resolution(tmp_path, world_models):

@@ -426,3 +426,15 @@ def test_evolve_with_fitness_in_the_real_game(tmp_path):
     info = json.loads((out / "controller.json").read_text())
     assert info["trained_in"] == "real" and info["tau"] is None
     assert info["eval"] == {"generation": 1, "mean": 8.0, "std": 0.0, "rollouts": 2}
+
+
+def test_evolve_with_a_dropout_rate_has_its_own_folder_and_records_it(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    out = evolve.run(tiny_config(generations=2, dropout=0.0), run_dir)
+    assert out.name == "evolve_tau1_dropout0"
+    info = json.loads((out / "controller.json").read_text())
+    assert info["dropout"] == 0.0
+    with pytest.raises(ValueError, match="dropout"):
+        evolve.run(tiny_config(dropout=0.0, real=True), run_dir)
+    with pytest.raises(RunDirError, match="dropout"):
+        evolve.evolve(tiny_config(generations=3, dropout=0.2), run_dir / "world_model", out)

@@ -197,3 +197,32 @@ def test_min_scoring_picks_the_worst_member():
         g = torch.Generator().manual_seed(0)
         alone, _ = dream_rollouts(wm, params, 32, 1.0, g, 50, members=k)
         np.testing.assert_allclose(alone.mean(axis=1).numpy(), means[:, k])
+
+
+def _dropout_pair(rate: float) -> tuple[WorldModel, WorldModel]:
+    """The same tiny world model, its M recorded as trained with dropout ``rate`` and
+    with none; its done head reads M's output, so a dropout mask changes when dreams end."""
+    wm = tiny_world_model("doom_take_cover", seed=0, done_bias=0.0)
+    cfg = wm.mdnrnn.config
+    done = 3 * cfg.n_mix * cfg.z_dim
+    with torch.no_grad():
+        wm.mdnrnn.head.weight[done] = torch.randn(cfg.hidden) * 3.0
+    out = []
+    for p in (rate, 0.0):
+        m = MDNRNN(type(cfg)(**{**cfg.to_dict(), "dropout": p}))
+        m.load_state_dict(wm.mdnrnn.state_dict())
+        out.append(WorldModel(wm.game, wm.vae, m, wm.z0_mu, wm.z0_logvar))
+    return out[0], out[1]
+
+
+def test_a_dream_evaluator_overrides_the_dropout_rate():
+    """dropout=0 dreams the trained-with-dropout M exactly as an M recorded without it."""
+    trained, plain = _dropout_pair(0.5)
+    params = torch.randn(2, 64 + 2 * 16).numpy() * 0.1
+    plain_ret = DreamEvaluator(plain, 1.0, max_steps=60).returns(params, 32, seed=1)
+    off = DreamEvaluator(trained, 1.0, max_steps=60, dropout=0.0).returns(params, 32, seed=1)
+    on = DreamEvaluator(trained, 1.0, max_steps=60).returns(params, 32, seed=1)
+    np.testing.assert_array_equal(off, plain_ret)
+    assert not np.array_equal(on, plain_ret)
+    with pytest.raises(ValueError, match="dropout"):
+        DreamEvaluator(trained, 1.0, dropout=1.0)
