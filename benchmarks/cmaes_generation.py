@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from dreamgym import dream_core as dc
+from dreamgym.cmaes import CMAES
 from dreamgym.controller import batched_forward
 from dreamgym.policy import controller_config
-from dreamgym.train.evaluate import DreamEvaluator, dream_rollouts
-from dreamgym.train.evolve import CMAES, save_checkpoint
+from dreamgym.rollouts import DreamEvaluator, dream_rollouts
+from dreamgym.train.evolve import save_checkpoint
 from dreamgym.world_model import WorldModel
 
 TARGET_SECONDS = 20.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             f"{path}: could not be written ({e.strerror or e}); free disk space and rerun "
             "the same command: it resumes, and what was already written is intact"
         ) from e
+
+
+def log_metrics(path: str | os.PathLike, **row) -> None:
+    """Append one JSON line (with the wall time) to a metrics file."""
+    row = {"time": round(time.time(), 3), **row}
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dreamgym._io import WriteError
 from dreamgym.games import GAMES
-from dreamgym.train.workers import WorkerDiedError
+from dreamgym.workers import WorkerDiedError
 
 
 def presets_dir() -> Path:

@@ -36,8 +36,8 @@ from dreamgym.controller import batched_forward
 from dreamgym.games import make_game
 from dreamgym.policy import CONFIG_FILE as CONTROLLER_FILE
 from dreamgym.policy import controller_config, read_controller
+from dreamgym.rollouts import RealEvaluator
 from dreamgym.shipped import load_world_model, shipped_dir
-from dreamgym.train.evaluate import RealEvaluator
 from dreamgym.train.evolve import METRICS_FILE, EvolveConfig, evolve
 from dreamgym.train.policies import doom_random_policy
 from dreamgym.vae import frames_to_tensor, tensor_to_frames

@@ -191,7 +191,7 @@ class Dreams:
     def fresh(self, n: int) -> core.DreamState:
         """n new dream states: from real first frames, or from the bank of real states."""
         if self.starts == "real":
-            state = self.wm.starts.sample(n, self.generator)
+            state = core.from_bank(self.wm.starts, n, self.generator)
         else:
             state = core.first_frames(self.wm, n, self.generator)
         return core.vary(self.wm, state, self.generator, self.dropout, self.members)

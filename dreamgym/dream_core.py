@@ -15,14 +15,13 @@ plays it; the controller always reads member 0's state, as in the real game.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from dreamgym.mdnrnn import LSTMState, MDNRNNOutput, Mixture, dropout_mask, sample
-
-if TYPE_CHECKING:  # world_model imports the start bank, which builds dream states
-    from dreamgym.world_model import WorldModel
+from dreamgym.starts import RealStarts
+from dreamgym.world_model import WorldModel
 
 Z_BOUND = 10.0
 """Latents are clamped to [-Z_BOUND, Z_BOUND] (VAE latents live well inside it)."""
@@ -72,6 +71,13 @@ def first_frames(wm: WorldModel, n: int, generator: torch.Generator) -> DreamSta
     idx = torch.randint(0, wm.z0_mu.shape[0], (n,), generator=generator, device=dev)
     z = posterior_sample(wm.z0_mu[idx], wm.z0_logvar[idx], generator)
     return DreamState(z, wm.mdnrnn.initial_state(n, device=dev))
+
+
+def from_bank(bank: RealStarts, n: int, generator: torch.Generator) -> DreamState:
+    """n dream states from random rows of a bank of real states, z drawn from V's posterior."""
+    idx = torch.randint(0, len(bank), (n,), generator=generator, device=bank.mu.device)
+    rows = bank._map(lambda t: t[idx])
+    return DreamState(posterior_sample(rows.mu, rows.logvar, generator), rows.lstm)
 
 
 def check_members(wm: WorldModel, members: str | int) -> str | int:

@@ -44,11 +44,12 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 
 from dreamgym._deps import require
+from dreamgym._io import log_metrics
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.dream import DreamVectorEnv
 from dreamgym.games import get_game
 from dreamgym.policy import controller_outputs, save_controller
-from dreamgym.train.common import log_metrics
+from dreamgym.rollouts import DreamEvaluator
 
 require("stable_baselines3", "sb3")
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
@@ -323,8 +324,6 @@ class DreamCheckpoint(BaseCallback):
         verbose: int = 1,
     ):
         super().__init__(verbose)
-        from dreamgym.train.evaluate import DreamEvaluator
-
         if every < 1 or trials < 1:
             raise ValueError(f"every, trials: expected integers >= 1, got {every}, {trials}")
         if starts == "real" and world_model.starts is None:

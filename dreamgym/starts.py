@@ -16,16 +16,12 @@ A world model folder carries a random subset of its run's bank (``assemble``), s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from dreamgym import dream_core as dc
-from dreamgym.mdnrnn import LSTMState
-
-if TYPE_CHECKING:  # world_model imports this module: the bank is part of a world model
-    from dreamgym.world_model import WorldModel
+from dreamgym.mdnrnn import MDNRNN, LSTMState
 
 CHUNK = 256
 """Episodes teacher-forced at once while the bank is built."""
@@ -47,20 +43,22 @@ class RealStarts:
 
     @classmethod
     @torch.no_grad()
-    def from_latents(cls, wm: WorldModel, latents: dict, every: int) -> RealStarts:
-        """Every ``every``-th frame of each episode in ``latents`` (encode's arrays,
-        encoded by ``wm``'s V), with M's state after it read the frames before."""
+    def from_latents(
+        cls, mdnrnn: MDNRNN, executed_action: Callable, latents: dict, every: int
+    ) -> RealStarts:
+        """Every ``every``-th frame of each episode in ``latents`` (encode's arrays, encoded
+        by the world model's V), with the state ``mdnrnn`` reaches reading the frames and
+        the actions (``executed_action`` of the stored ones, ``GameSpec``'s) before it."""
         if every < 1:
             raise ValueError(f"every: expected an integer >= 1, got {every}")
         offsets = np.asarray(latents["offsets"])
         starts, ends = offsets[:-1], offsets[1:]
-        Z = wm.mdnrnn.config.z_dim
+        Z = mdnrnn.config.z_dim
         if latents["mu"].shape[1] != Z:
             raise ValueError(
                 f"latents: z has {latents['mu'].shape[1]} dimensions, the world model {Z}"
             )
-        executed = wm.game.executed_action
-        dev = wm.device
+        dev = next(mdnrnn.parameters()).device
         mus, logvars, hs, cs = [], [], [], []
         for first in range(0, len(starts), CHUNK):
             s, e = starts[first : first + CHUNK], ends[first : first + CHUNK]
@@ -70,9 +68,9 @@ class RealStarts:
             idx = s[:, None] + np.minimum(t[None], lengths[:, None] - 1)  # (B, T)
             z = torch.as_tensor(latents["mu"][idx], device=dev)  # (B, T, Z)
             a = torch.as_tensor(
-                np.asarray(executed(latents["actions"][idx]), np.float32), device=dev
+                np.asarray(executed_action(latents["actions"][idx]), np.float32), device=dev
             )  # (B, T, A)
-            state = wm.mdnrnn.initial_state(len(s), device=dev)
+            state = mdnrnn.initial_state(len(s), device=dev)
             for step in range(0, T, every):
                 live = np.flatnonzero(lengths > step)  # episodes that reach this frame
                 frames = idx[live, step]
@@ -82,7 +80,7 @@ class RealStarts:
                 hs.append(state.h[keep])
                 cs.append(state.c[keep])
                 for k in range(step, min(step + every, T)):  # read frames up to the next start
-                    state = wm.mdnrnn.cell(state, z[:, k], a[:, k])
+                    state = mdnrnn.cell(state, z[:, k], a[:, k])
         return cls(
             torch.cat(mus).float(), torch.cat(logvars).float(),
             LSTMState(torch.cat(hs), torch.cat(cs)),
@@ -107,13 +105,6 @@ class RealStarts:
             prefix + "mu": self.mu, prefix + "logvar": self.logvar,
             prefix + "h": self.lstm.h, prefix + "c": self.lstm.c,
         }  # fmt: skip
-
-    def sample(self, n: int, generator: torch.Generator) -> dc.DreamState:
-        """n dream states from random rows of the bank, z drawn from V's posterior."""
-        dev = self.mu.device
-        idx = torch.randint(0, len(self), (n,), generator=generator, device=dev)
-        rows = self._map(lambda t: t[idx])
-        return dc.DreamState(dc.posterior_sample(rows.mu, rows.logvar, generator), rows.lstm)
 
 
 __all__ = ["RealStarts"]

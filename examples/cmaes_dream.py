@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 import dreamgym
+from dreamgym.cmaes import CMAES
 from dreamgym.policy import controller_config, save_controller
+from dreamgym.rollouts import DreamEvaluator, play_episode
 from dreamgym.shipped import load_world_model
-from dreamgym.train.evaluate import DreamEvaluator, play_episode
-from dreamgym.train.evolve import CMAES
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from dreamgym import rollouts, workers
 from dreamgym.games import get_game
 from dreamgym.policy import (
     ControllerError,
@@ -20,7 +21,7 @@ from dreamgym.policy import (
     load_controller,
     save_controller,
 )
-from dreamgym.train import evaluate, workers
+from dreamgym.train import evaluate
 from dreamgym.train.common import WORLD_MODEL_DIR, open_run
 
 torch.set_num_threads(1)
@@ -126,10 +127,10 @@ def test_hidden_layer_controller_round_trip_scores_the_same_in_the_dream(tmp_pat
     shutil.copytree(folder, run_dir / "evolve_tau1")
     config = evaluate.EvaluateConfig(episodes=4, dream=True, max_steps=30, threads=1)
     report = json.loads(evaluate.run(config, run_dir).read_text())
-    ev = evaluate.DreamEvaluator(wm, 1.0, max_steps=30, controller=cfg)
+    ev = rollouts.DreamEvaluator(wm, 1.0, max_steps=30, controller=cfg)
     np.testing.assert_allclose(report["returns"], ev.returns(params[None], 4, seed=0)[0])
     with pytest.raises(ValueError, match="params"):  # the linear C's evaluator
-        evaluate.DreamEvaluator(wm, 1.0, max_steps=30).returns(params[None], 4, seed=0)
+        rollouts.DreamEvaluator(wm, 1.0, max_steps=30).returns(params[None], 4, seed=0)
 
 
 def test_controller_bad_input_gets_clear_errors(tmp_path, world_models, monkeypatch):
@@ -178,7 +179,7 @@ def test_controller_bad_input_gets_clear_errors(tmp_path, world_models, monkeypa
 def test_dream_scores_every_game(world_models, game):
     wm = world_models[game]
     params = np.stack([random_params(wm, seed) for seed in range(3)])
-    scores = evaluate.DreamEvaluator(wm, tau=1.0, max_steps=25).returns(params, 4, seed=0)
+    scores = rollouts.DreamEvaluator(wm, tau=1.0, max_steps=25).returns(params, 4, seed=0)
     assert scores.shape == (3, 4) and np.isfinite(scores).all()
     if game == "doom_take_cover":  # +1 per step alive: a return is an episode length
         assert ((scores >= 1) & (scores <= 25)).all()
@@ -193,7 +194,7 @@ def test_evaluate_in_the_dream_writes_the_report(tmp_path, world_models, monkeyp
     assert out == run_dir / "evolve_tau1" / "evaluate_dream_tau1.json"
     report = json.loads(out.read_text())
     returns = np.array(report["returns"])
-    expected = evaluate.DreamEvaluator(wm, 1.0, max_steps=30).returns(params[None], 12, 4)[0]
+    expected = rollouts.DreamEvaluator(wm, 1.0, max_steps=30).returns(params[None], 12, 4)[0]
     np.testing.assert_array_equal(returns, expected)
     assert report["mode"] == "dream" and report["tau"] == 1.0 and report["game"] == wm.game.name
     assert report["episodes"] == 12 and report["seeds"] == [4] and report["max_steps"] == 30
@@ -278,7 +279,7 @@ def test_real_evaluation_in_doom(tmp_path, world_models):
     report = json.loads(evaluate.run(cfg, run_dir).read_text())
     assert report["mode"] == "real" and report["seeds"] == [5, 6, 7]
     assert report["returns"] == [12.0, 12.0, 12.0]  # +1 per tic, nobody dies in 12 tics
-    with evaluate.RealEvaluator(run_dir / "world_model", workers=1, max_steps=40) as real:
+    with rollouts.RealEvaluator(run_dir / "world_model", workers=1, max_steps=40) as real:
         both = np.stack([params, -params])
         r = real.returns(both, 2, seed=0)
         assert r.shape == (2, 2) and ((r > 0) & (r <= 40)).all()
@@ -290,7 +291,7 @@ def test_a_dead_real_worker_raises_instead_of_hanging(tmp_path, world_models):
     pytest.importorskip("vizdoom")
     wm = world_models["doom_take_cover"]
     run_dir = make_run(tmp_path, wm, random_params(wm))
-    real = evaluate.RealEvaluator(run_dir / "world_model", workers=1, max_steps=5, poll=0.2)
+    real = rollouts.RealEvaluator(run_dir / "world_model", workers=1, max_steps=5, poll=0.2)
     try:
         real.returns(random_params(wm)[None], 1, seed=0)  # starts the worker and its game
         (pid,) = list(real.pool._pool._processes)  # the worker this test started

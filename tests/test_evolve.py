@@ -13,11 +13,12 @@ from conftest import sigkill_when, tiny_world_model
 
 from dreamgym import cli
 from dreamgym import dream_core as dc
+from dreamgym.cmaes import CMAES
 from dreamgym.controller import Controller
 from dreamgym.policy import ControllerError, controller_config, load_controller
+from dreamgym.rollouts import DreamEvaluator, dream_rollouts
 from dreamgym.train import evolve
 from dreamgym.train.common import RunDirError, open_run
-from dreamgym.train.evaluate import DreamEvaluator, dream_rollouts
 from dreamgym.world_model import WorldModel
 
 torch.set_num_threads(1)
@@ -74,7 +75,7 @@ def metric_rows(out: Path) -> list[dict]:
 
 def test_cmaes_solves_a_quadratic():
     target = np.linspace(-1, 1, 10)
-    es = evolve.CMAES(10, popsize=12, sigma0=0.5, seed=0)
+    es = CMAES(10, popsize=12, sigma0=0.5, seed=0)
     while es.generation < 500 and es.best_f < -1e-7:
         X = es.ask()
         assert X.shape == (12, 10)
@@ -85,7 +86,7 @@ def test_cmaes_solves_a_quadratic():
 
 
 def test_cmaes_rejects_misuse():
-    es = evolve.CMAES(4, popsize=6, seed=0)
+    es = CMAES(4, popsize=6, seed=0)
     with pytest.raises(RuntimeError, match="ask"):
         es.tell(np.zeros(6))
     es.ask()
@@ -95,20 +96,20 @@ def test_cmaes_rejects_misuse():
         es.tell([0, 1, 2, 3, 4, np.nan])
     assert np.array_equal(es.ask(), es.ask())  # asking again before tell repeats the population
     with pytest.raises(ValueError, match="popsize"):
-        evolve.CMAES(4, popsize=1)
+        CMAES(4, popsize=1)
 
 
 def test_cmaes_state_round_trip_continues_identically(tmp_path):
     def f(X):
         return -np.sum((X - 0.3) ** 2, axis=1) - np.abs(X[:, 0] * X[:, 1])
 
-    a = evolve.CMAES(40, popsize=10, seed=7)
+    a = CMAES(40, popsize=10, seed=7)
     for _ in range(25):
         a.tell(f(a.ask()))
     arrays, values = a.state()
     evolve.save_checkpoint(tmp_path / "s.safetensors", arrays, values)
     arrays, values = evolve.load_checkpoint(tmp_path / "s.safetensors")
-    b = evolve.CMAES(40, popsize=10, seed=999)  # the seed is replaced by the saved RNG state
+    b = CMAES(40, popsize=10, seed=999)  # the seed is replaced by the saved RNG state
     b.load_state(arrays, values)
     assert b.generation == a.generation == 25
     for _ in range(15):

@@ -9,7 +9,7 @@ from conftest import tiny_world_model
 import dreamgym  # noqa: F401  (registers the envs)
 from dreamgym import dream_core as dc
 from dreamgym.mdnrnn import MDNRNN, dropout_mask
-from dreamgym.train.evaluate import DreamEvaluator, dream_rollouts
+from dreamgym.rollouts import DreamEvaluator, dream_rollouts
 from dreamgym.world_model import WorldModel, WorldModelError
 
 

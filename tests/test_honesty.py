@@ -15,9 +15,9 @@ from gymnasium.utils.seeding import np_random
 from dreamgym.controller import batched_forward
 from dreamgym.dream import DreamEnv
 from dreamgym.policy import controller_config, save_controller
+from dreamgym.rollouts import dream_rollouts
 from dreamgym.train import panel as panel_mod
 from dreamgym.train.cross_dream import ControllerActor, FixedPolicy, cross_dream_returns, sight
-from dreamgym.train.evaluate import dream_rollouts
 from dreamgym.train.panel import (
     RealScores,
     add_controller,
@@ -165,7 +165,7 @@ def test_real_scores_cache_is_hit(tmp_path, monkeypatch):
     for i, e in enumerate(entries):
         cache.put(cache_key(content_hash(e), 0, 3, 2100), e.name, np.array([1.0, 2.0, i]))
     monkeypatch.setattr(panel_mod, "play_fixed", no_real_game)
-    monkeypatch.setattr("dreamgym.train.evaluate.RealEvaluator", no_real_game)
+    monkeypatch.setattr("dreamgym.rollouts.RealEvaluator", no_real_game)
     reread = RealScores(panel / "real_scores.json")
     for i, e in enumerate(entries):
         returns, cached = real_returns(e, spec, reread, 3, seed=0)
@@ -211,7 +211,7 @@ def test_benchmark_end_to_end_and_rerun_from_cache(tmp_path, monkeypatch, capsys
     saved = json.loads((tmp_path / "out.json").read_text())
     assert [r["name"] for r in saved["rows"]] == ["left", "random", "c_a", "c_b"]
     monkeypatch.setattr(panel_mod, "play_fixed", no_real_game)
-    monkeypatch.setattr("dreamgym.train.evaluate.RealEvaluator", no_real_game)
+    monkeypatch.setattr("dreamgym.rollouts.RealEvaluator", no_real_game)
     second = script.main(argv)
     assert all(r["cached"] for r in second["rows"])
     for a, b in zip(first["rows"], second["rows"], strict=True):

@@ -161,7 +161,7 @@ def test_presets_cover_every_stage():
 
 
 def test_collect_worker_killed_fails_fast_and_resumes(tmp_path):
-    from dreamgym.train.workers import _descendants
+    from dreamgym.workers import _descendants
 
     run = tmp_path / "run"
     args = ("collect", "doom_take_cover", "--run", run, "--workers", "2", "--min-frames", "0")

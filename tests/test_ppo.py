@@ -12,9 +12,9 @@ from conftest import sigkill_when
 from test_evolve import make_run, tiny_config
 
 from dreamgym.policy import load_controller
+from dreamgym.rollouts import DreamEvaluator
 from dreamgym.train import evolve, ppo
 from dreamgym.train.common import RunDirError
-from dreamgym.train.evaluate import DreamEvaluator
 from dreamgym.world_model import WorldModel
 
 pytest.importorskip("stable_baselines3")

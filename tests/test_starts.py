@@ -14,14 +14,16 @@ from gymnasium.utils.env_checker import check_env
 from safetensors.torch import load_file, save_file
 
 import dreamgym
+from dreamgym import dream_core as dc
 from dreamgym.dream import DreamVectorEnv
 from dreamgym.mdnrnn import LSTMState
 from dreamgym.policy import controller_config, save_controller
+from dreamgym.rollouts import DreamEvaluator, dream_rollouts
 from dreamgym.starts import RealStarts
 from dreamgym.train import evolve
 from dreamgym.train.common import open_run
 from dreamgym.train.encode import LATENTS
-from dreamgym.train.evaluate import DreamEvaluator, EvaluateConfig, dream_rollouts, format_table
+from dreamgym.train.evaluate import EvaluateConfig, format_table
 from dreamgym.train.evaluate import run as evaluate_run
 from dreamgym.world_model import WorldModel, WorldModelError
 
@@ -47,7 +49,7 @@ def fake_latents(lengths=LENGTHS, z_dim: int = 32, seed: int = 0) -> dict[str, n
 def test_the_bank_holds_m_state_after_reading_the_real_episode_up_to_each_start():
     wm = tiny_world_model("car_racing")
     lat = fake_latents()
-    bank = RealStarts.from_latents(wm, lat, every=5)
+    bank = RealStarts.from_latents(wm.mdnrnn, wm.game.executed_action, lat, every=5)
     # starts at frames 0, 5, 10 of each episode long enough: 2 + 3 + 1
     assert len(bank) == 6
     offsets = lat["offsets"]
@@ -73,16 +75,16 @@ def test_the_bank_holds_m_state_after_reading_the_real_episode_up_to_each_start(
             found += 1
     assert found == len(bank)
     with pytest.raises(ValueError, match="every"):
-        RealStarts.from_latents(wm, lat, every=0)
+        RealStarts.from_latents(wm.mdnrnn, wm.game.executed_action, lat, every=0)
     with pytest.raises(ValueError, match="dimensions"):
-        RealStarts.from_latents(wm, fake_latents(z_dim=8), every=5)
+        RealStarts.from_latents(wm.mdnrnn, wm.game.executed_action, fake_latents(z_dim=8), every=5)
 
 
 def test_dreams_from_real_starts_begin_in_the_bank_and_are_reproducible():
     wm = tiny_world_model("car_racing", done_bias=-50.0)  # dreams that never end
-    bank = RealStarts.from_latents(wm, fake_latents(), every=5)
+    bank = RealStarts.from_latents(wm.mdnrnn, wm.game.executed_action, fake_latents(), every=5)
     g = torch.Generator().manual_seed(3)
-    state = bank.sample(64, g)
+    state = dc.from_bank(bank, 64, g)
     rows = [int(torch.argmin((bank.mu - state.z[i]).square().sum(1))) for i in range(64)]
     assert len(set(rows)) == len(bank)  # every row drawn, each one exactly
     torch.testing.assert_close(state.lstm.h, bank.lstm.h[rows])
@@ -122,7 +124,9 @@ def test_evolve_from_real_starts_uses_the_runs_encoded_episodes(tmp_path):
 
 def test_a_world_model_folder_carries_its_bank_and_the_env_starts_there(tmp_path):
     wm = tiny_world_model("car_racing", done_bias=-50.0)
-    wm.starts = RealStarts.from_latents(wm, fake_latents(), every=5).subset(5, seed=0)
+    wm.starts = RealStarts.from_latents(
+        wm.mdnrnn, wm.game.executed_action, fake_latents(), every=5
+    ).subset(5, seed=0)
     loaded = WorldModel.load(wm.save(tmp_path / "wm"))
     assert json.loads((tmp_path / "wm" / "config.json").read_text())["starts_bank_size"] == 5
     for key, value in wm.starts.tensors("").items():
@@ -175,7 +179,7 @@ def test_evaluate_scores_a_controller_in_dreams_from_the_folders_bank(tmp_path):
     cfg = EvaluateConfig(episodes=8, dream=True, max_steps=6, seed=2, starts="real")
     with pytest.raises(ValueError, match="no bank of real states"):
         evaluate_run(cfg, run_dir)
-    wm.starts = RealStarts.from_latents(wm, fake_latents(), every=5)
+    wm.starts = RealStarts.from_latents(wm.mdnrnn, wm.game.executed_action, fake_latents(), every=5)
     wm.save(run_dir / "world_model")
     out = evaluate_run(cfg, run_dir)
     assert out.name == "evaluate_dream_tau1_real_starts.json"

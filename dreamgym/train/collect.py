@@ -22,7 +22,7 @@ from dreamgym.train.policies import (
     make_collect_policy,
     noisy_controller,
 )
-from dreamgym.train.workers import GamePool
+from dreamgym.workers import GamePool
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from dreamgym._io import atomic_path, read_jsonl
+from dreamgym._io import atomic_path, log_metrics, read_jsonl  # noqa: F401 - the stages log through common
 from dreamgym._version import __version__
 from dreamgym.games import get_game
 from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
@@ -84,13 +84,6 @@ def run_world_model(run_dir: str | os.PathLike) -> Path:
 def save_config(path: Path, config) -> None:
     """Write a stage's config dataclass as JSON, atomically."""
     atomic_write_text(path, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-
-
-def log_metrics(path: Path, **row) -> None:
-    """Append one JSON line to a metrics file."""
-    row = {"time": round(time.time(), 3), **row}
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def atomic_torch_save(obj: dict, path: Path) -> None:

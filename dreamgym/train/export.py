@@ -69,7 +69,9 @@ def assemble(run_dir) -> Path:
         torch.from_numpy(lat["logvar"][first]),
         ensemble=ms[1:],
     )
-    wm.starts = RealStarts.from_latents(wm, lat, STARTS_EVERY).subset(STARTS_SIZE, seed=0)
+    wm.starts = RealStarts.from_latents(
+        wm.mdnrnn, wm.game.executed_action, lat, STARTS_EVERY
+    ).subset(STARTS_SIZE, seed=0)
     (dest / provenance.INPUTS_FILE).unlink(missing_ok=True)  # no record for a half-written one
     wm.save(dest)
     provenance.record(dest, inputs)

@@ -280,7 +280,7 @@ def real_returns(
     cached, unless ``play`` is False: then a miss gives (None, False). ``progress(k)`` is
     called as episodes end.
     """
-    from dreamgym.train.evaluate import RealEvaluator
+    from dreamgym.rollouts import RealEvaluator
 
     max_steps = spec.max_episode_steps
     key = cache_key(content_hash(entry), seed, episodes, max_steps)

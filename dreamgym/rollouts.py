@@ -1,0 +1,302 @@
+"""Scoring controllers: a population in one batched dream, or in the real game with workers.
+
+Both evaluators have the same shape, ``returns(params (P, n), trials, seed) ->
+(P, trials)``, so CMA-ES fitness, the periodic score of the CMA mean and the
+final evaluation are the same function in the dream and in the real game, and
+the transfer gap is one number.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dreamgym import dream_core as dc
+from dreamgym.controller import ControllerConfig, batched_forward
+from dreamgym.games import get_game
+from dreamgym.policy import controller_config
+from dreamgym.starts import RealStarts
+from dreamgym.workers import GamePool
+from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
+from dreamgym.world_model import WorldModel, read_json
+from dreamgym.wrappers import make_real
+
+COMPACT_BELOW = 0.875
+"""The dream batch drops finished rows once fewer than this fraction of its rows live."""
+
+
+def _as_params(params, cfg: ControllerConfig, device) -> torch.Tensor:
+    p = torch.as_tensor(np.asarray(params, np.float32), device=device)
+    if p.ndim != 2 or p.shape[1] != cfg.num_params:
+        raise ValueError(f"params: expected shape (P, {cfg.num_params}), got {tuple(p.shape)}")
+    return p
+
+
+# ---------------------------------------------------------------- the dream
+
+
+@torch.no_grad()
+def dream_rollouts(
+    wm: WorldModel,
+    params,
+    trials: int,
+    tau: float,
+    generator: torch.Generator,
+    max_steps: int | None = None,
+    world: WorldModel | None = None,
+    controller: ControllerConfig | None = None,
+    starts: RealStarts | None = None,
+    members: str | int = "sample",
+    dropout: float | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Play every controller ``trials`` times in one batched dream.
+
+    params (P, n) -> (returns (P, trials) float64, dream steps computed). Trial j
+    of every controller starts from the same first frame (common random numbers).
+    Episodes end on M's done or at ``max_steps``; finished rows are dropped from
+    the batch, so they stop costing compute.
+
+    ``world``: another world model with the same V plays the world (first frames,
+    next z, reward, done), while ``wm``'s M only follows the z and actions to give the
+    controller its h, as it does in the real game.
+
+    ``controller``: the controller ``params`` make (None: the paper's linear C).
+
+    ``starts``: dreams start from random real states of this bank instead of first
+    frames (trial j of every controller from the same one), and play ``wm``.
+
+    ``members``, ``dropout``: which member of an ensemble plays each dream, and the
+    dropout rate of M's heads (``dream_core.vary``); trial j of every controller
+    meets the same member and mask.
+    """
+    cfg = controller or controller_config(wm)
+    spec = wm.game
+    if starts is not None and world is not None:
+        raise ValueError("starts: real starts hold wm's own M state; they play wm, not world")
+    params = _as_params(params, cfg, wm.device)
+    P = params.shape[0]
+    N = P * trials
+    max_steps = max_steps or spec.max_episode_steps
+    sim = wm if world is None else world
+    if starts is None:
+        start = dc.initial_state(sim, trials, generator, dropout, members)
+    else:
+        start = dc.vary(sim, dc.from_bank(starts, trials, generator), generator, dropout, members)
+    state = dc.select(start, torch.arange(trials, device=wm.device).repeat(P))
+    own = None if world is None else wm.mdnrnn.initial_state(N, device=wm.device)
+    rows = torch.arange(N, device=wm.device)  # each live row's index in (P * trials)
+    row_params = params.repeat_interleave(trials, dim=0)  # (N, n)
+    alive = torch.ones(N, dtype=torch.bool, device=wm.device)
+    returns = torch.zeros(N, dtype=torch.float64, device=wm.device)
+    steps = 0
+    for _ in range(max_steps):
+        obs = dc.observation(wm, state if own is None else dc.DreamState(state.z, own))
+        y = batched_forward(cfg, row_params, obs.unsqueeze(1)).squeeze(1)  # (L, O)
+        action = spec.controller_to_action(y)
+        if own is not None:
+            own = dc.follow(wm, own, state.z, action)
+        state, reward, terminated = dc.step(sim, state, action, tau, generator)
+        returns.index_add_(0, rows, torch.where(alive, reward, 0).double())
+        steps += len(rows)
+        alive &= ~terminated
+        live = int(alive.sum())
+        if live == 0:
+            break
+        if live < COMPACT_BELOW * len(rows):
+            keep = alive.nonzero().squeeze(1)
+            if own is not None:
+                own = dc.select(dc.DreamState(state.z, own), keep).lstm
+            state, rows = dc.select(state, keep), rows[keep]
+            row_params, alive = row_params[keep], alive[keep]
+    return returns.view(P, trials), steps
+
+
+class DreamEvaluator:
+    """Scores controllers in the dream of ``wm`` at temperature ``tau``.
+
+    ``worlds``: more world models with the same V (an ensemble). Each controller then
+    plays ``trials`` dreams in ``wm`` and in every one of them (see ``dream_rollouts``),
+    and its fitness is its worst model's mean: an exploit of one M's errors scores
+    only what the other Ms grant it. ``members``: for a world model that is itself an
+    ensemble, ``"min"`` scores every controller in each member's dreams and keeps the
+    worst member's mean in the same way; ``"sample"`` (each dream draws its member)
+    or an int (one member) play it once. ``controller``: the controller the scored
+    parameters make (None: the paper's linear C). ``starts``: dreams start from these
+    real states (``RealStarts``) instead of real first frames. ``dropout``: the rate
+    of M's dropout in every dream (None: the rate M was trained with; 0: none).
+    """
+
+    def __init__(
+        self,
+        wm: WorldModel,
+        tau: float,
+        max_steps: int | None = None,
+        worlds=(),
+        controller: ControllerConfig | None = None,
+        starts: RealStarts | None = None,
+        members: str | int = "min",
+        dropout: float | None = None,
+    ):
+        if not (math.isfinite(tau) and tau > 0):
+            raise ValueError(f"tau: expected a positive finite number, got {tau}")
+        self.wm, self.tau, self.max_steps = wm, float(tau), max_steps
+        self.controller, self.starts = controller, starts
+        self.dropout = None if dropout is None else dc.check_dropout(dropout)
+        if members == "min":
+            own = [(None, k) for k in range(len(wm.members))]
+        else:
+            own = [(None, dc.check_members(wm, members))]
+        # (world, member) pairs: None plays wm's own dream
+        self.worlds = own + [(w, "sample") for w in worlds]
+        self.steps = 0
+        """Dream steps computed so far (a throughput counter)."""
+
+    def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
+        """(P, n) -> (P, trials * models) returns, model by model; the same seed gives
+        the same dreams."""
+        out = []
+        for world, member in self.worlds:
+            g = torch.Generator(device=self.wm.device).manual_seed(int(seed))
+            ret, steps = dream_rollouts(
+                self.wm, params, trials, self.tau, g, self.max_steps, world,
+                controller=self.controller, starts=self.starts, members=member,
+                dropout=self.dropout,
+            )  # fmt: skip
+            self.steps += steps
+            if progress is not None:
+                progress(ret.numel())
+            out.append(ret.cpu().numpy())
+        return np.concatenate(out, axis=1)
+
+    def model_means(self, returns: np.ndarray) -> np.ndarray:
+        """(P, trials * models) -> (P, models) mean return in each model's dreams."""
+        P = returns.shape[0]
+        return returns.reshape(P, len(self.worlds), -1).mean(axis=2)
+
+    def fitness(self, returns: np.ndarray) -> np.ndarray:
+        """(P, trials * models) -> (P,): the mean return in the model that grants least."""
+        return self.model_means(returns).min(axis=1)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- the real game
+
+
+def play_episode(
+    env: gym.Env,
+    wm: WorldModel,
+    params,
+    seed: int,
+    max_steps: int,
+    controller: ControllerConfig | None = None,
+):
+    """One real episode of the controller ``params`` (n,): (return, steps).
+
+    ``controller``: the controller ``params`` make (None: the paper's linear C).
+    """
+    cfg = controller or controller_config(wm)
+    p = _as_params(np.asarray(params).reshape(1, -1), cfg, "cpu")
+    obs, _ = env.reset(seed=int(seed))
+    total, t = 0.0, 0
+    with torch.no_grad():
+        while t < max_steps:
+            x = torch.as_tensor(np.asarray(obs, np.float32)).view(1, 1, -1)
+            action = wm.game.controller_to_action(batched_forward(cfg, p, x)[0, 0])
+            obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            total, t = total + float(reward), t + 1
+            if terminated or truncated:
+                break
+    return total, t
+
+
+_worker: tuple | None = None  # (env, world model, controller config): one real game per process
+
+
+def _init_worker(wm_dir: str, max_steps: int, controller: ControllerConfig | None) -> None:
+    global _worker
+    torch.set_num_threads(1)
+    wm = WorldModel.load(wm_dir)
+    env = make_real(wm.game.dream_id, world_model=wm, max_episode_steps=max_steps)
+    _worker = (env, wm, controller)
+
+
+def _worker_episode(params: np.ndarray, seed: int, max_steps: int) -> tuple[float, int]:
+    env, wm, controller = _worker
+    return play_episode(env, wm, params, seed, max_steps, controller)
+
+
+class RealEvaluator:
+    """Scores controllers in the real game, one episode per task, in worker processes.
+
+    Trial j of every controller uses the game seed ``seed + j``. A worker that dies
+    raises ``WorkerDiedError`` in the caller within ``poll`` seconds, never a hang
+    (see ``dreamgym.workers``). ``controller``: the controller the scored
+    parameters make (None: the paper's linear C).
+    """
+
+    def __init__(
+        self,
+        wm_dir: str | Path,
+        workers: int = 2,
+        max_steps: int | None = None,
+        poll: float = 1.0,
+        controller: ControllerConfig | None = None,
+    ):
+        if workers < 1:
+            raise ValueError(f"workers: expected an integer >= 1, got {workers}")
+        self.wm_dir = Path(wm_dir)
+        self.spec = get_game(read_json(self.wm_dir / WM_CONFIG)["game"])
+        self.max_steps = max_steps or self.spec.max_episode_steps
+        self.workers = workers
+        self.steps = 0
+        init = (str(self.wm_dir), self.max_steps, controller)
+        self.pool = GamePool(workers, _init_worker, init, poll)
+
+    def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
+        """(P, n) -> (P, trials) returns; trial j of every controller uses seed ``seed + j``."""
+        params = np.asarray(params, np.float32)
+        P = params.shape[0]
+        out = np.zeros((P, trials))
+        futures = {}
+        for i in range(P):
+            for j in range(trials):
+                fut = self.pool.submit(_worker_episode, params[i], seed + j, self.max_steps)
+                futures[fut] = (i, j)
+        pending = set(futures)
+        while pending:
+            done, pending = self.pool.wait_first(pending)
+            for fut in done:
+                i, j = futures[fut]
+                out[i, j], steps = fut.result()
+                self.steps += steps
+                if progress is not None:
+                    progress(1)
+        return out
+
+    def fitness(self, returns: np.ndarray) -> np.ndarray:
+        """(P, trials) -> (P,) mean return."""
+        return returns.mean(axis=1)
+
+    def close(self, kill: bool = False) -> None:
+        self.pool.close(kill)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["DreamEvaluator", "RealEvaluator", "dream_rollouts", "play_episode"]
