@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dreamgym.dream import DEFAULT_TAU, check_tau
+from dreamgym.spaces import check_tau
 from dreamgym.train.cross_dream import SIGHTS, cross_dream_returns
 from dreamgym.train.panel import (
     REAL_SCORES_FILE,
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> dict:
         if missing:
             raise SystemExit(f"--only: no policy {sorted(missing)[0]!r} in {panel_dir}")
         entries = [e for e in entries if e.name in args.only]
-    tau = check_tau(DEFAULT_TAU[spec.name] if args.tau is None else args.tau)
+    tau = check_tau(spec.default_tau if args.tau is None else args.tau)
     cache = RealScores(panel_dir / REAL_SCORES_FILE)
     # a return at the cap means a dream survived to the episode limit (games paid per step)
     cap = None if spec.constant_reward is None else spec.constant_reward * spec.max_episode_steps

@@ -9,7 +9,6 @@ input checks.
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from typing import Any
@@ -22,103 +21,18 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from dreamgym import dream_core as core
-from dreamgym.games import FRAME_SHAPE, GameSpec, get_game
+from dreamgym.games import ENV_IDS, GameSpec, get_game
 from dreamgym.shipped import load_world_model
+from dreamgym.spaces import (
+    OBS_MODES,
+    STARTS,
+    check_action,
+    check_positive_int,
+    check_tau,
+    observation_space,
+)  # fmt: skip
 from dreamgym.vae import tensor_to_frames
 from dreamgym.world_model import WorldModel
-
-DEFAULT_TAU = {"doom_take_cover": 1.15, "car_racing": 1.0}
-"""The temperature each id defaults to: the paper's best Doom transfer, and plain sampling."""
-RENDER_FPS = {"doom_take_cover": 35, "car_racing": 50}
-OBS_MODES = ("latent", "pixels")
-STARTS = ("first", "real")
-"""Where dreams start: real first frames (the paper), or real states along episodes."""
-ENV_IDS = {
-    "DreamDoomTakeCover-v0": "doom_take_cover",
-    "DreamDoom-v0": "doom_take_cover",
-    "DreamCarRacing-v0": "car_racing",
-}
-
-# ---------------------------------------------------------------- checks and spaces
-
-
-def check_tau(tau: Any) -> float:
-    """tau as a float, or a TypeError/ValueError that says what tau must be."""
-    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
-        raise TypeError(f"tau: expected a positive finite number, got {type(tau).__name__}")
-    value = float(tau)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(
-            f"tau: expected a positive finite number (the paper used 0.1 to 1.3), got {value}"
-        )
-    return value
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer >= 1, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value}")
-    return int(value)
-
-
-def check_action(action: Any, space: spaces.Box, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """``action`` as a float32 array of ``space.shape`` inside [low, high], or a clear error.
-
-    ``low``/``high`` are the per-dimension bounds (they broadcast over a batch).
-    """
-    try:
-        a = np.asarray(action)
-    except (ValueError, TypeError):
-        raise TypeError(
-            f"action: expected a float array of shape {space.shape} in {space}, "
-            f"got {type(action).__name__}"
-        ) from None
-    if a.shape != space.shape:
-        raise ValueError(f"action: expected shape {space.shape} for {space}, got shape {a.shape}")
-    if a.dtype.kind != "f":
-        raise TypeError(
-            f"action: expected floating-point values (float32) in {space}, got dtype {a.dtype}"
-        )
-    a = a.astype(np.float32, copy=False)
-    if not a.flags.writeable:  # torch.from_numpy wants writable memory
-        a = a.copy()
-    if not ((a >= low) & (a <= high)).all():  # NaN fails both comparisons
-        if not np.isfinite(a).all():
-            raise ValueError(f"action: expected finite values in {space}, got NaN or inf")
-        raise ValueError(
-            f"action: out of range; expected values in {space} (low {low.tolist()}, "
-            f"high {high.tolist()} per dimension), got min {a.min():.4g}, max {a.max():.4g}"
-        )
-    return a
-
-
-def latent_space(wm: WorldModel, max_episode_steps: int) -> spaces.Box:
-    """The latent observation's Box: z in +-Z_BOUND, c in +-T, h in +-1.
-
-    ``|c_t| <= t`` because each LSTM step adds at most 1 in magnitude to the cell,
-    so T = max(the game's episode limit, ``max_episode_steps``) bounds c. A shorter
-    limit keeps the default space, so dream and real game always agree on it. A
-    world model with a bank of real states adds the bank's largest ``|c|`` (a dream
-    may start there), rounded up, in dream and real game alike.
-    """
-    Z, H = wm.mdnrnn.config.z_dim, wm.mdnrnn.config.hidden
-    parts = [np.full(Z, core.Z_BOUND)]
-    if wm.game.controller_reads_cell:
-        T = max(wm.game.max_episode_steps, max_episode_steps)
-        if wm.starts is not None and len(wm.starts):
-            T += math.ceil(float(wm.starts.lstm.c.abs().max()))
-        parts.append(np.full(H, float(T)))
-    parts.append(np.ones(H))
-    high = np.concatenate(parts).astype(np.float32)
-    return spaces.Box(-high, high, dtype=np.float32)
-
-
-def observation_space(wm: WorldModel, obs_mode: str, max_episode_steps: int) -> spaces.Box:
-    if obs_mode == "latent":
-        return latent_space(wm, max_episode_steps)
-    return spaces.Box(0, 255, FRAME_SHAPE, np.uint8)
-
 
 # ---------------------------------------------------------------- the shared machinery
 
@@ -144,7 +58,7 @@ class Dreams:
         members: str | int = "sample",
     ):
         spec = get_game(game)
-        self.tau = check_tau(DEFAULT_TAU[spec.name] if tau is None else tau)
+        self.tau = check_tau(spec.default_tau if tau is None else tau)
         if not isinstance(obs_mode, str) or obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode: expected one of {OBS_MODES}, got {obs_mode!r}")
         if render_mode not in (None, "rgb_array"):
@@ -391,7 +305,7 @@ class DreamEnv(gym.Env):
             game, 1, world_model, tau, obs_mode, device, render_mode, max_episode_steps, starts,
             dropout, members,
         )  # fmt: skip
-        self.metadata = {**self.metadata, "render_fps": RENDER_FPS[self.game.name]}
+        self.metadata = {**self.metadata, "render_fps": self.game.render_fps}
         self.render_mode = render_mode
         self.observation_space = self._dreams.observation_space
         self.action_space = self._dreams.action_space
@@ -504,7 +418,7 @@ class DreamVectorEnv(VectorEnv):
         members: str | int = "sample",
     ):
         num_envs = check_positive_int("num_envs", num_envs)
-        self.metadata = {**self.metadata, "render_fps": RENDER_FPS[get_game(game).name]}
+        self.metadata = {**self.metadata, "render_fps": get_game(game).render_fps}
         self.autoreset_mode = autoreset_mode
         self._dreams = Dreams(
             game, num_envs, world_model, tau, obs_mode, device, render_mode, max_episode_steps,
@@ -635,8 +549,8 @@ def register_envs() -> None:
             entry_point="dreamgym.dream:DreamEnv",
             vector_entry_point="dreamgym.dream:DreamVectorEnv",
             max_episode_steps=get_game(game).max_episode_steps,
-            kwargs={"game": game, "tau": DEFAULT_TAU[game]},
+            kwargs={"game": game, "tau": get_game(game).default_tau},
         )
 
 
-__all__ = ["DreamEnv", "DreamVectorEnv", "Dreams", "register_envs", "latent_space", "check_tau"]
+__all__ = ["DreamEnv", "DreamVectorEnv", "Dreams", "register_envs"]

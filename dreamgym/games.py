@@ -187,6 +187,15 @@ class GameSpec:
     executed_action: Callable
     """Maps an env action to the action the game executed (what M consumes)."""
     dream_id: str
+    """The id ``gym.make`` knows the game's dream by."""
+    aliases: tuple[str, ...] = ()
+    """More ids of the same dream (``DreamDoom-v0``)."""
+    default_tau: float = 1.0
+    """The dream temperature its ids default to."""
+    render_fps: int = 30
+    """Frames per second of the game's renders (gifs, ``render_mode``)."""
+    run_dir: str | None = None
+    """Where the shipped model's recipe keeps its run (None: ``runs/<name>``)."""
 
     @property
     def action_dim(self) -> int:
@@ -224,6 +233,10 @@ GAMES: dict[str, GameSpec] = {
         controller_to_action=_doom_action,
         executed_action=doom_executed_action,
         dream_id="DreamDoomTakeCover-v0",
+        aliases=("DreamDoom-v0",),
+        default_tau=1.15,  # the paper's best transfer
+        render_fps=35,
+        run_dir="runs/doom",
     ),
     "car_racing": GameSpec(
         name="car_racing",
@@ -240,9 +253,17 @@ GAMES: dict[str, GameSpec] = {
         controller_to_action=_car_action,
         executed_action=identity_action,
         dream_id="DreamCarRacing-v0",
+        default_tau=1.0,  # plain sampling
+        render_fps=50,
     ),
 }
 """Every game dreamgym knows, by name (``doom_take_cover``, ``car_racing``)."""
+
+
+ENV_IDS: dict[str, str] = {
+    env_id: spec.name for spec in GAMES.values() for env_id in (spec.dream_id, *spec.aliases)
+}
+"""Every registered dream id, with the name of its game."""
 
 
 def get_game(name: str) -> GameSpec:
@@ -260,4 +281,12 @@ def make_game(name: str, **kwargs) -> gym.Env:
     return get_game(name).make_real(**kwargs)
 
 
-__all__ = ["GameSpec", "GAMES", "get_game", "make_game", "resize_frame", "DoomTakeCoverEnv"]
+__all__ = [
+    "GameSpec",
+    "GAMES",
+    "ENV_IDS",
+    "get_game",
+    "make_game",
+    "resize_frame",
+    "DoomTakeCoverEnv",
+]

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from dreamgym._io import atomic_path
 from dreamgym._version import __version__
 from dreamgym.controller import Controller, ControllerConfig, unflatten
-from dreamgym.games import GAMES, GameSpec, get_game
+from dreamgym.games import ENV_IDS, GAMES, GameSpec, get_game
 from dreamgym.world_model import WorldModel, atomic_write_text, read_json, read_tensors
 
 WEIGHTS_FILE = "controller.safetensors"
@@ -223,8 +223,6 @@ class ControllerPolicy:
 
 def _game_from_name(name: str) -> GameSpec | None:
     """The game of a game name or of any registered dream id (aliases included)."""
-    from dreamgym.dream import ENV_IDS
-
     if name in GAMES:
         return GAMES[name]
     return GAMES[ENV_IDS[name]] if name in ENV_IDS else None

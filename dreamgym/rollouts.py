@@ -8,7 +8,6 @@ the transfer gap is one number.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import gymnasium as gym
@@ -19,6 +18,7 @@ from dreamgym import dream_core as dc
 from dreamgym.controller import ControllerConfig, batched_forward
 from dreamgym.games import get_game
 from dreamgym.policy import controller_config
+from dreamgym.spaces import check_tau
 from dreamgym.starts import RealStarts
 from dreamgym.workers import GamePool
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
@@ -141,9 +141,7 @@ class DreamEvaluator:
         members: str | int = "min",
         dropout: float | None = None,
     ):
-        if not (math.isfinite(tau) and tau > 0):
-            raise ValueError(f"tau: expected a positive finite number, got {tau}")
-        self.wm, self.tau, self.max_steps = wm, float(tau), max_steps
+        self.wm, self.tau, self.max_steps = wm, check_tau(tau), max_steps
         self.controller, self.starts = controller, starts
         self.dropout = None if dropout is None else dc.check_dropout(dropout)
         if members == "min":

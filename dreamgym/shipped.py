@@ -18,9 +18,6 @@ import torch
 from dreamgym.games import GameSpec, get_game
 from dreamgym.world_model import CONFIG_FILE, WorldModel, WorldModelError
 
-RUN_NAMES = {"doom_take_cover": "runs/doom", "car_racing": "runs/car_racing"}
-"""The run folder the training instructions suggest, per game."""
-
 
 def _models_root() -> Path:
     # dreamgym.models has no __init__.py: importlib.resources would hand back a
@@ -38,8 +35,8 @@ def shipped_dir(game: str | GameSpec) -> Path:
 
 def training_instructions(game: str | GameSpec) -> str:
     """How to train and export a world model of ``game`` with the CLI."""
-    name = get_game(game).name
-    run = RUN_NAMES.get(name, f"runs/{name}")
+    spec = get_game(game)
+    name, run = spec.name, spec.run_dir or f"runs/{spec.name}"
     return (
         f"    dreamgym pipeline {name} --preset cpu --run {run}\n"
         f"    dreamgym export {run} models/{name}\n"

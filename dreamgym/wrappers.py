@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from dreamgym import dream_core as core
-from dreamgym.dream import ENV_IDS, check_action, check_positive_int, latent_space
-from dreamgym.games import GameSpec, get_game
+from dreamgym.games import ENV_IDS, GameSpec, get_game
 from dreamgym.shipped import load_world_model
+from dreamgym.spaces import check_action, check_positive_int, latent_space
 from dreamgym.vae import frames_to_tensor, reparameterize
 from dreamgym.world_model import WorldModel
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dreamgym import WorldModel
-from dreamgym.dream import ENV_IDS
+from dreamgym.games import ENV_IDS
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,8 @@ from gymnasium.vector import AutoresetMode
 
 import dreamgym
 from dreamgym import dream_core as core
-from dreamgym.dream import DEFAULT_TAU, ENV_IDS, DreamEnv, DreamVectorEnv
+from dreamgym.dream import DreamEnv, DreamVectorEnv
+from dreamgym.games import ENV_IDS, get_game
 from dreamgym.mdnrnn import sample
 from dreamgym.world_model import WorldModelError
 
@@ -53,7 +54,7 @@ def test_registered_ids():
         assert spec.entry_point == "dreamgym.dream:DreamEnv"
         assert spec.vector_entry_point == "dreamgym.dream:DreamVectorEnv"
         assert spec.max_episode_steps == dreamgym.get_game(game).max_episode_steps
-        assert spec.kwargs == {"game": game, "tau": DEFAULT_TAU[game]}
+        assert spec.kwargs == {"game": game, "tau": get_game(game).default_tau}
     assert gym.spec("DreamDoomTakeCover-v0").kwargs["tau"] == 1.15
     assert gym.spec("DreamCarRacing-v0").kwargs["tau"] == 1.0
 
@@ -167,7 +168,7 @@ def test_make_vec_gives_the_native_batched_env(dream_id, wm):
     assert type(venv) is DreamVectorEnv
     assert venv.num_envs == 3 and venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
     assert venv.max_episode_steps == gym.spec(dream_id).max_episode_steps
-    assert venv.tau == DEFAULT_TAU[ENV_IDS[dream_id]]
+    assert venv.tau == get_game(ENV_IDS[dream_id]).default_tau
     single = DreamEnv(ENV_IDS[dream_id], world_model=wm)
     assert venv.single_observation_space == single.observation_space
     assert venv.single_action_space == single.action_space

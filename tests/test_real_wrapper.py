@@ -12,7 +12,7 @@ from conftest import DREAM_IDS
 
 import dreamgym
 from dreamgym import shipped
-from dreamgym.dream import ENV_IDS
+from dreamgym.games import ENV_IDS
 from dreamgym.world_model import WorldModelError
 
 GAME_IDS = ["DreamDoomTakeCover-v0", "DreamCarRacing-v0"]  # one per real game

@@ -11,7 +11,8 @@ import pytest
 from conftest import tiny_world_model
 
 import dreamgym
-from dreamgym.dream import ENV_IDS, DreamEnv
+from dreamgym.dream import DreamEnv
+from dreamgym.games import ENV_IDS
 from dreamgym.sb3 import (
     ControllerActorCritic,
     DreamCheckpoint,

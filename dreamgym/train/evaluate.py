@@ -15,10 +15,10 @@ from tqdm import tqdm
 
 from dreamgym import dream_core as dc
 from dreamgym._version import __version__
-from dreamgym.dream import DEFAULT_TAU, STARTS
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
+from dreamgym.spaces import STARTS
 from dreamgym.train.common import WORLD_MODEL_DIR, check_options, set_threads
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text
@@ -141,7 +141,11 @@ def run(config: EvaluateConfig, source) -> Path:
         )
     params = controller.get_flat().numpy()[None]
     mode = "dream" if config.dream else "real"
-    tau = config.tau if config.tau is not None else info.get("tau") or DEFAULT_TAU[info["game"]]
+    tau = (
+        config.tau
+        if config.tau is not None
+        else info.get("tau") or get_game(info["game"]).default_tau
+    )
     bar = tqdm(total=config.episodes, desc=f"evaluate {info['game']} ({mode})", unit="ep")
     t0 = time.time()
     if config.dream:

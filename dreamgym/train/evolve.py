@@ -35,6 +35,7 @@ from dreamgym.cmaes import CMAES
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
+from dreamgym.spaces import check_tau
 from dreamgym.starts import RealStarts
 from dreamgym.train import provenance
 from dreamgym.train.common import (
@@ -179,8 +180,7 @@ def _check(config: EvolveConfig) -> None:
         raise ValueError(f"generations: expected an integer >= 0, got {config.generations}")
     if not (math.isfinite(config.sigma0) and config.sigma0 > 0):
         raise ValueError(f"sigma0: expected a positive number, got {config.sigma0}")
-    if not (math.isfinite(config.tau) and config.tau > 0):
-        raise ValueError(f"tau: expected a positive finite number, got {config.tau}")
+    check_tau(config.tau)
     if config.max_steps is not None and config.max_steps < 1:
         raise ValueError(f"max_steps: expected an integer >= 1 or None, got {config.max_steps}")
     if config.seconds is not None and not (math.isfinite(config.seconds) and config.seconds > 0):

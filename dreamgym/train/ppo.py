@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from dreamgym._io import read_jsonl
 from dreamgym.policy import read_controller
+from dreamgym.spaces import check_tau
 from dreamgym.train import provenance
 from dreamgym.train.common import (
     RunDirError,
@@ -121,8 +122,7 @@ def _check(config: PPOConfig) -> None:
         raise ValueError(f"inputs: expected one of {INPUTS}, got {config.inputs!r}")
     if config.starts not in STARTS:
         raise ValueError(f"starts: expected one of {STARTS}, got {config.starts!r}")
-    if not (math.isfinite(config.tau) and config.tau > 0):
-        raise ValueError(f"tau: expected a positive finite number, got {config.tau}")
+    check_tau(config.tau)
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         raise ValueError(f"learning_rate: expected a positive number, got {config.learning_rate}")
     if not math.isfinite(config.log_std_init):
