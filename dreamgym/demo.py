@@ -158,11 +158,7 @@ def fmt(r: np.ndarray) -> str:
     return f"{r.mean():.0f} ± {r.std():.0f}"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """What ``make demo`` runs: CMA-ES in the shipped Doom dream, then real episodes.
-
-    Returns the summary it writes to ``summary.json``.
-    """
+def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dreamgym.demo", description=__doc__.split("\n\n")[0]
     )
@@ -184,7 +180,50 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--minutes: expected a positive number")
     if args.gif_steps < 1:
         parser.error("--gif-steps: expected at least 1")
+    return args
 
+
+def _real_scores(args, wm_dir: Path, ours: np.ndarray) -> dict[str, np.ndarray]:
+    """Returns of our controller, the shipped one (if any) and the random policy."""
+    candidates = {"this run (CMA-ES in the dream)": ours}
+    if (wm_dir / CONTROLLER_FILE).is_file():
+        shipped, _ = read_controller(wm_dir)
+        candidates["shipped controller"] = shipped.get_flat().numpy()
+    bar = tqdm(total=len(candidates) * args.episodes, desc="real Doom, controllers", unit="ep")
+    with RealEvaluator(wm_dir, workers=2) as real:
+        returns = real.returns(np.stack(list(candidates.values())), args.episodes, args.seed,
+                               bar.update)  # fmt: skip
+    bar.close()
+    scores = dict(zip(candidates, returns, strict=True))
+    scores["random policy"] = random_policy_returns(args.episodes, args.seed)
+    return scores
+
+
+def _print_summary(args, scores: dict, metrics: list, best: dict, summary: dict) -> None:
+    n = args.episodes
+    rows = [(name, fmt(r), n) for name, r in scores.items()] + PAPER_ROWS
+    width = max(len(r[0]) for r in rows)
+    print(f"\nReal VizDoom TakeCover, steps survived (seeds {args.seed}-{args.seed + n - 1}; "
+          "solved = 750)")  # fmt: skip
+    print(f"{'policy':<{width}}  {'mean ± std':>12}  episodes")
+    for name, score, episodes in rows:
+        print(f"{name:<{width}}  {score:>12}  {episodes:>8}")
+    print(
+        f"\nCMA-ES: {len(metrics)} generations of {args.popsize} x {args.trials} dreams in "
+        f"{summary['cma_es']['seconds']:.0f} s; its controller (generation {best['generation']}) "
+        f"survives {best['mean']:.0f} ± {best['std']:.0f} steps in {best['rollouts']} dreams at "
+        f"tau {TAU}."
+    )
+    print(f"total {summary['seconds']:.0f} s; wrote {args.out}/side_by_side.gif, "
+          f"{args.out}/cma_curve.png, {args.out}/summary.json")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """What ``make demo`` runs: CMA-ES in the shipped Doom dream, then real episodes.
+
+    Returns the summary it writes to ``summary.json``.
+    """
+    args = _args(argv)
     t0 = time.time()
     wm_dir = args.world_model or shipped_dir(GAME)
     # a clear error, with the training commands, if no world model ships
@@ -206,25 +245,12 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = list(read_jsonl(evolve_dir / METRICS_FILE))
     controller, info = read_controller(evolve_dir)
     ours = controller.get_flat().numpy()
-
-    candidates = {"this run (CMA-ES in the dream)": ours}
-    if (wm_dir / CONTROLLER_FILE).is_file():
-        shipped, _ = read_controller(wm_dir)
-        candidates["shipped controller"] = shipped.get_flat().numpy()
     t1 = time.time()
-    bar = tqdm(total=len(candidates) * args.episodes, desc="real Doom, controllers", unit="ep")
-    with RealEvaluator(wm_dir, workers=2) as real:
-        returns = real.returns(np.stack(list(candidates.values())), args.episodes, args.seed,
-                               bar.update)  # fmt: skip
-    bar.close()
-    scores = dict(zip(candidates, returns, strict=True))
-    scores["random policy"] = random_policy_returns(args.episodes, args.seed)
+    scores = _real_scores(args, wm_dir, ours)
     eval_seconds = time.time() - t1
 
-    frames = side_by_side(wm, ours, args.seed, args.gif_steps)
-    save_gif(args.out / "side_by_side.gif", frames)
+    save_gif(args.out / "side_by_side.gif", side_by_side(wm, ours, args.seed, args.gif_steps))
     save_curve(args.out / "cma_curve.png", metrics, TAU)
-
     best = info["eval"]
     summary = {
         "game": GAME,
@@ -249,22 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(time.time() - t0, 1),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-    n = args.episodes
-    rows = [(name, fmt(r), n) for name, r in scores.items()] + PAPER_ROWS
-    width = max(len(r[0]) for r in rows)
-    print(f"\nReal VizDoom TakeCover, steps survived (seeds {args.seed}-{args.seed + n - 1}; "
-          "solved = 750)")  # fmt: skip
-    print(f"{'policy':<{width}}  {'mean ± std':>12}  episodes")
-    for name, score, episodes in rows:
-        print(f"{name:<{width}}  {score:>12}  {episodes:>8}")
-    print(
-        f"\nCMA-ES: {len(metrics)} generations of {args.popsize} x {args.trials} dreams in "
-        f"{train_seconds:.0f} s; its controller (generation {best['generation']}) survives "
-        f"{best['mean']:.0f} ± {best['std']:.0f} steps in {best['rollouts']} dreams at tau {TAU}."
-    )
-    print(f"total {summary['seconds']:.0f} s; wrote {args.out}/side_by_side.gif, "
-          f"{args.out}/cma_curve.png, {args.out}/summary.json")  # fmt: skip
+    _print_summary(args, scores, metrics, best, summary)
     return summary
 
 
