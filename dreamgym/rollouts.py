@@ -8,6 +8,7 @@ the transfer gap is one number.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
@@ -17,6 +18,7 @@ import torch
 from dreamgym import dream_core as dc
 from dreamgym.controller import ControllerConfig, batched_forward
 from dreamgym.games import get_game
+from dreamgym.mdnrnn import LSTMState
 from dreamgym.policy import controller_config
 from dreamgym.spaces import check_tau
 from dreamgym.starts import RealStarts
@@ -88,18 +90,47 @@ def dream_rollouts(
         start = dc.vary(sim, dc.from_bank(starts, trials, generator), generator, dropout, members)
     state = dc.select(start, torch.arange(trials, device=wm.device).repeat(P))
     own = None if world is None else wm.mdnrnn.initial_state(N, device=wm.device)
-    rows = torch.arange(N, device=wm.device)  # each live row's index in (P * trials)
-    row_params = params.repeat_interleave(trials, dim=0)  # (N, n)
-    alive = torch.ones(N, dtype=torch.bool, device=wm.device)
-    returns = torch.zeros(N, dtype=torch.float64, device=wm.device)
-    steps = 0
-    for _ in range(max_steps):
+
+    def act(state, rows, carry):
+        row_params, own = carry
         obs = dc.observation(wm, state if own is None else dc.DreamState(state.z, own))
         y = batched_forward(cfg, row_params, obs.unsqueeze(1)).squeeze(1)  # (L, O)
         action = spec.controller_to_action(y)
         if own is not None:
             own = dc.follow(wm, own, state.z, action)
-        state, reward, terminated = dc.step(sim, state, action, tau, generator)
+        return action, (row_params, own)
+
+    carry = (params.repeat_interleave(trials, dim=0), own)  # (N, n) parameters of each row
+    returns, steps = play_batch(sim, state, act, tau, generator, max_steps, carry)
+    return returns.view(P, trials), steps
+
+
+def play_batch(
+    wm: WorldModel,
+    state: dc.DreamState,
+    act: Callable,
+    tau: float,
+    generator: torch.Generator,
+    max_steps: int,
+    carry: tuple = (),
+) -> tuple[torch.Tensor, int]:
+    """Step the batch of dreams ``state`` of ``wm`` until every one ends or ``max_steps``.
+
+    Returns (each dream's return (N,) float64, dream steps computed).
+    ``act(state, rows, carry) -> (action, carry)`` gives the live dreams' actions
+    (``rows``: their indices in the batch) and the actor's per-dream ``carry`` (a
+    tuple of tensors, ``LSTMState``s or None, one row per live dream). Finished
+    dreams are dropped from the batch, state and carry alike, once fewer than
+    ``COMPACT_BELOW`` of its rows live, so they stop costing compute.
+    """
+    N = state.z.shape[0]
+    rows = torch.arange(N, device=wm.device)  # each live row's index in the batch
+    alive = torch.ones(N, dtype=torch.bool, device=wm.device)
+    returns = torch.zeros(N, dtype=torch.float64, device=wm.device)
+    steps = 0
+    for _ in range(max_steps):
+        action, carry = act(state, rows, carry)
+        state, reward, terminated = dc.step(wm, state, action, tau, generator)
         returns.index_add_(0, rows, torch.where(alive, reward, 0).double())
         steps += len(rows)
         alive &= ~terminated
@@ -108,11 +139,18 @@ def dream_rollouts(
             break
         if live < COMPACT_BELOW * len(rows):
             keep = alive.nonzero().squeeze(1)
-            if own is not None:
-                own = dc.select(dc.DreamState(state.z, own), keep).lstm
-            state, rows = dc.select(state, keep), rows[keep]
-            row_params, alive = row_params[keep], alive[keep]
-    return returns.view(P, trials), steps
+            state, rows, alive = dc.select(state, keep), rows[keep], alive[keep]
+            carry = tuple(_take(c, keep) for c in carry)
+    return returns, steps
+
+
+def _take(x, keep: torch.Tensor):
+    """Rows ``keep`` of a tensor or an ``LSTMState`` (None stays None)."""
+    if x is None:
+        return None
+    if isinstance(x, LSTMState):
+        return LSTMState(x.h[keep], x.c[keep])
+    return x[keep]
 
 
 class DreamEvaluator:
@@ -297,4 +335,6 @@ class RealEvaluator:
         self.close()
 
 
-__all__ = ["DreamEvaluator", "RealEvaluator", "dream_rollouts", "play_episode"]
+__all__ = [
+    "DreamEvaluator", "RealEvaluator", "dream_rollouts", "play_batch", "play_episode",
+]  # fmt: skip

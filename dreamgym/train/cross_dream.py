@@ -31,7 +31,7 @@ import torch
 from dreamgym import dream_core as dc
 from dreamgym.controller import ControllerConfig, batched_forward
 from dreamgym.games import GameSpec
-from dreamgym.mdnrnn import LSTMState
+from dreamgym.rollouts import play_batch
 from dreamgym.vae import frames_to_tensor, reparameterize, tensor_to_frames
 from dreamgym.world_model import WorldModel
 
@@ -39,8 +39,6 @@ SIGHTS = ("latent", "follow", "pixels")
 """How a controller sees another world model's dream: its own V and M (``latent``), its
 own M following the dream's z (``follow``), or its own V and M on the dream's frames
 (``pixels``)."""
-COMPACT_BELOW = 0.875
-"""The batch drops finished dreams once fewer than this fraction of its rows live."""
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -148,7 +146,6 @@ def cross_dream_returns(
     max_steps = max_steps or spec.max_episode_steps
     eye_generator = eye_generator or generator
     state = dc.initial_state(dream, n, generator)
-    rows = torch.arange(n, device=dev)  # each live row's dream index
     how, lstm = None, None
     if isinstance(policy, ControllerActor):
         own, cfg = policy.own, policy.config
@@ -163,29 +160,20 @@ def cross_dream_returns(
         lstm = None if how == "latent" else own.mdnrnn.initial_state(n, device=dev)  # own M's
     else:
         act = policy.actor(spec, n, rng or np.random.default_rng(0))
-    alive = torch.ones(n, dtype=torch.bool, device=dev)
-    returns = torch.zeros(n, dtype=torch.float64, device=dev)
-    for _ in range(max_steps):
+
+    def step(state, rows, carry):
+        (lstm,) = carry
         if how is None:
-            action = torch.from_numpy(act(rows.cpu().numpy())).to(dev)
-        else:
-            z = see(dream, own, state.z, eye_generator) if how == "pixels" else state.z
-            seen = dc.DreamState(z, state.lstm if how == "latent" else lstm)
-            y = batched_forward(cfg, params, dc.observation(own, seen).unsqueeze(0))[0]
-            action = spec.controller_to_action(y)
-            if how != "latent":
-                lstm = dc.follow(own, lstm, z, action)
-        state, reward, terminated = dc.step(dream, state, action, tau, generator)
-        returns.index_add_(0, rows, torch.where(alive, reward, 0).double())
-        alive &= ~terminated
-        live = int(alive.sum())
-        if live == 0:
-            break
-        if live < COMPACT_BELOW * len(rows):
-            keep = alive.nonzero().squeeze(1)
-            state, rows, alive = dc.select(state, keep), rows[keep], alive[keep]
-            if lstm is not None:
-                lstm = LSTMState(lstm.h[keep], lstm.c[keep])
+            return torch.from_numpy(act(rows.cpu().numpy())).to(dev), carry
+        z = see(dream, own, state.z, eye_generator) if how == "pixels" else state.z
+        seen = dc.DreamState(z, state.lstm if how == "latent" else lstm)
+        y = batched_forward(cfg, params, dc.observation(own, seen).unsqueeze(0))[0]
+        action = spec.controller_to_action(y)
+        if how != "latent":
+            lstm = dc.follow(own, lstm, z, action)
+        return action, (lstm,)
+
+    returns, _ = play_batch(dream, state, step, tau, generator, max_steps, (lstm,))
     return returns.cpu().numpy(), how
 
 
