@@ -117,8 +117,7 @@ def _report_dir(ctrl_dir: Path, game: str) -> Path:
     return ctrl_dir
 
 
-def run(config: EvaluateConfig, source) -> Path:
-    """Score a controller; write and return the JSON report (see ``format_table``)."""
+def _check(config: EvaluateConfig) -> None:
     if config.episodes < 1:
         raise ValueError(f"episodes: expected an integer >= 1, got {config.episodes}")
     if config.starts not in STARTS or (config.starts == "real" and not config.dream):
@@ -129,6 +128,28 @@ def run(config: EvaluateConfig, source) -> Path:
     if config.dropout is not None and not config.dream:
         raise ValueError("dropout: the real game has no M to drop out of; use it with dream")
     dc.check_dropout(config.dropout)
+
+
+def _evaluator(config: EvaluateConfig, wm: WorldModel, wm_dir: Path, tau: float, controller):
+    """(the dream or real-game evaluator of ``config``, the seeds its report lists)."""
+    if not config.dream:
+        evaluator = RealEvaluator(
+            wm_dir, config.workers, config.max_steps, controller=controller.config
+        )
+        return evaluator, [config.seed + i for i in range(config.episodes)]
+    if config.starts == "real" and wm.starts is None:
+        raise ValueError(f"starts: {wm_dir} has no bank of real states; use starts='first'")
+    starts = wm.starts if config.starts == "real" else None
+    evaluator = DreamEvaluator(
+        wm, tau, config.max_steps, controller=controller.config, starts=starts,
+        dropout=config.dropout,
+    )  # fmt: skip
+    return evaluator, [config.seed]  # one generator draws every dream
+
+
+def run(config: EvaluateConfig, source) -> Path:
+    """Score a controller; write and return the JSON report (see ``format_table``)."""
+    _check(config)
     set_threads(config.threads)
     wm_dir, ctrl_dir = resolve_source(source, config.controller, config.tau)
     wm = WorldModel.load(wm_dir)  # names the file of a broken or diverged world model
@@ -139,41 +160,24 @@ def run(config: EvaluateConfig, source) -> Path:
             f"--controller: {ctrl_dir} reads {controller.config.in_dim} inputs, but the world "
             f"model {wm_dir} gives {want}; pass a controller trained in this world model"
         )
-    params = controller.get_flat().numpy()[None]
-    mode = "dream" if config.dream else "real"
-    tau = (
-        config.tau
-        if config.tau is not None
-        else info.get("tau") or get_game(info["game"]).default_tau
-    )
-    bar = tqdm(total=config.episodes, desc=f"evaluate {info['game']} ({mode})", unit="ep")
-    t0 = time.time()
+    spec, mode = get_game(info["game"]), "dream" if config.dream else "real"
+    tau = config.tau if config.tau is not None else info.get("tau") or spec.default_tau
     if config.dream:
         wm = wm.to(config.device)
-        if config.starts == "real" and wm.starts is None:
-            raise ValueError(f"starts: {wm_dir} has no bank of real states; use starts='first'")
-        starts = wm.starts if config.starts == "real" else None
-        evaluator = DreamEvaluator(
-            wm, tau, config.max_steps, controller=controller.config, starts=starts,
-            dropout=config.dropout,
-        )  # fmt: skip
-        seeds = [config.seed]  # one generator draws every dream
-    else:
-        evaluator = RealEvaluator(
-            wm_dir, config.workers, config.max_steps, controller=controller.config
-        )
-        seeds = [config.seed + i for i in range(config.episodes)]
+    evaluator, seeds = _evaluator(config, wm, wm_dir, tau, controller)
+    bar = tqdm(total=config.episodes, desc=f"evaluate {spec.name} ({mode})", unit="ep")
+    t0 = time.time()
     with evaluator:
+        params = controller.get_flat().numpy()[None]
         returns = evaluator.returns(params, config.episodes, config.seed, bar.update)[0]
     bar.close()
+    dream = config.dream
     result = {
         "mode": mode,
-        "game": info["game"],
-        "tau": tau if config.dream else None,
-        "starts": config.starts if config.dream else None,
-        "dropout": (wm.dropout if config.dropout is None else config.dropout)
-        if config.dream
-        else None,
+        "game": spec.name,
+        "tau": tau if dream else None,
+        "starts": config.starts if dream else None,
+        "dropout": (wm.dropout if config.dropout is None else config.dropout) if dream else None,
         "trained_tau": info.get("tau"),
         "episodes": config.episodes,
         "mean": float(returns.mean()),
@@ -182,7 +186,7 @@ def run(config: EvaluateConfig, source) -> Path:
         "max": float(returns.max()),
         "returns": [float(r) for r in returns],
         "seeds": seeds,
-        "max_steps": config.max_steps or get_game(info["game"]).max_episode_steps,
+        "max_steps": config.max_steps or spec.max_episode_steps,
         "wall_seconds": round(time.time() - t0, 3),
         "controller": str(ctrl_dir),
         "world_model": str(wm_dir),
@@ -190,7 +194,7 @@ def run(config: EvaluateConfig, source) -> Path:
         "config": asdict(config),
     }
     name = report_name(mode, tau, config.starts, config.seed, config.dropout)
-    out = Path(config.output) if config.output else _report_dir(ctrl_dir, info["game"]) / name
+    out = Path(config.output) if config.output else _report_dir(ctrl_dir, spec.name) / name
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return out
