@@ -128,9 +128,8 @@ def _rollout(
     return data.write_episode(Path(folder) / data.EPISODES_DIR, index, episode)
 
 
-def run(config: CollectConfig, run_dir) -> Path:
-    """Collect until the run directory holds ``config.episodes`` kept episodes."""
-    run_dir, game = open_run(run_dir, config.game)
+def _check(config: CollectConfig, game: str, run_dir: Path) -> str | None:
+    """Refuse bad settings before any worker starts; the driving controller's world model."""
     spec = get_game(game)
     check_options(config, positive=("episodes", "workers", "max_steps"), at_least_zero=("seed",))
     if config.min_frames is not None and config.min_frames < 0:
@@ -147,6 +146,14 @@ def run(config: CollectConfig, run_dir) -> Path:
             raise ValueError(f"noise: expected a number >= 0, got {config.noise}")
         check_noise_space(config.noise_space)  # a clear error before workers start
         world_model = str(_controller_world_model(Path(config.controller), run_dir))
+    return world_model
+
+
+def run(config: CollectConfig, run_dir) -> Path:
+    """Collect until the run directory holds ``config.episodes`` kept episodes."""
+    run_dir, game = open_run(run_dir, config.game)
+    spec = get_game(game)
+    world_model = _check(config, game, run_dir)
     for problem in data.reconcile(run_dir):
         print(f"collect: {problem}; set aside (*.bad), a new episode replaces it", flush=True)
     save_config(run_dir / "collect.json", config)
