@@ -1,7 +1,7 @@
 """Does the dream rank policies as the real game does, and pay what it pays?
 
     python benchmarks/dream_honesty.py --world-model models/doom_take_cover \\
-        [--dreams 100] [--episodes 100] [--tau 1.15] [--seed 0] [--workers 2]
+        [--dreams 100] [--episodes 100] [--tau 1.15] [--dropout 0] [--seed 0] [--workers 2]
 
 Every policy of the game's fixed panel (``benchmarks/panel/<game>/panel.json``:
 random and constant actions, CMA-ES controllers of early and late generations,
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> dict:
     # a return at the cap means a dream survived to the episode limit (games paid per step)
     cap = None if spec.constant_reward is None else spec.constant_reward * spec.max_episode_steps
     print(f"dream honesty: {spec.name}, world model {args.world_model} "
-          f"({vae_digest(args.world_model)[:16]}), tau {tau:g}")  # fmt: skip
+          f"({vae_digest(args.world_model)[:16]}), tau {tau:g}, dropout "
+          f"{wm.dropout if args.dropout is None else args.dropout:g}")  # fmt: skip
     print(f"dreams: {args.dreams} per policy (seed {args.seed}); real: {args.episodes} episodes "
           f"per policy (game seeds 0-{args.episodes - 1})\n")  # fmt: skip
     head = (
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.time()
         dream, how = cross_dream_returns(
             wm, entry.actor(), args.dreams, tau, seeded(args.seed, 0), seeded(args.seed, 1),
-            rng=np.random.default_rng([args.seed, 2]), force=args.sight,
+            rng=np.random.default_rng([args.seed, 2]), force=args.sight, dropout=args.dropout,
         )  # fmt: skip
         with tqdm(total=args.episodes, desc=f"{entry.name} (real)", leave=False) as bar:
             real, cached = real_returns(
@@ -140,6 +141,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=100, help="real episodes per policy")
     p.add_argument("--tau", type=float, default=None, help="dream temperature (game default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dreams")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="dropout rate of the dream's M (default: the rate it was trained with)",
+    )
     p.add_argument("--workers", type=int, default=2, help="real-game worker processes")
     p.add_argument("--panel", default=None, help="panel folder (default benchmarks/panel/GAME)")
     p.add_argument("--root", default=None, help="what world-model paths of the panel are "

@@ -226,3 +226,18 @@ def test_a_dream_evaluator_overrides_the_dropout_rate():
     assert not np.array_equal(on, plain_ret)
     with pytest.raises(ValueError, match="dropout"):
         DreamEvaluator(trained, 1.0, dropout=1.0)
+
+
+def test_cross_dream_scoring_overrides_the_dropout_rate():
+    """The honesty benchmark's dreams take the same override as the evaluators."""
+    from dreamgym.train.cross_dream import FixedPolicy, cross_dream_returns
+
+    trained, plain = _dropout_pair(0.5)
+    still = FixedPolicy("constant", (0.0,))
+
+    def returns(wm, dropout=None):
+        g = torch.Generator().manual_seed(2)
+        return cross_dream_returns(wm, still, 32, 1.0, g, max_steps=60, dropout=dropout)[0]
+
+    np.testing.assert_array_equal(returns(trained, dropout=0.0), returns(plain))
+    assert not np.array_equal(returns(trained), returns(plain))

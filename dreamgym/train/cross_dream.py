@@ -131,6 +131,7 @@ def cross_dream_returns(
     max_steps: int | None = None,
     rng: np.random.Generator | None = None,
     force: str | None = None,
+    dropout: float | None = None,
 ) -> tuple[np.ndarray, str | None]:
     """Play ``policy`` in n dreams of ``dream`` at ``tau``, all in one batch.
 
@@ -141,11 +142,12 @@ def cross_dream_returns(
     ``rng`` draws a random policy's actions. Episodes end on M's done or at
     ``max_steps`` (None: the game's limit). ``force``: a sight to use instead of the
     one the two world models allow (``pixels`` always works; it checks that path).
+    ``dropout``: the dream's dropout rate (None: the rate its M was trained with).
     """
     spec, dev = dream.game, dream.device
     max_steps = max_steps or spec.max_episode_steps
     eye_generator = eye_generator or generator
-    state = dc.initial_state(dream, n, generator)
+    state = dc.initial_state(dream, n, generator, dc.check_dropout(dropout))
     how, lstm = None, None
     if isinstance(policy, ControllerActor):
         own, cfg = policy.own, policy.config
