@@ -33,8 +33,9 @@ import torch
 from dreamgym import dream_core as dc
 from dreamgym.controller import batched_forward
 from dreamgym.policy import controller_config
+from dreamgym.train.common import save_checkpoint
 from dreamgym.train.evaluate import DreamEvaluator, dream_rollouts
-from dreamgym.train.evolve import CMAES, save_checkpoint
+from dreamgym.train.evolve import CMAES
 from dreamgym.world_model import WorldModel
 
 TARGET_SECONDS = 20.0

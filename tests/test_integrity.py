@@ -21,6 +21,7 @@ from test_pipeline import cli
 from dreamgym import data
 from dreamgym._io import read_jsonl
 from dreamgym.policy import save_controller
+from dreamgym.train.common import CHECKPOINT
 
 pytestmark = pytest.mark.slow
 TINY = {
@@ -140,9 +141,9 @@ def test_a_diverging_fit_stops_and_keeps_the_last_good_checkpoint(run):
     args = ("--hidden", "16", "--steps", "40", "--batch-size", "4", "--seq-len", "40",
             "--lr", "1e6", "--lr-final", "1e6", "--grad-clip", "1e9")  # fmt: skip
     before = snapshot(run)
-    line = refused("fit-mdnrnn", run, *args, names=("the loss is", "checkpoint.pt", "--lr"))
+    line = refused("fit-mdnrnn", run, *args, names=("the loss is", CHECKPOINT, "--lr"))
     after = snapshot(run)
-    for key in ("mdnrnn/checkpoint.pt", "world_model/weights.safetensors"):
+    for key in (f"mdnrnn/{CHECKPOINT}", "world_model/weights.safetensors"):
         assert after[key] == before[key], key
     assert "kept" in line
 

@@ -27,20 +27,20 @@ from pathlib import Path
 import cma
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from dreamgym import dream_core as dc
-from dreamgym._io import atomic_path, read_jsonl
+from dreamgym._io import read_jsonl
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
 from dreamgym.starts import RealStarts
 from dreamgym.train import provenance
 from dreamgym.train.common import (
     RunDirError,
+    load_checkpoint,
     log_metrics,
     run_world_model,
+    save_checkpoint,
     save_config,
     set_threads,
 )
@@ -177,30 +177,6 @@ class CMAES:
         self.best_x, self.best_f = np.array(arrays["best_x"]), float(values["best_f"])
         self.rng.bit_generator.state = values["rng"]
         self._asked = None
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], values: dict) -> None:
-    """Arrays as safetensors, values as JSON in its metadata: one file, written atomically."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), {"state": json.dumps(values)})
-
-
-def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and JSON state of a CMA-ES checkpoint; a corrupt file raises ``RunDirError``."""
-    try:
-        with safe_open(str(path), framework="np") as f:
-            values = json.loads(f.metadata()["state"])
-            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
-    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-        raise RunDirError(
-            f"{path}: corrupt CMA-ES checkpoint ({type(e).__name__}: {e}); delete it to "
-            "restart evolve from generation 0"
-        ) from None
-    return arrays, values
 
 
 # ---------------------------------------------------------------- the stage
@@ -574,6 +550,4 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
     return out
 
 
-__all__ = [
-    "CMAES", "EvolveConfig", "run", "evolve", "rollout_seed", "save_checkpoint", "load_checkpoint",
-]  # fmt: skip
+__all__ = ["CMAES", "EvolveConfig", "run", "evolve", "rollout_seed"]
