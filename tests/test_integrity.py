@@ -114,6 +114,19 @@ def test_more_episodes_keep_what_was_built_and_the_pipeline_shows_status(run):
     assert len(steps) == len(set(steps))
 
 
+def test_an_older_dreamgyms_checkpoint_pt_is_named_and_deleting_it_retrains(run):
+    for folder in ("vae", "mdnrnn"):
+        (run / folder / CHECKPOINT).rename(run / folder / "checkpoint.pt")
+    refused("fit-vae", run, *TINY["fit-vae"], names=("vae/checkpoint.pt", "delete it"),
+            unchanged=run)  # fmt: skip
+    refused("evolve", run, *TINY["evolve"], names=("mdnrnn/checkpoint.pt", "delete it"),
+            unchanged=run)  # fmt: skip
+    assert status(run)["fit-vae"] == "stale" and status(run)["fit-mdnrnn"] == "stale"
+    (run / "vae" / "checkpoint.pt").unlink()
+    cli("fit-vae", run, *TINY["fit-vae"])
+    assert status(run)["fit-vae"] == "current"
+
+
 # ---------------------------------------------------------------- integrity
 
 
