@@ -35,7 +35,7 @@ from dreamgym.cmaes import CMAES
 from dreamgym.controller import batched_forward
 from dreamgym.policy import controller_config
 from dreamgym.rollouts import DreamEvaluator, dream_rollouts
-from dreamgym.train.evolve import save_checkpoint
+from dreamgym.train.common import save_checkpoint
 from dreamgym.world_model import WorldModel
 
 TARGET_SECONDS = 20.0

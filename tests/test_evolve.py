@@ -18,7 +18,7 @@ from dreamgym.controller import Controller
 from dreamgym.policy import ControllerError, controller_config, load_controller
 from dreamgym.rollouts import DreamEvaluator, dream_rollouts
 from dreamgym.train import evolve
-from dreamgym.train.common import RunDirError, open_run
+from dreamgym.train.common import RunDirError, load_checkpoint, open_run, save_checkpoint
 from dreamgym.world_model import WorldModel
 
 torch.set_num_threads(1)
@@ -107,8 +107,8 @@ def test_cmaes_state_round_trip_continues_identically(tmp_path):
     for _ in range(25):
         a.tell(f(a.ask()))
     arrays, values = a.state()
-    evolve.save_checkpoint(tmp_path / "s.safetensors", arrays, values)
-    arrays, values = evolve.load_checkpoint(tmp_path / "s.safetensors")
+    save_checkpoint(tmp_path / "s.safetensors", arrays, values)
+    arrays, values = load_checkpoint(tmp_path / "s.safetensors")
     b = CMAES(40, popsize=10, seed=999)  # the seed is replaced by the saved RNG state
     b.load_state(arrays, values)
     assert b.generation == a.generation == 25
@@ -228,7 +228,7 @@ def test_z_only_controllers_never_read_h_and_have_their_own_folder(tmp_path):
     weight = policy.params[: 64 + 2 * 16].reshape(1, -1)  # Doom: [z, c, h], one output
     assert np.any(weight[:, :64] != 0) and np.all(weight[:, 64:] == 0)
     assert json.loads((out / "controller.json").read_text())["inputs"] == "z"
-    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    _, values = load_checkpoint(out / evolve.CMA_FILE)
     assert values["cma"]["num_params"] == 64  # CMA-ES searched the z weights only
     with pytest.raises(ValueError, match="inputs"):
         evolve.run(tiny_config(inputs="h"), run_dir)
@@ -244,7 +244,7 @@ def test_a_z_only_controller_with_a_hidden_layer_reads_z_through_its_first_layer
     first = policy.controller.hidden_weight.detach().numpy()  # (4, [z, c, h])
     assert np.any(first[:, :64] != 0) and np.all(first[:, 64:] == 0)
     assert np.any(policy.controller.weight.detach().numpy() != 0)
-    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    _, values = load_checkpoint(out / evolve.CMA_FILE)
     assert values["cma"]["num_params"] == cfg.num_params - 4 * 2 * 16
     with pytest.raises(RunDirError, match="hidden"):  # same folder name, other width
         wider = tiny_config(generations=4, inputs="z", hidden=5)
@@ -261,7 +261,7 @@ def test_a_two_output_car_controller_evolves_in_its_own_folder(tmp_path):
     assert out.name == "evolve_tau1_z_outputs2"
     policy = load_controller(out)
     assert policy.controller.config == controller_config(wm, outputs=2)
-    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    _, values = load_checkpoint(out / evolve.CMA_FILE)
     assert values["cma"]["num_params"] == 2 * 32 + 2  # z weights and biases of two outputs
     with pytest.raises(RunDirError, match="outputs"):
         evolve.evolve(tiny_config(generations=3, inputs="z"), run_dir / "world_model", out)
@@ -344,12 +344,12 @@ def test_rerun_resumes_to_the_same_state_as_a_straight_run(tmp_path):
     straight = evolve.run(tiny_config(generations=5), make_run(tmp_path / "a"))
     run_b = make_run(tmp_path / "b")
     evolve.run(tiny_config(generations=3), run_b)
-    _, values = evolve.load_checkpoint(run_b / "evolve_tau1" / evolve.CMA_FILE)
+    _, values = load_checkpoint(run_b / "evolve_tau1" / evolve.CMA_FILE)
     assert values["cma"]["es.countiter"] == 3
     resumed = evolve.run(tiny_config(generations=5), run_b)
     assert metric_rows(resumed) == metric_rows(straight)
-    a, va = evolve.load_checkpoint(straight / evolve.CMA_FILE)
-    b, vb = evolve.load_checkpoint(resumed / evolve.CMA_FILE)
+    a, va = load_checkpoint(straight / evolve.CMA_FILE)
+    b, vb = load_checkpoint(resumed / evolve.CMA_FILE)
     assert va["cma"] == vb["cma"] and sorted(a) == sorted(b)
     for k in a:
         if k != "best_eval_x":  # the stop at 3 also scored the mean there
@@ -370,7 +370,7 @@ def test_resume_refuses_a_changed_config_and_a_corrupt_checkpoint(tmp_path):
     with pytest.raises(RunDirError, match="popsize=8"):
         evolve.run(tiny_config(generations=2, popsize=10), run_dir)
     (out / evolve.CMA_FILE).write_bytes(b"\x00" * 100)
-    with pytest.raises(RunDirError, match="corrupt CMA-ES checkpoint.*delete it"):
+    with pytest.raises(RunDirError, match="cma.safetensors: corrupt checkpoint.*delete it"):
         evolve.run(tiny_config(generations=2), run_dir)
 
 
@@ -401,11 +401,11 @@ def test_sigkill_during_evolve_then_rerun_continues(tmp_path):
         lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3,
         "evolve",
     )
-    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    _, values = load_checkpoint(out / evolve.CMA_FILE)
     done = values["cma"]["es.countiter"]
     assert done >= 3
     evolve.run(tiny_config(generations=done + 2), run_dir)
-    _, values = evolve.load_checkpoint(out / evolve.CMA_FILE)
+    _, values = load_checkpoint(out / evolve.CMA_FILE)
     assert values["cma"]["es.countiter"] == done + 2
     assert [r["generation"] for r in metric_rows(out)] == list(range(1, done + 3))
     load_controller(out)

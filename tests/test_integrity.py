@@ -21,6 +21,7 @@ from test_pipeline import cli
 from dreamgym import data
 from dreamgym._io import read_jsonl
 from dreamgym.policy import save_controller
+from dreamgym.train.common import CHECKPOINT
 
 pytestmark = pytest.mark.slow
 TINY = {
@@ -113,6 +114,19 @@ def test_more_episodes_keep_what_was_built_and_the_pipeline_shows_status(run):
     assert len(steps) == len(set(steps))
 
 
+def test_an_older_dreamgyms_checkpoint_pt_is_named_and_deleting_it_retrains(run):
+    for folder in ("vae", "mdnrnn"):
+        (run / folder / CHECKPOINT).rename(run / folder / "checkpoint.pt")
+    refused("fit-vae", run, *TINY["fit-vae"], names=("vae/checkpoint.pt", "delete it"),
+            unchanged=run)  # fmt: skip
+    refused("evolve", run, *TINY["evolve"], names=("mdnrnn/checkpoint.pt", "delete it"),
+            unchanged=run)  # fmt: skip
+    assert status(run)["fit-vae"] == "stale" and status(run)["fit-mdnrnn"] == "stale"
+    (run / "vae" / "checkpoint.pt").unlink()
+    cli("fit-vae", run, *TINY["fit-vae"])
+    assert status(run)["fit-vae"] == "current"
+
+
 # ---------------------------------------------------------------- integrity
 
 
@@ -140,9 +154,9 @@ def test_a_diverging_fit_stops_and_keeps_the_last_good_checkpoint(run):
     args = ("--hidden", "16", "--steps", "40", "--batch-size", "4", "--seq-len", "40",
             "--lr", "1e6", "--lr-final", "1e6", "--grad-clip", "1e9")  # fmt: skip
     before = snapshot(run)
-    line = refused("fit-mdnrnn", run, *args, names=("the loss is", "checkpoint.pt", "--lr"))
+    line = refused("fit-mdnrnn", run, *args, names=("the loss is", CHECKPOINT, "--lr"))
     after = snapshot(run)
-    for key in ("mdnrnn/checkpoint.pt", "world_model/weights.safetensors"):
+    for key in (f"mdnrnn/{CHECKPOINT}", "world_model/weights.safetensors"):
         assert after[key] == before[key], key
     assert "kept" in line
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from dreamgym import data
-from dreamgym.train.common import load_checkpoint
+from dreamgym.games import get_game
+from dreamgym.train.common import CHECKPOINT, load_checkpoint
 from dreamgym.train.export import STARTS_SIZE
 from dreamgym.world_model import WorldModel, vae_digest
 
@@ -57,11 +58,12 @@ def test_tiny_pipeline_through_cli(game, tmp_path):
     assert json.loads((run / "run.json").read_text())["game"] == game
     assert not data.verify(run)
     assert len(data.kept_episodes(run)) >= 2
-    assert load_checkpoint(run / "vae" / "checkpoint.pt")["step"] > 0
+    vae = load_checkpoint(run / "vae" / CHECKPOINT)[1]
+    assert vae["step"] > 0 and vae["config"]["z_dim"] == get_game(game).z_dim
     assert (run / "vae" / "metrics.jsonl").exists()
     with np.load(run / "latents.npz") as z:
         assert z["mu"].shape[0] == z["offsets"][-1]
-    assert load_checkpoint(run / "mdnrnn" / "checkpoint.pt")["step"] == 3
+    assert load_checkpoint(run / "mdnrnn" / CHECKPOINT)[1]["step"] == 3
     wm = WorldModel.load(run / "world_model", game=game)
     assert wm.z0_mu.shape[0] == len(data.kept_episodes(run))
     evolve_dirs = [p for p in run.iterdir() if p.name.startswith("evolve")]
@@ -73,9 +75,9 @@ def test_tiny_pipeline_through_cli(game, tmp_path):
     res = json.loads(results[0].read_text())
     assert len(res["returns"]) == 2 and np.isfinite(res["mean"])
     # Rerunning resumes: nothing is redone, the artifacts stay.
-    before = load_checkpoint(run / "vae" / "checkpoint.pt")["step"]
+    before = load_checkpoint(run / "vae" / CHECKPOINT)[1]["step"]
     out = cli("pipeline", game, "--preset", "tiny", "--run", run)
-    assert load_checkpoint(run / "vae" / "checkpoint.pt")["step"] == before
+    assert load_checkpoint(run / "vae" / CHECKPOINT)[1]["step"] == before
     assert "== evaluate" in out.stdout
     # Another game's command refuses the run directory.
     other = "car_racing" if game == "doom_take_cover" else "doom_take_cover"
@@ -104,17 +106,17 @@ def test_fit_vae_survives_sigkill(tmp_path):
     run = tmp_path / "run"
     cli("collect", "doom_take_cover", "--run", run, "--episodes", "2", "--max-steps", "80",
         "--min-frames", "0")  # fmt: skip
-    ckpt = run / "vae" / "checkpoint.pt"
+    ckpt = run / "vae" / CHECKPOINT
     vae_args = ("fit-vae", run, "--batch-size", "8", "--checkpoint-every", "2", "--threads", "1")
     proc = start(*vae_args, "--epochs", "50")
     wait_for(lambda: ckpt.exists(), proc)
     time.sleep(0.5)
     kill(proc)
-    step = load_checkpoint(ckpt)["step"]  # loadable: the checkpoint was never half-written
+    step = load_checkpoint(ckpt)[1]["step"]  # loadable: the checkpoint was never half-written
     assert step >= 2
     cli(*vae_args, "--epochs", "2")
     total = sum(r["frames"] for r in data.read_manifest(run)) * 2 // 8
-    final = load_checkpoint(ckpt)
+    final = load_checkpoint(ckpt)[1]
     assert final["step"] == max(step, total)
     rows = [json.loads(x) for x in (run / "vae" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] <= final["step"]
@@ -201,17 +203,17 @@ def test_fit_mdnrnn_survives_sigkill(tmp_path):
         "--min-frames", "0")  # fmt: skip
     cli("fit-vae", run, "--batch-size", "8", "--epochs", "0.1", "--threads", "1")
     cli("encode", run, "--batch-size", "32")
-    ckpt = run / "mdnrnn" / "checkpoint.pt"
+    ckpt = run / "mdnrnn" / CHECKPOINT
     args = ("fit-mdnrnn", run, "--hidden", "16", "--batch-size", "2", "--seq-len", "20",
             "--checkpoint-every", "2", "--threads", "1")  # fmt: skip
     proc = start(*args, "--steps", "100000")
     wait_for(lambda: ckpt.exists(), proc)
     time.sleep(0.5)
     kill(proc)
-    step = load_checkpoint(ckpt)["step"]  # loadable: never half-written
+    step = load_checkpoint(ckpt)[1]["step"]  # loadable: never half-written
     assert step >= 2
     cli(*args, "--steps", str(step + 3))
-    assert load_checkpoint(ckpt)["step"] == step + 3
+    assert load_checkpoint(ckpt)[1]["step"] == step + 3
     lines = (run / "mdnrnn" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(x)["step"] for x in lines]
     assert steps == sorted(set(steps)), "a resumed fit-mdnrnn logged a step twice"
@@ -287,7 +289,7 @@ def test_encode_with_a_world_models_v(tmp_path):
     # a world_model/ that links to another folder is never written through
     (run / "world_model").rename(tmp_path / "assembled")
     (run / "world_model").symlink_to(wm_dirs[0])
-    (run / "mdnrnn" / "checkpoint.pt").unlink()
+    (run / "mdnrnn" / CHECKPOINT).unlink()
     out = cli(*fit, check=False)
     assert out.returncode != 0 and "Remove the link" in out.stderr
     assert torch.equal(WorldModel.load(wm_dirs[0]).z0_mu, tiny_world_model("doom_take_cover").z0_mu)
@@ -379,9 +381,9 @@ def test_fit_mdnrnn_trains_an_ensemble_with_dropout(tmp_path):
     cli(*args, "--members", "2")
     wm = WorldModel.load(run / "world_model")
     assert len(wm.members) == 2 and wm.dropout == 0.1
-    first = (run / "mdnrnn" / "member1" / "checkpoint.pt").stat().st_mtime_ns
+    first = (run / "mdnrnn" / "member1" / CHECKPOINT).stat().st_mtime_ns
     cli(*args, "--members", "3")
-    assert (run / "mdnrnn" / "member1" / "checkpoint.pt").stat().st_mtime_ns == first
+    assert (run / "mdnrnn" / "member1" / CHECKPOINT).stat().st_mtime_ns == first
     wm = WorldModel.load(run / "world_model")
     assert len(wm.members) == 3
     a, b = (m.state_dict()["head.weight"] for m in wm.members[:2])

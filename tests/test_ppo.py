@@ -14,7 +14,7 @@ from test_evolve import make_run, tiny_config
 from dreamgym.policy import load_controller
 from dreamgym.rollouts import DreamEvaluator
 from dreamgym.train import evolve, ppo
-from dreamgym.train.common import RunDirError
+from dreamgym.train.common import RunDirError, load_checkpoint
 from dreamgym.world_model import WorldModel
 
 pytest.importorskip("stable_baselines3")
@@ -54,11 +54,11 @@ def test_ppo_starts_from_a_controller_and_a_rerun_continues(tmp_path):
     assert rows(out)[0]["dream_score"] == pytest.approx(
         ev.returns(load_controller(start).params[None], 16, 0).mean()
     )  # the first check scores the C it started from
-    _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
+    _, values = load_checkpoint(out / ppo.CHECKPOINT)
     assert values["timesteps"] == 512
     ppo.run(tiny_ppo(init=str(start), timesteps=1024), run_dir)
     assert [r["timesteps"] for r in rows(out)] == [0, 256, 512, 768, 1024]
-    _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
+    _, values = load_checkpoint(out / ppo.CHECKPOINT)
     assert values["timesteps"] == 1024 and values["best"] == max(
         r["dream_score"] for r in rows(out)
     )
@@ -88,7 +88,7 @@ def test_sigkill_during_ppo_then_rerun_continues_from_the_last_check(tmp_path):
         lambda: metrics.exists() and len(rows(out)) >= 3,
         "ppo",
     )
-    _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
+    _, values = load_checkpoint(out / ppo.CHECKPOINT)
     done = values["timesteps"]
     assert done >= 512
     ppo.run(tiny_ppo(timesteps=done + 512), run_dir)
@@ -119,7 +119,7 @@ def test_a_c_on_z_only_never_weighs_h(tmp_path):
 def test_a_wall_time_budget_stops_at_a_check_with_the_checkpoint_written(tmp_path):
     run_dir = make_run(tmp_path)
     out = ppo.run(tiny_ppo(timesteps=10**6, seconds=0.5), run_dir)
-    _, values = evolve.load_checkpoint(out / ppo.CHECKPOINT)
+    _, values = load_checkpoint(out / ppo.CHECKPOINT)
     assert 0 < values["timesteps"] < 10**6
     assert rows(out)[-1]["timesteps"] == values["timesteps"]
     load_controller(out)

@@ -1,4 +1,4 @@
-"""What every stage shares: the run directory, its config files and metrics log."""
+"""What every stage shares: the run directory, its config files, metrics log and checkpoints."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
-from dreamgym._io import atomic_path, log_metrics, read_jsonl  # noqa: F401 - the stages log through common
+from dreamgym._io import atomic_path, read_jsonl
 from dreamgym._version import __version__
 from dreamgym.games import get_game
 from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
@@ -84,12 +87,6 @@ def run_world_model(run_dir: str | os.PathLike) -> Path:
 def save_config(path: Path, config) -> None:
     """Write a stage's config dataclass as JSON, atomically."""
     atomic_write_text(path, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-
-
-def atomic_torch_save(obj: dict, path: Path) -> None:
-    """Save a checkpoint of tensors and plain values (loaded back with weights_only=True)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -172,17 +169,85 @@ def check_resume(folder: Path, started: dict, now: dict) -> None:
             )
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by ``atomic_torch_save``; a corrupt file raises ``RunDirError``."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-        raise RunDirError(
-            f"{path}: corrupt checkpoint ({type(e).__name__}: {e}); delete it to restart this stage"
-        ) from None
-
-
 def set_threads(threads: int | None) -> None:
     """Set torch's thread count (None or 0 keeps torch's default)."""
     if threads:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CHECKPOINT = "checkpoint.safetensors"
+"""The file of a training stage's checkpoint (V's and each M's), in the stage's folder."""
+LEGACY_CHECKPOINT = "checkpoint.pt"
+"""What older dreamgym versions wrote instead (a torch pickle); ``checkpoint_path`` refuses it."""
+OPTIM = "optim"
+"""The prefix of an optimizer's per-parameter tensors in a checkpoint."""
+
+
+def save_checkpoint(path: Path, tensors: dict, values: dict) -> None:
+    """Tensors (numpy or torch) as safetensors, plain values as JSON in its metadata:
+    one file, written atomically."""
+    arrays = {
+        k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, order="C")
+        for k, v in tensors.items()
+    }
+    with atomic_path(path) as tmp:
+        save_file(arrays, str(tmp), {"state": json.dumps(values)})
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and JSON values of a checkpoint; a corrupt file raises ``RunDirError``."""
+    try:
+        with safe_open(str(path), framework="np") as f:
+            values = json.loads(f.metadata()["state"])
+            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise RunDirError(
+            f"{path}: corrupt checkpoint ({type(e).__name__}: {e}); delete it to restart this stage"
+        ) from None
+    return arrays, values
+
+
+def checkpoint_path(folder: Path, stage: str) -> Path:
+    """``folder/checkpoint.safetensors``; refuses a folder that holds only the
+    ``checkpoint.pt`` of an older dreamgym."""
+    path, legacy = Path(folder) / CHECKPOINT, Path(folder) / LEGACY_CHECKPOINT
+    if legacy.exists() and not path.exists():
+        raise RunDirError(
+            f"{legacy}: written by an older dreamgym, which this one does not read; delete "
+            f"it to run {stage} again"
+        )
+    return path
+
+
+def module_tensors(prefix: str, state_dict: dict) -> dict[str, torch.Tensor]:
+    """A module's ``state_dict`` as named tensors: ``<prefix>.<key>``."""
+    return {f"{prefix}.{k}": v for k, v in state_dict.items()}
+
+
+def module_state(prefix: str, tensors: dict) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` that ``module_tensors`` stored under ``prefix``."""
+    n = len(prefix) + 1
+    return {k[n:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def optimizer_tensors(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's ``state_dict`` as named tensors (Adam: ``optim.<i>.step``,
+    ``exp_avg``, ``exp_avg_sq`` of parameter i) and JSON values (``param_groups``)."""
+    tensors = {
+        f"{OPTIM}.{i}.{name}": torch.as_tensor(v)
+        for i, state in state_dict["state"].items()
+        for name, v in state.items()
+    }
+    return tensors, {"param_groups": state_dict["param_groups"]}
+
+
+def optimizer_state(tensors: dict, values: dict) -> dict:
+    """The optimizer ``state_dict`` that ``optimizer_tensors`` stored."""
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith(OPTIM + "."):
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = torch.from_numpy(v)
+    return {"state": state, "param_groups": values["param_groups"]}

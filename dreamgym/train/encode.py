@@ -22,6 +22,7 @@ from dreamgym.train import provenance
 from dreamgym.train.common import (
     RunDirError,
     check_options,
+    checkpoint_path,
     load_checkpoint,
     open_run,
     set_threads,
@@ -51,7 +52,7 @@ class EncodeConfig:
 
 def vae_step(run_dir: Path) -> int:
     """The training step of the run's V checkpoint."""
-    return int(load_checkpoint(run_dir / VAE_DIR / "checkpoint.pt")["step"])
+    return int(load_checkpoint(checkpoint_path(run_dir / VAE_DIR, "fit-vae"))[1]["step"])
 
 
 def _vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str, str]:
@@ -59,7 +60,7 @@ def _vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str, str]:
     for a world model's, (-1, the digest of its V's tensors, the same), so a new V in the
     same folder re-encodes and a new M or bank there does not."""
     if world_model is None:
-        ckpt = run_dir / VAE_DIR / "checkpoint.pt"
+        ckpt = checkpoint_path(run_dir / VAE_DIR, "fit-vae")
         if not ckpt.exists():
             raise RunDirError(
                 f"{run_dir}: no V to encode with; run fit-vae, or pass --world-model DIR "

@@ -25,12 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from dreamgym import dream_core as dc
-from dreamgym._io import atomic_path, read_jsonl
+from dreamgym._io import log_metrics, read_jsonl
 from dreamgym.cmaes import CMAES
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
@@ -40,8 +38,9 @@ from dreamgym.starts import RealStarts
 from dreamgym.train import provenance
 from dreamgym.train.common import (
     RunDirError,
-    log_metrics,
+    load_checkpoint,
     run_world_model,
+    save_checkpoint,
     save_config,
     set_threads,
 )
@@ -59,30 +58,6 @@ RESUME_KEYS = (
 """Config fields a resumed run must share with the run it continues."""
 INPUTS = ("zh", "z")
 """What a controller may read: everything, or V's latent only."""
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, arrays: dict[str, np.ndarray], values: dict) -> None:
-    """Arrays as safetensors, values as JSON in its metadata: one file, written atomically."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), {"state": json.dumps(values)})
-
-
-def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and JSON state of a CMA-ES checkpoint; a corrupt file raises ``RunDirError``."""
-    try:
-        with safe_open(str(path), framework="np") as f:
-            values = json.loads(f.metadata()["state"])
-            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
-    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-        raise RunDirError(
-            f"{path}: corrupt CMA-ES checkpoint ({type(e).__name__}: {e}); delete it to "
-            "restart evolve from generation 0"
-        ) from None
-    return arrays, values
 
 
 # ---------------------------------------------------------------- the stage
@@ -455,8 +430,3 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
                 break
     bar.close()
     return out
-
-
-__all__ = [
-    "EvolveConfig", "run", "evolve", "rollout_seed", "save_checkpoint", "load_checkpoint",
-]  # fmt: skip

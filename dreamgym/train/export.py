@@ -20,7 +20,13 @@ from dreamgym._version import __version__
 from dreamgym.policy import ControllerError, controller_config, read_controller
 from dreamgym.starts import RealStarts
 from dreamgym.train import provenance
-from dreamgym.train.common import WORLD_MODEL_DIR, RunDirError, open_run, world_model_dest
+from dreamgym.train.common import (
+    WORLD_MODEL_DIR,
+    RunDirError,
+    checkpoint_path,
+    open_run,
+    world_model_dest,
+)
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn, member_count
 from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
@@ -53,7 +59,7 @@ def assemble(run_dir) -> Path:
     frames, and a bank of real states along its episodes (``RealStarts``)."""
     run_dir, game = open_run(run_dir)
     dest = world_model_dest(run_dir)
-    if not (run_dir / MDN_DIR / "checkpoint.pt").exists():
+    if not checkpoint_path(run_dir / MDN_DIR, "fit-mdnrnn").exists():
         raise RunDirError(f"{run_dir}: no trained M yet; run fit-mdnrnn first")
     lat = load_latents(run_dir)
     inputs = provenance.assembly_inputs(run_dir)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dreamgym._io import log_metrics
 from dreamgym.games import get_game
 from dreamgym.mdnrnn import (
     MDNRNN,
@@ -30,14 +31,18 @@ from dreamgym.mdnrnn import (
 )
 from dreamgym.train import provenance
 from dreamgym.train.common import (
-    atomic_torch_save,
     check_finite,
     check_options,
     check_resume,
     check_weights,
+    checkpoint_path,
     load_checkpoint,
-    log_metrics,
+    module_state,
+    module_tensors,
     open_run,
+    optimizer_state,
+    optimizer_tensors,
+    save_checkpoint,
     save_config,
     set_threads,
     trim_metrics,
@@ -295,18 +300,18 @@ def _fit_member(
     opt = torch.optim.Adam(m.parameters(), lr=config.lr)
     decay = math.log(config.lr_final / config.lr) / max(config.steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: math.exp(decay * s))
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path = checkpoint_path(out, "fit-mdnrnn")
     step = 0
     if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        check_resume(out, ckpt.get("config", {}), mcfg.to_dict())
+        tensors, values = load_checkpoint(ckpt_path)
+        check_resume(out, values["config"], mcfg.to_dict())
         if vae_id is not None:
             provenance.check(out, "fit-mdnrnn", {"vae": vae_id}, rows)
-        m.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
+        m.load_state_dict(module_state("model", tensors))
+        opt.load_state_dict(optimizer_state(tensors, values))
+        sched.load_state_dict(values["scheduler"])
         sched.base_lrs = [config.lr]  # the learning rates asked for now
-        step = ckpt["step"]
+        step = values["step"]
     out.mkdir(exist_ok=True)
     if k == 0:
         save_config(out / "config.json", config)
@@ -320,12 +325,10 @@ def _fit_member(
 
     def checkpoint():
         check_weights(m, "fit-mdnrnn", step, ckpt_path)
-        atomic_torch_save(
-            {"model": m.state_dict(), "optimizer": opt.state_dict(),
-             "scheduler": sched.state_dict(), "step": step, "game": game,
-             "config": mcfg.to_dict()},
-            ckpt_path,
-        )  # fmt: skip
+        optim, groups = optimizer_tensors(opt.state_dict())
+        values = {"config": mcfg.to_dict(), "game": game, "step": step,
+                  "scheduler": sched.state_dict(), **groups}  # fmt: skip
+        save_checkpoint(ckpt_path, module_tensors("model", m.state_dict()) | optim, values)
 
     masks = torch.Generator(device=config.device).manual_seed(seed)
     desc = f"fit-mdnrnn {game}" + (f" member {k}" if k else "")
@@ -359,9 +362,9 @@ def _fit_member(
 def load_trained_mdnrnn(run_dir: Path, device="cpu", member: int = 0) -> MDNRNN:
     """Member ``member`` of the run's trained Ms (0: the run's M, ``mdnrnn/``), in eval
     mode on ``device``."""
-    ckpt = load_checkpoint(member_dir(run_dir, member) / "checkpoint.pt")
-    m = MDNRNN(MDNRNNConfig(**ckpt["config"]))
-    m.load_state_dict(ckpt["model"])
+    tensors, values = load_checkpoint(checkpoint_path(member_dir(run_dir, member), "fit-mdnrnn"))
+    m = MDNRNN(MDNRNNConfig(**values["config"]))
+    m.load_state_dict(module_state("model", tensors))
     return m.to(device).eval()
 
 

@@ -7,7 +7,6 @@ resumes at the same epoch and batch without re-reading the batches already done.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +16,21 @@ import torch
 from tqdm import tqdm
 
 from dreamgym import data
+from dreamgym._io import log_metrics
 from dreamgym.train import provenance
 from dreamgym.train.common import (
-    atomic_torch_save,
     check_finite,
     check_options,
     check_resume,
     check_weights,
+    checkpoint_path,
     load_checkpoint,
-    log_metrics,
+    module_state,
+    module_tensors,
     open_run,
+    optimizer_state,
+    optimizer_tensors,
+    save_checkpoint,
     save_config,
     set_threads,
     trim_metrics,
@@ -82,18 +86,6 @@ def _check(config: FitVAEConfig) -> None:
     )  # fmt: skip
 
 
-def _resume(out: Path, ckpt: dict, config: FitVAEConfig, z_dim: int) -> None:
-    """Refuse a checkpoint of another architecture or loss (nothing is written yet)."""
-    started = {"z_dim": int(ckpt["model"]["fc_mu.weight"].shape[0])}
-    old_cfg = out / "config.json"
-    if old_cfg.exists():
-        try:
-            started["kl_tolerance"] = json.loads(old_cfg.read_text()).get("kl_tolerance", 0.5)
-        except json.JSONDecodeError:
-            pass  # a config torn by a kill: the checkpoint's shapes still decide
-    check_resume(out, started, {"z_dim": z_dim, "kl_tolerance": config.kl_tolerance})
-
-
 def run(config: FitVAEConfig, run_dir) -> Path:
     """Train V on the run's episodes (a rerun resumes); return ``run_dir/vae``."""
     _check(config)
@@ -108,20 +100,20 @@ def run(config: FitVAEConfig, run_dir) -> Path:
         raise ValueError(f"{run_dir}: no episodes collected yet; run `dreamgym collect` first")
     folder = run_dir / data.EPISODES_DIR
     z_dim = config.z_dim or spec.z_dim
-    vae = ConvVAE(VAEConfig(z_dim=z_dim, kl_tolerance=config.kl_tolerance))
-    vae.to(config.device)
+    vae_cfg = VAEConfig(z_dim=z_dim, kl_tolerance=config.kl_tolerance)
+    vae = ConvVAE(vae_cfg).to(config.device)
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path = checkpoint_path(out, "fit-vae")
     step, epoch, batch_in_epoch = 0, 0, 0
     if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        _resume(out, ckpt, config, z_dim)
+        tensors, values = load_checkpoint(ckpt_path)
+        check_resume(out, values["config"], vae_cfg.to_dict())  # nothing is written yet
         provenance.check(out, "fit-vae", {}, rows)
-        vae.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        vae.load_state_dict(module_state("model", tensors))
+        opt.load_state_dict(optimizer_state(tensors, values))
         for group in opt.param_groups:  # the learning rate asked for now
             group["lr"] = config.lr
-        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        step, epoch, batch_in_epoch = values["step"], values["epoch"], values["batch_in_epoch"]
     frames_total = sum(r["frames"] for r in rows)
     total_steps = int(config.epochs * frames_total / config.batch_size)
     problems = data.verify(run_dir) if step < total_steps else []
@@ -138,11 +130,10 @@ def run(config: FitVAEConfig, run_dir) -> Path:
 
     def checkpoint():
         check_weights(vae, "fit-vae", step, ckpt_path)
-        atomic_torch_save(
-            {"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
-             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "game": game},
-            ckpt_path,
-        )  # fmt: skip
+        optim, groups = optimizer_tensors(opt.state_dict())
+        values = {"config": vae_cfg.to_dict(), "game": game, "step": step, "epoch": epoch,
+                  "batch_in_epoch": batch_in_epoch, **groups}  # fmt: skip
+        save_checkpoint(ckpt_path, module_tensors("model", vae.state_dict()) | optim, values)
 
     bar = tqdm(total=total_steps, initial=step, desc=f"fit-vae {game}", unit="step")
     gen = torch.Generator(device=config.device).manual_seed(config.seed * 1000 + step)
@@ -207,11 +198,8 @@ def run(config: FitVAEConfig, run_dir) -> Path:
 
 
 def load_trained_vae(run_dir: Path, device="cpu") -> ConvVAE:
-    """V from a run directory's last checkpoint."""
-    ckpt = load_checkpoint(Path(run_dir) / VAE_DIR / "checkpoint.pt")
-    z_dim = ckpt["model"]["fc_mu.weight"].shape[0]
-    cfg_path = Path(run_dir) / VAE_DIR / "config.json"
-    kl_tol = json.loads(cfg_path.read_text()).get("kl_tolerance", 0.5) if cfg_path.exists() else 0.5
-    vae = ConvVAE(VAEConfig(z_dim=z_dim, kl_tolerance=kl_tol))
-    vae.load_state_dict(ckpt["model"])
+    """V from a run directory's last checkpoint, rebuilt from the config it records."""
+    tensors, values = load_checkpoint(checkpoint_path(Path(run_dir) / VAE_DIR, "fit-vae"))
+    vae = ConvVAE(VAEConfig(**values["config"]))
+    vae.load_state_dict(module_state("model", tensors))
     return vae.to(device).eval()

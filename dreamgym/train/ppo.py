@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -33,11 +32,17 @@ from dreamgym.spaces import check_tau
 from dreamgym.train import provenance
 from dreamgym.train.common import (
     RunDirError,
+    load_checkpoint,
+    module_state,
+    module_tensors,
+    optimizer_state,
+    optimizer_tensors,
     run_world_model,
+    save_checkpoint,
     save_config,
     set_threads,
 )
-from dreamgym.train.evolve import INPUTS, input_mask, load_checkpoint, save_checkpoint
+from dreamgym.train.evolve import INPUTS, input_mask
 from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel, atomic_write_text
 
@@ -145,30 +150,6 @@ def run(config: PPOConfig, run_dir) -> Path:
     return train(config, wm_dir, wm_dir.parent / ppo_dir_name(config))
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def _state_arrays(model) -> tuple[dict[str, np.ndarray], dict]:
-    """The policy's tensors and Adam's state as arrays, and what is not a tensor."""
-    arrays = {f"policy.{k}": v.detach().cpu().numpy() for k, v in model.policy.state_dict().items()}
-    opt = model.policy.optimizer.state_dict()
-    for i, state in opt["state"].items():
-        for k, v in state.items():
-            arrays[f"optim.{i}.{k}"] = torch.as_tensor(v).detach().cpu().numpy()
-    return arrays, {"param_groups": opt["param_groups"]}
-
-
-def _load_state(model, arrays: dict[str, np.ndarray], values: dict) -> None:
-    policy = {k[7:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("policy.")}
-    model.policy.load_state_dict(policy)
-    state: dict[int, dict] = {}
-    for key, v in arrays.items():
-        if key.startswith("optim."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = torch.from_numpy(v)
-    model.policy.optimizer.load_state_dict({"state": state, "param_groups": values["param_groups"]})
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -229,7 +210,8 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
                 f"{out}: started with {k}={old.get(k)!r}, now {k}={getattr(config, k)!r}; "
                 f"use the same value to resume, or delete {out / CHECKPOINT} to start over"
             )
-        _load_state(model, arrays, values)
+        model.policy.load_state_dict(module_state("policy", arrays))
+        model.policy.optimizer.load_state_dict(optimizer_state(arrays, values))
         done = values["timesteps"]
         checker.resume(done, values["best"])
         metrics = out / "metrics.jsonl"  # a kill after a check's row, before its checkpoint
@@ -276,10 +258,12 @@ def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict):
 
         def check(self) -> float:
             score = super().check()
-            arrays, values = _state_arrays(self.model)
+            policy = self.model.policy
+            optim, values = optimizer_tensors(policy.optimizer.state_dict())
             values |= {"timesteps": int(self.num_timesteps), "best": self.best,
                        "config": asdict(config)}  # fmt: skip
-            save_checkpoint(out / CHECKPOINT, arrays, values)
+            tensors = module_tensors("policy", policy.state_dict()) | optim
+            save_checkpoint(out / CHECKPOINT, tensors, values)
             self.bar.set_postfix({"dream": f"{score:.1f}", "best": f"{self.best:.1f}"})
             return score
 

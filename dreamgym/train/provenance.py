@@ -22,7 +22,7 @@ import numpy as np
 
 from dreamgym import data
 from dreamgym._io import atomic_path
-from dreamgym.train.common import RunDirError
+from dreamgym.train.common import CHECKPOINT, LEGACY_CHECKPOINT, RunDirError, checkpoint_path
 
 INPUTS_FILE = "inputs.json"
 
@@ -117,12 +117,12 @@ def assembly_inputs(run_dir: Path) -> dict:
 
     inputs = {
         "latents": file_digest(Path(run_dir) / LATENTS),
-        "mdnrnn": file_digest(member_dir(run_dir, 0) / "checkpoint.pt"),
+        "mdnrnn": file_digest(checkpoint_path(member_dir(run_dir, 0), "fit-mdnrnn")),
     }
     k = member_count(run_dir)
     if k > 1:
         inputs["members"] = [
-            file_digest(member_dir(run_dir, i) / "checkpoint.pt") for i in range(1, k)
+            file_digest(checkpoint_path(member_dir(run_dir, i), "fit-mdnrnn")) for i in range(1, k)
         ]
     return inputs
 
@@ -174,7 +174,7 @@ def status(run_dir: Path) -> list[tuple[str, str, str]]:
         else ("collect", "current" if rows else "missing", f"{len(rows)} episodes")
     ]
     vae = run_dir / VAE_DIR
-    out.append(_data_status("fit-vae", vae, vae / "checkpoint.pt", {}, rows))
+    out.append(_data_status("fit-vae", vae, vae / CHECKPOINT, {}, rows))
     lat, vae_id, lat_rows = run_dir / LATENTS, None, []
     if not lat.exists():
         out.append(("encode", "missing", ""))
@@ -195,12 +195,12 @@ def status(run_dir: Path) -> list[tuple[str, str, str]]:
             out.append(_data_status("encode", None, lat, {}, rows, lat_rows))
     mdn = run_dir / MDN_DIR
     new = {} if vae_id is None else {"vae": vae_identity(run_dir, lat)}
-    out.append(_data_status("fit-mdnrnn", mdn, mdn / "checkpoint.pt", new, lat_rows or None))
+    out.append(_data_status("fit-mdnrnn", mdn, mdn / CHECKPOINT, new, lat_rows or None))
     wm = run_dir / WORLD_MODEL_DIR
     try:
         check_world_model(run_dir)
         wm_state = ("current", "") if (wm / "weights.safetensors").exists() else ("missing", "")
-    except StaleError as e:
+    except RunDirError as e:  # stale, or M's checkpoint is an older dreamgym's
         wm_state = ("stale", str(e).split("; ", 1)[-1])
     out.append(("world_model", *wm_state))
     for folder in sorted([*run_dir.glob("evolve_*/"), *run_dir.glob("ppo_*/")]):
@@ -231,6 +231,9 @@ def _propagate(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
 def _data_status(stage, folder, artifact, new, rows, read_rows=None):
     """A stage that read episodes: stale if they changed, behind if more came since."""
     if not artifact.exists():
+        if folder is not None and (folder / LEGACY_CHECKPOINT).exists():
+            why = f"{LEGACY_CHECKPOINT} of an older dreamgym, which this one does not read"
+            return (stage, "stale", f"{why}; delete {folder / LEGACY_CHECKPOINT} and rerun {stage}")
         return (stage, "missing", "")
     old = {**shards_identity(read_rows)} if read_rows is not None else recorded(folder)
     if old is None:
