@@ -432,7 +432,7 @@ def _generations(state: _Run, evaluator, fine_tuning: bool) -> None:
         bar.update(1)
         postfix = {"best": f"{row['best']:.1f}", "mean": f"{row['mean']:.1f}",
                    "sigma": f"{row['sigma']:.3f}"}  # fmt: skip
-        bar.set_postfix(postfix | ({"left": budget.left()} if budget.left() else {}))
+        bar.set_postfix(postfix | ({"left": budget.left()} if config.seconds else {}))
 
     search.search(es, fitness, config.generations, on_generation, budget)
     bar.close()

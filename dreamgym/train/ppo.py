@@ -271,7 +271,8 @@ def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict):
             values |= {"timesteps": int(self.num_timesteps), "best": self.best,
                        "config": asdict(config)}  # fmt: skip
             save_checkpoint(out / CHECKPOINT, arrays, values)
-            self.bar.set_postfix({"dream": f"{score:.1f}", "best": f"{self.best:.1f}"})
+            postfix = {"dream": f"{score:.1f}", "best": f"{self.best:.1f}"}
+            self.bar.set_postfix(postfix | ({"left": self.budget.left()} if config.seconds else {}))
             return score
 
     return Checks()
