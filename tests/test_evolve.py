@@ -402,6 +402,7 @@ def test_a_run_folder_is_named_by_the_settings_that_shape_the_controller():
     assert search.run_id(cfg, keys) == search.run_id(cfg, (*keys, "hidden"))
     # the defaults' name is fixed: a new version finds the folders of an older one
     assert evolve.folder_name(evolve.EvolveConfig()) == "evolve-44136fa3"
+    assert evolve.folder_name(evolve.EvolveConfig(tau=1.0)) == "evolve-0b10fa77"  # as the docs say
 
 
 def test_the_same_command_resumes_its_folder_and_another_init_or_tau_writes_another(
