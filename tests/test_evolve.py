@@ -434,6 +434,30 @@ def test_the_same_command_resumes_its_folder_and_another_init_or_tau_writes_anot
         evaluate.resolve_source(run_dir, tau=1.0)
 
 
+def test_a_folder_an_older_version_named_by_its_settings_is_resumed_by_the_same_command(
+    tmp_path,
+):
+    run_dir = make_run(tmp_path)
+    old = evolve.run(tiny_config(generations=2, out=str(run_dir / "evolve_tau1")), run_dir)
+    config = json.loads((old / evolve.CONFIG_NAME).read_text())
+    del config["out"], config["dropout"]  # a config of before these keys were
+    (old / evolve.CONFIG_NAME).write_text(json.dumps(config))
+    assert evolve.run(tiny_config(generations=3), run_dir) == old  # found by its config
+    assert [r["generation"] for r in metric_rows(old)] == [1, 2, 3]
+    assert status_names(run_dir) == ["evolve_tau1"]
+    other = evolve.run(tiny_config(generations=1, seed=4), run_dir)  # other settings: a new one
+    assert other == run_dir / evolve.folder_name(tiny_config(seed=4))
+    assert evolve.run(tiny_config(generations=3), run_dir) == old
+    assert status_names(run_dir) == sorted([other.name, "evolve_tau1"])
+
+
+def status_names(run_dir: Path) -> list[str]:
+    """The evolve folders ``dreamgym status`` lists."""
+    from dreamgym.train.provenance import status
+
+    return [stage for stage, _, _ in status(run_dir) if stage.startswith("evolve")]
+
+
 def test_metrics_after_a_kill_keep_each_checkpointed_row_once(tmp_path):
     path = tmp_path / "metrics.jsonl"
     rows = [{"timesteps": t, "x": i} for i, t in enumerate([0, 256, 512, 512, 768])]

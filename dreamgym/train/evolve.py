@@ -151,7 +151,7 @@ class EvolveConfig:
     with a short ``max_steps``, say 250."""
     out: str | None = None
     """The folder to write (None: ``evolve-<id>`` beside the run's world model, the id a
-    hash of the settings above that shape the controller, so the same command resumes it)."""
+    hash of the settings that shape the controller, so the same command resumes it)."""
 
 
 def input_mask(wm: WorldModel, inputs: str, cfg: ControllerConfig) -> np.ndarray:
@@ -283,7 +283,9 @@ def run(config: EvolveConfig, run_dir) -> Path:
     """Evolve a controller in the run's world model; return the folder holding it."""
     _check(config)
     wm_dir = run_world_model(run_dir)
-    return evolve(config, wm_dir, config.out or wm_dir.parent / folder_name(config))
+    keys = resume_keys(config)
+    out = config.out or search.run_folder(wm_dir.parent, "evolve", config, keys, CONFIG_NAME)
+    return evolve(config, wm_dir, out)
 
 
 def _meta(config: EvolveConfig) -> dict:

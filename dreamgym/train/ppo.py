@@ -98,7 +98,7 @@ class PPOConfig:
     continues)."""
     out: str | None = None
     """The folder to write (None: ``ppo-<id>`` beside the run's world model, the id a hash
-    of the settings above that shape the controller, so the same command resumes it)."""
+    of the settings that shape the controller, so the same command resumes it)."""
 
 
 def _check(config: PPOConfig) -> None:
@@ -132,7 +132,8 @@ def run(config: PPOConfig, run_dir) -> Path:
     """Train C with PPO in the run's world model; return the folder holding it."""
     _check(config)
     wm_dir = run_world_model(run_dir)
-    return train(config, wm_dir, config.out or wm_dir.parent / folder_name(config))
+    out = config.out or search.run_folder(wm_dir.parent, "ppo", config, RESUME_KEYS, CONFIG_NAME)
+    return train(config, wm_dir, out)
 
 
 def folder_name(config: PPOConfig) -> str:

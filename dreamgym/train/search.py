@@ -5,7 +5,8 @@ model, where the id hashes the settings that shape the result (``folder_name``):
 the same command always finds, and resumes, the same folder, and another setting
 writes another one. Its config is inside (``evolve.json``, ``ppo.json``). Folders of
 older versions, named by their settings (``evolve_tau1.15``, ``ppo_tau1``), are
-still found (``stage_folders``).
+still found (``stage_folders``), and the command that wrote one resumes it
+(``run_folder``).
 
 ``resume`` opens a folder's checkpoint (refusing one started with other settings or
 from other inputs), ``begin`` records the config and inputs, ``repair_metrics``
@@ -78,6 +79,24 @@ def stage_folders(run_dir, stage: str) -> list[Path]:
     return sorted({*run_dir.glob(f"{stage}-*/"), *run_dir.glob(f"{stage}_*/")})
 
 
+def run_folder(run_dir, stage: str, config, keys, config_name: str) -> Path:
+    """The folder a run of ``stage`` with ``config`` writes in ``run_dir``: ``<stage>-<id>``,
+    or, if that is new, an older ``<stage>_<settings>`` one whose config (``config_name``)
+    has the same values of ``keys``, so a rerun of an older run's command resumes it."""
+    run_dir = Path(run_dir)
+    new = run_dir / folder_name(stage, config, keys)
+    if new.exists():
+        return new
+    for folder in sorted(run_dir.glob(f"{stage}_*/")):
+        try:
+            saved = json.loads((folder / config_name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict) and _changed(saved, config, keys) is None:
+            return folder
+    return new
+
+
 # ---------------------------------------------------------------- resuming
 
 
@@ -96,15 +115,24 @@ def resume(out, config, keys, checkpoint: str, stage: str, inputs: dict):
         return None
     provenance.check(out, stage, inputs)
     arrays, values = load_checkpoint(path)
-    old, default = values["config"], asdict(type(config)())
-    for k in keys:
-        before, now = old.get(k, default[k]), getattr(config, k)
-        if _same(before) != _same(now):
-            raise RunDirError(
-                f"{out}: started with {k}={before!r}, now {k}={now!r}; use the same value to "
-                f"resume, or delete {path} to start over"
-            )
+    k = _changed(values["config"], config, keys)
+    if k is not None:
+        before = values["config"].get(k, getattr(type(config)(), k))
+        raise RunDirError(
+            f"{out}: started with {k}={before!r}, now {k}={getattr(config, k)!r}; use the same "
+            f"value to resume, or delete {path} to start over"
+        )
     return arrays, values
+
+
+def _changed(saved: dict, config, keys) -> str | None:
+    """The first of ``keys`` whose value in ``config`` differs from the ``saved`` config's
+    (a key it lacks had its default then); None: none does."""
+    default = asdict(type(config)())
+    for k in keys:
+        if _same(saved.get(k, default[k])) != _same(getattr(config, k)):
+            return k
+    return None
 
 
 def begin(out, config_name: str, config, inputs: dict, finished: bool) -> None:
@@ -210,6 +238,6 @@ def search(
 
 
 __all__ = [
-    "folder_name", "run_id", "stage_folders", "resume", "begin", "repair_metrics", "Budget",
-    "Fitness", "search",
+    "folder_name", "run_id", "stage_folders", "run_folder", "resume", "begin", "repair_metrics",
+    "Budget", "Fitness", "search",
 ]  # fmt: skip
