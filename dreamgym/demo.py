@@ -13,7 +13,8 @@
    ``summary.json``; ``cma_curve.png`` (dream fitness per generation);
    ``side_by_side.gif`` (the real game | V's reconstruction of it | the dream
    continuing from the same first frame, both driven by the new controller); and
-   ``evolve_tau1.15/`` (the controller, its CMA-ES checkpoint and metrics).
+   ``evolve-<id>/`` (the controller, its CMA-ES checkpoint and metrics; named as
+   ``dreamgym evolve`` names its folders).
 
 A rerun continues the CMA-ES run in ``--out`` for another ``--minutes``.
 """
@@ -38,7 +39,7 @@ from dreamgym.policy import CONFIG_FILE as CONTROLLER_FILE
 from dreamgym.policy import controller_config, read_controller
 from dreamgym.rollouts import RealEvaluator
 from dreamgym.shipped import load_world_model, shipped_dir
-from dreamgym.train.evolve import METRICS_FILE, EvolveConfig, evolve
+from dreamgym.train.evolve import METRICS_FILE, EvolveConfig, evolve, folder_name
 from dreamgym.train.policies import doom_random_policy
 from dreamgym.vae import frames_to_tensor, tensor_to_frames
 from dreamgym.wrappers import make_real
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
         threads=args.threads,
         seconds=60 * args.minutes,
     )
-    evolve_dir = evolve(config, wm_dir, args.out / f"evolve_tau{TAU:g}")
+    evolve_dir = evolve(config, wm_dir, args.out / folder_name(config))
     train_seconds = time.time() - t0
     metrics = list(read_jsonl(evolve_dir / METRICS_FILE))
     controller, info = read_controller(evolve_dir)

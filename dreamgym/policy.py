@@ -250,9 +250,9 @@ def load_controller(path_or_game: str | os.PathLike) -> ControllerPolicy:
         if not (path / CONFIG_FILE).is_file():
             raise ControllerError(
                 f"no controller ships for {spec.name} yet ({path / CONFIG_FILE} is missing). "
-                f"Train one in the dream with `dreamgym evolve RUN_DIR --tau 1.15` and copy it "
-                f"in with `dreamgym export RUN_DIR models/{spec.name} --controller "
-                "RUN_DIR/evolve_tau1.15`, or pass a controller folder."
+                f"Train one in the dream with `dreamgym evolve RUN_DIR --tau 1.15` (it prints "
+                f"the folder it wrote) and copy it in with `dreamgym export RUN_DIR "
+                f"models/{spec.name} --controller FOLDER`, or pass a controller folder."
             )
     if not path.is_dir():
         raise ControllerError(f"{path}: expected a controller folder holding {CONFIG_FILE}")

@@ -21,7 +21,7 @@ from pathlib import Path
 from dreamgym._io import read_jsonl
 from dreamgym.shipped import shipped_dir
 from dreamgym.train import evaluate
-from dreamgym.train.evolve import METRICS_FILE, EvolveConfig, evolve
+from dreamgym.train.evolve import METRICS_FILE, EvolveConfig, evolve, folder_name
 
 TAUS = (0.10, 0.50, 1.00, 1.15, 1.30)
 PAPER = {  # tau: (dream score, real score), 100 real episodes each
@@ -99,7 +99,7 @@ def main() -> None:
             seed=args.seed,
             threads=args.threads,
         )
-        controller = evolve(config, wm_dir, args.run / f"evolve_tau{tau:g}")
+        controller = evolve(config, wm_dir, args.run / folder_name(config))
         info = json.loads((controller / "controller.json").read_text())
         rows.append(
             {

@@ -1,8 +1,8 @@
 """Score saved controllers in the dream and in the real game, side by side.
 
     python examples/transfer_eval.py models/doom_take_cover
-    python examples/transfer_eval.py runs/doom/evolve_tau1.15 runs/doom/evolve_tau0.5 \\
-        --world-model runs/doom/world_model --taus 1.0 1.15 --episodes 100
+    python examples/transfer_eval.py runs/doom/evolve-* --world-model runs/doom/world_model \\
+        --taus 1.0 1.15 --episodes 100
 
 Each argument is a controller folder (``controller.safetensors`` + ``controller.json``,
 as written by ``dreamgym evolve``, ``dreamgym export`` or

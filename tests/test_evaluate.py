@@ -266,6 +266,32 @@ def test_source_resolution(tmp_path, world_models):
         evaluate.run(cfg, run_dir)
 
 
+def test_old_and_new_run_folders_resolve_by_the_tau_their_controller_records(
+    tmp_path, world_models
+):
+    wm = world_models["doom_take_cover"]
+    run_dir, _ = open_run(tmp_path, "doom_take_cover")
+    wm.save(run_dir / WORLD_MODEL_DIR)
+    old = save_controller(run_dir / "evolve_tau1", random_params(wm), wm.game, {"tau": 1.0})
+    assert evaluate.resolve_source(run_dir) == (run_dir / WORLD_MODEL_DIR, old)  # the only one
+    assert evaluate.resolve_source(run_dir, tau=2.0)[1] == old  # the only one, at another tau
+    new = save_controller(run_dir / "evolve-0123abcd", random_params(wm), wm.game, {"tau": 1.3})
+    save_controller(run_dir / "evolve-89abcdef", random_params(wm), wm.game, {"tau": None})
+    assert evaluate.resolve_source(run_dir, tau=1.3)[1] == new  # read, not parsed from a name
+    assert evaluate.resolve_source(run_dir, tau=1.0)[1] == old
+    listed = r"evolve-0123abcd \(tau 1.3\), evolve-89abcdef \(tau real\), evolve_tau1 \(tau 1\)"
+    with pytest.raises(ValueError, match=listed):
+        evaluate.resolve_source(run_dir)
+    # two at one tau: the folder an older version named by tau alone, else a choice to make
+    save_controller(run_dir / "evolve_tau1_z", random_params(wm), wm.game, {"tau": 1.0})
+    assert evaluate.resolve_source(run_dir, tau=1.0)[1] == old
+    save_controller(run_dir / "evolve-01234567", random_params(wm), wm.game, {"tau": 1.3})
+    with pytest.raises(ValueError, match="several controllers"):
+        evaluate.resolve_source(run_dir, tau=1.3)
+    (run_dir / "evolve-76543210").mkdir()  # a run killed before its first score: no controller
+    assert evaluate.resolve_source(run_dir, tau=1.0)[1] == old
+
+
 # ---------------------------------------------------------------- evaluate in the real game
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from dreamgym.cmaes import CMAES
 from dreamgym.controller import Controller
 from dreamgym.policy import ControllerError, controller_config, load_controller
 from dreamgym.rollouts import DreamEvaluator, dream_rollouts
-from dreamgym.train import evolve
+from dreamgym.train import evaluate, evolve, search
 from dreamgym.train.common import RunDirError, load_checkpoint, open_run, save_checkpoint
 from dreamgym.world_model import WorldModel
 
@@ -223,7 +224,8 @@ def test_evolve_improves_fitness_in_a_tiny_dream(tmp_path):
 def test_z_only_controllers_never_read_h_and_have_their_own_folder(tmp_path):
     run_dir = make_run(tmp_path)
     out = evolve.run(tiny_config(generations=3, inputs="z"), run_dir)
-    assert out.name == "evolve_tau1_z"
+    assert out == run_dir / evolve.folder_name(tiny_config(inputs="z"))
+    assert out.name != evolve.folder_name(tiny_config())
     policy = load_controller(out)
     weight = policy.params[: 64 + 2 * 16].reshape(1, -1)  # Doom: [z, c, h], one output
     assert np.any(weight[:, :64] != 0) and np.all(weight[:, 64:] == 0)
@@ -237,7 +239,8 @@ def test_z_only_controllers_never_read_h_and_have_their_own_folder(tmp_path):
 def test_a_z_only_controller_with_a_hidden_layer_reads_z_through_its_first_layer(tmp_path):
     run_dir = make_run(tmp_path)
     out = evolve.run(tiny_config(generations=3, inputs="z", hidden=4), run_dir)
-    assert out.name == "evolve_tau1_z_hidden4"
+    assert out.name == evolve.folder_name(tiny_config(inputs="z", hidden=4))
+    assert out.name != evolve.folder_name(tiny_config(inputs="z"))
     policy = load_controller(out)
     cfg = policy.controller.config
     assert cfg == controller_config(WorldModel.load(run_dir / "world_model"), hidden=4)
@@ -246,7 +249,7 @@ def test_a_z_only_controller_with_a_hidden_layer_reads_z_through_its_first_layer
     assert np.any(policy.controller.weight.detach().numpy() != 0)
     _, values = load_checkpoint(out / evolve.CMA_FILE)
     assert values["cma"]["num_params"] == cfg.num_params - 4 * 2 * 16
-    with pytest.raises(RunDirError, match="hidden"):  # same folder name, other width
+    with pytest.raises(RunDirError, match="hidden"):  # the same folder, another width
         wider = tiny_config(generations=4, inputs="z", hidden=5)
         evolve.evolve(wider, run_dir / "world_model", out)
     with pytest.raises(ValueError, match="hidden units"):  # a linear C cannot seed it
@@ -258,7 +261,7 @@ def test_a_two_output_car_controller_evolves_in_its_own_folder(tmp_path):
     wm = tiny_world_model("car_racing")
     wm.save(run_dir / "world_model")
     out = evolve.run(tiny_config(generations=2, inputs="z", outputs=2), run_dir)
-    assert out.name == "evolve_tau1_z_outputs2"
+    assert out.name == evolve.folder_name(tiny_config(inputs="z", outputs=2))
     policy = load_controller(out)
     assert policy.controller.config == controller_config(wm, outputs=2)
     _, values = load_checkpoint(out / evolve.CMA_FILE)
@@ -270,7 +273,7 @@ def test_a_two_output_car_controller_evolves_in_its_own_folder(tmp_path):
         evolve.run(tiny_config(generations=3, inputs="z", outputs=2, init=str(three)), run_dir)
     with pytest.raises(ControllerError, match="3 or 2 outputs"):
         evolve.run(tiny_config(generations=1, outputs=5), run_dir)
-    assert not (run_dir / "evolve_tau1_outputs5").exists()
+    assert not (run_dir / evolve.folder_name(tiny_config(outputs=5))).exists()
 
 
 def test_evolve_in_an_ensemble_keeps_the_controller_its_worst_model_scores_best(tmp_path):
@@ -280,7 +283,7 @@ def test_evolve_in_an_ensemble_keeps_the_controller_its_worst_model_scores_best(
     harsh.vae.load_state_dict(wm.vae.state_dict())  # an M of the same V
     harsh_dir = harsh.save(tmp_path / "harsh")
     out = evolve.run(tiny_config(generations=4, ensemble=(str(harsh_dir),)), run_dir)
-    assert out.name == "evolve_tau1_ensemble"
+    assert out.name == evolve.folder_name(tiny_config(ensemble=(str(harsh_dir),)))
     info = json.loads((out / "controller.json").read_text())
     assert info["ensemble"] == [str(harsh_dir)]
     for e in info["evals"]:
@@ -291,7 +294,8 @@ def test_evolve_in_an_ensemble_keeps_the_controller_its_worst_model_scores_best(
             "--max-steps", "40", "--seed", "3", "--threads", "1"]  # fmt: skip
     assert cli.main(["evolve", str(run_dir), *same, "--ensemble", str(harsh_dir)]) == 0  # done
     with pytest.raises(RunDirError, match="ensemble"):
-        evolve.run(tiny_config(generations=5, ensemble=(str(run_dir / "world_model"),)), run_dir)
+        other = tiny_config(generations=5, ensemble=(str(run_dir / "world_model"),))
+        evolve.evolve(other, run_dir / "world_model", out)
     stranger = tiny_world().save(tmp_path / "stranger")  # a freshly initialised V
     with pytest.raises(ValueError, match="another V"):
         evolve.evolve(
@@ -344,7 +348,7 @@ def test_rerun_resumes_to_the_same_state_as_a_straight_run(tmp_path):
     straight = evolve.run(tiny_config(generations=5), make_run(tmp_path / "a"))
     run_b = make_run(tmp_path / "b")
     evolve.run(tiny_config(generations=3), run_b)
-    _, values = load_checkpoint(run_b / "evolve_tau1" / evolve.CMA_FILE)
+    _, values = load_checkpoint(run_b / evolve.folder_name(tiny_config()) / evolve.CMA_FILE)
     assert values["cma"]["es.countiter"] == 3
     resumed = evolve.run(tiny_config(generations=5), run_b)
     assert metric_rows(resumed) == metric_rows(straight)
@@ -367,11 +371,127 @@ def test_rerun_resumes_to_the_same_state_as_a_straight_run(tmp_path):
 def test_resume_refuses_a_changed_config_and_a_corrupt_checkpoint(tmp_path):
     run_dir = make_run(tmp_path)
     out = evolve.run(tiny_config(generations=1), run_dir)
-    with pytest.raises(RunDirError, match="popsize=8"):
-        evolve.run(tiny_config(generations=2, popsize=10), run_dir)
+    with pytest.raises(RunDirError, match="started with popsize=8, now popsize=10"):
+        evolve.evolve(tiny_config(generations=2, popsize=10), run_dir / "world_model", out)
+    with pytest.raises(RunDirError, match="popsize=8"):  # --out names the folder
+        evolve.run(tiny_config(generations=2, popsize=10, out=str(out)), run_dir)
     (out / evolve.CMA_FILE).write_bytes(b"\x00" * 100)
     with pytest.raises(RunDirError, match="cma.safetensors: corrupt checkpoint.*delete it"):
         evolve.run(tiny_config(generations=2), run_dir)
+
+
+def test_a_run_folder_is_named_by_the_settings_that_shape_the_controller():
+    name = evolve.folder_name(tiny_config())
+    assert re.fullmatch(r"evolve-[0-9a-f]{8}", name)
+    # how long it runs, how often it scores, how fast: the same run, resumed
+    longer = tiny_config(generations=50, eval_every=7, eval_rollouts=8, seconds=3.0, threads=2)
+    assert evolve.folder_name(longer) == name
+    assert evolve.folder_name(tiny_config(tau=1)) == name  # 1 is 1.0
+    assert evolve.folder_name(tiny_config(ensemble=["a"])) == evolve.folder_name(
+        tiny_config(ensemble=("a",))
+    )  # a list is the tuple it reads back as
+    others = {evolve.folder_name(tiny_config(**kw)) for kw in (
+        {"tau": 1.15}, {"init": "runs/a/evolve-0"}, {"init": "runs/b/evolve-0"}, {"seed": 4},
+        {"inputs": "z"}, {"real": True}, {"dropout": 0.0},
+    )}  # fmt: skip
+    assert len(others) == 7 and name not in others
+    real = evolve.folder_name(tiny_config(real=True))
+    assert evolve.folder_name(tiny_config(real=True, tau=2.0)) == real  # no dream, no tau
+    # values left at their defaults do not count: a key added later keeps every name
+    cfg, keys = tiny_config(), ("tau", "popsize")
+    assert search.run_id(cfg, keys) == search.run_id(cfg, (*keys, "hidden"))
+    # the defaults' name is fixed: a new version finds the folders of an older one
+    assert evolve.folder_name(evolve.EvolveConfig()) == "evolve-44136fa3"
+    assert evolve.folder_name(evolve.EvolveConfig(tau=1.0)) == "evolve-0b10fa77"  # as the docs say
+
+
+def test_the_same_command_resumes_its_folder_and_another_init_or_tau_writes_another(
+    tmp_path, capsys
+):
+    run_dir = make_run(tmp_path)
+    args = ["evolve", str(run_dir), "--tau", "1", "--popsize", "8", "--trials", "3",
+            "--max-steps", "40", "--seed", "3", "--threads", "1", "--eval-every", "2",
+            "--eval-rollouts", "16"]  # fmt: skip
+
+    def folder(*more) -> Path:
+        assert cli.main([*args, *more]) == 0
+        return Path(capsys.readouterr().out.splitlines()[-1])  # the CLI prints the folder
+
+    first = folder("--generations", "2")
+    assert first == run_dir / evolve.folder_name(tiny_config())
+    assert json.loads((first / evolve.CONFIG_NAME).read_text())["popsize"] == 8
+    assert folder("--generations", "3") == first
+    assert [r["generation"] for r in metric_rows(first)] == [1, 2, 3]  # on from 2, not anew
+    tuned = folder("--generations", "1", "--init", str(first))
+    hotter = folder("--generations", "1", "--tau", "1.15")
+    assert len({first, tuned, hotter}) == 3 and {tuned.parent, hotter.parent} == {run_dir}
+    assert json.loads((tuned / evolve.CONFIG_NAME).read_text())["init"] == str(first)
+    assert folder("--generations", "1", "--init", str(first)) == tuned
+    mine = folder("--generations", "1", "--out", str(tmp_path / "mine"))
+    assert mine == tmp_path / "mine" and (mine / "controller.json").is_file()
+    assert evaluate.resolve_source(run_dir, tau=1.15) == (run_dir / "world_model", hotter)
+    with pytest.raises(ValueError, match="several controllers"):  # two at tau 1
+        evaluate.resolve_source(run_dir, tau=1.0)
+
+
+def test_a_folder_an_older_version_named_by_its_settings_is_resumed_by_the_same_command(
+    tmp_path,
+):
+    run_dir = make_run(tmp_path)
+    old = evolve.run(tiny_config(generations=2, out=str(run_dir / "evolve_tau1")), run_dir)
+    config = json.loads((old / evolve.CONFIG_NAME).read_text())
+    del config["out"], config["dropout"]  # a config of before these keys were
+    (old / evolve.CONFIG_NAME).write_text(json.dumps(config))
+    assert evolve.run(tiny_config(generations=3), run_dir) == old  # found by its config
+    assert [r["generation"] for r in metric_rows(old)] == [1, 2, 3]
+    assert status_names(run_dir) == ["evolve_tau1"]
+    other = evolve.run(tiny_config(generations=1, seed=4), run_dir)  # other settings: a new one
+    assert other == run_dir / evolve.folder_name(tiny_config(seed=4))
+    assert evolve.run(tiny_config(generations=3), run_dir) == old
+    assert status_names(run_dir) == sorted([other.name, "evolve_tau1"])
+
+
+def status_names(run_dir: Path) -> list[str]:
+    """The evolve folders ``dreamgym status`` lists."""
+    from dreamgym.train.provenance import status
+
+    return [stage for stage, _, _ in status(run_dir) if stage.startswith("evolve")]
+
+
+def test_metrics_after_a_kill_keep_each_checkpointed_row_once(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"timesteps": t, "x": i} for i, t in enumerate([0, 256, 512, 512, 768])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"timest')  # a torn line
+    search.repair_metrics(path, "timesteps", 512)  # checkpointed at 512; 768 came after
+    kept = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["timesteps"] for r in kept] == [0, 256, 512]
+    last = {"generation": 3, "best": 1.0}  # a kill between the checkpoint and its row
+    path.write_text("".join(json.dumps({"generation": g}) + "\n" for g in (1, 2)))
+    search.repair_metrics(path, "generation", 3, last)
+    assert [json.loads(x) for x in path.read_text().splitlines()][-1] == last
+    search.repair_metrics(path, "generation", None)  # no checkpoint: nothing was kept
+    assert path.read_text() == ""
+
+
+def test_the_search_loop_tells_each_generation_and_flags_the_last():
+    es = CMAES(3, popsize=6, seed=0)
+    seen = []
+
+    def fitness(X, generation):
+        assert generation == es.generation + 1
+        return -np.sum(X**2, axis=1), {"calls": generation}
+
+    search.search(es, fitness, 4, lambda row, last: seen.append((row, last)))
+    assert [(r["generation"], r["calls"], last) for r, last in seen] == [
+        (1, 1, False), (2, 2, False), (3, 3, False), (4, 4, True),
+    ]  # fmt: skip
+    assert all(r["best"] >= r["mean"] >= r["worst"] and r["sigma"] > 0 for r, _ in seen)
+    search.search(es, fitness, 4, lambda row, last: seen.append(row))  # done: nothing to do
+    assert len(seen) == 4
+    budget = search.Budget(0.05)
+    search.search(es, lambda X, g: (time.sleep(0.02) or np.zeros(6), {}), 100,
+                  lambda row, last: seen.append(last), budget)  # fmt: skip
+    assert seen[-1] is True and 4 + 2 <= len(seen) <= 4 + 4 and budget.left() == "0:00"
 
 
 def test_evolve_needs_a_world_model(tmp_path):
@@ -394,7 +514,7 @@ run(EvolveConfig(tau=1.0, generations=100000, popsize=8, trials=3, max_steps=40,
 @pytest.mark.slow
 def test_sigkill_during_evolve_then_rerun_continues(tmp_path):
     run_dir = make_run(tmp_path / "k")
-    out = run_dir / "evolve_tau1"
+    out = run_dir / evolve.folder_name(tiny_config())  # the script's settings
     metrics = out / evolve.METRICS_FILE
     sigkill_when(
         [KILL_SCRIPT, str(run_dir)],
@@ -420,7 +540,7 @@ def test_evolve_with_fitness_in_the_real_game(tmp_path):
     cfg = tiny_config(real=True, generations=1, popsize=3, trials=2, max_steps=8,
                       eval_rollouts=2, workers=2, hidden=3)  # fmt: skip
     out = evolve.run(cfg, run_dir)
-    assert out.name == "evolve_real_hidden3"
+    assert out.name == evolve.folder_name(cfg)
     (row,) = metric_rows(out)
     assert row["best"] == row["worst"] == 8.0  # +1 per tic, nobody dies in 8 tics
     assert row["steps"] == 3 * 2 * 8
@@ -432,7 +552,8 @@ def test_evolve_with_fitness_in_the_real_game(tmp_path):
 def test_evolve_with_a_dropout_rate_has_its_own_folder_and_records_it(tmp_path):
     run_dir = make_run(tmp_path / "run")
     out = evolve.run(tiny_config(generations=2, dropout=0.0), run_dir)
-    assert out.name == "evolve_tau1_dropout0"
+    assert out.name == evolve.folder_name(tiny_config(dropout=0.0))
+    assert out.name != evolve.folder_name(tiny_config())
     info = json.loads((out / "controller.json").read_text())
     assert info["dropout"] == 0.0
     with pytest.raises(ValueError, match="dropout"):

@@ -21,6 +21,7 @@ from test_pipeline import cli
 from dreamgym import data
 from dreamgym._io import read_jsonl
 from dreamgym.policy import save_controller
+from dreamgym.train import evolve
 from dreamgym.train.common import CHECKPOINT
 
 pytestmark = pytest.mark.slow
@@ -33,6 +34,8 @@ TINY = {
     "evolve": ("--generations", "2", "--popsize", "4", "--trials", "2", "--max-steps", "40",
                "--eval-every", "2", "--eval-rollouts", "8"),
 }  # fmt: skip
+EVOLVED = evolve.folder_name(evolve.EvolveConfig(popsize=4, trials=2, max_steps=40))
+"""The folder TINY's evolve writes."""
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +91,7 @@ def status(run: Path) -> dict[str, str]:
 def test_a_new_v_makes_m_world_model_and_controller_stale(run):
     assert set(status(run).values()) == {"current"}
     cli("fit-vae", run, *TINY["fit-vae"][2:], "--epochs", "1")  # trains V further: a new V
-    assert status(run)["encode"] == "stale" and status(run)["evolve_tau1.15"] == "stale"
+    assert status(run)["encode"] == "stale" and status(run)[EVOLVED] == "stale"
     refused("evolve", run, *TINY["evolve"], names=("world_model", "encode"), unchanged=run)
     cli("encode", run, *TINY["encode"])  # re-encodes with the new V
     line = refused("fit-mdnrnn", run, *TINY["fit-mdnrnn"], names=("mdnrnn", "fit-vae"),
@@ -98,8 +101,8 @@ def test_a_new_v_makes_m_world_model_and_controller_stale(run):
     shutil.rmtree(run / "mdnrnn")
     cli("fit-mdnrnn", run, *TINY["fit-mdnrnn"])  # fits M on the new latents, reassembles
     assert status(run)["world_model"] == "current"
-    refused("evolve", run, *TINY["evolve"], names=("evolve_tau1.15", "fit-mdnrnn"), unchanged=run)
-    shutil.rmtree(run / "evolve_tau1.15")
+    refused("evolve", run, *TINY["evolve"], names=(EVOLVED, "fit-mdnrnn"), unchanged=run)
+    shutil.rmtree(run / EVOLVED)
     cli("evolve", run, *TINY["evolve"])
     assert set(status(run).values()) == {"current"}
 
@@ -190,7 +193,7 @@ def test_mismatches_are_one_line_and_leave_the_run_as_it_was(run, tmp_path):
     other = save_controller(tmp_path / "other", np.zeros(64 + 2 * 32), "doom_take_cover")
     refused("evaluate", run, "--controller", other, names=("--controller", str(other)),
             unchanged=run)  # fmt: skip
-    assert cli("export", run, dest, "--controller", run / "evolve_tau1.15").returncode == 0
+    assert cli("export", run, dest, "--controller", run / EVOLVED).returncode == 0
     assert sorted(p.name for p in dest.iterdir()) == [
         "MODEL_CARD.md", "config.json", "controller.json", "controller.safetensors",
         "weights.safetensors",
@@ -208,7 +211,7 @@ def test_broken_files_and_bad_options_get_one_line(run, tmp_path):
     meta.write_text(good[:10])
     refused("fit-vae", run, names="run.json", unchanged=run)
     meta.write_text(good)
-    ctrl = Path(shutil.copytree(run / "evolve_tau1.15", tmp_path / "ctrl"))
+    ctrl = Path(shutil.copytree(run / EVOLVED, tmp_path / "ctrl"))
     info = json.loads((ctrl / "controller.json").read_text())
     (ctrl / "controller.json").write_text(json.dumps({**info, "in_dim": "abc"}))
     refused("evaluate", run, "--controller", ctrl, names=("controller.json", "in_dim"),
@@ -217,7 +220,7 @@ def test_broken_files_and_bad_options_get_one_line(run, tmp_path):
     cfg = json.loads((wm / "config.json").read_text())
     cfg["mdnrnn"]["action_dim"] = 3
     (wm / "config.json").write_text(json.dumps(cfg))
-    refused("evaluate", wm, "--controller", run / "evolve_tau1.15", names="config.json")
+    refused("evaluate", wm, "--controller", run / EVOLVED, names="config.json")
     device = "cuda:99" if torch.cuda.is_available() else "cuda"
     refused("evaluate", run, "--device", device, names="--device", unchanged=run)
     refused("evaluate", run, "--max-steps", "-3", names="--max-steps", unchanged=run)

@@ -66,7 +66,7 @@ def test_tiny_pipeline_through_cli(game, tmp_path):
     assert load_checkpoint(run / "mdnrnn" / CHECKPOINT)[1]["step"] == 3
     wm = WorldModel.load(run / "world_model", game=game)
     assert wm.z0_mu.shape[0] == len(data.kept_episodes(run))
-    evolve_dirs = [p for p in run.iterdir() if p.name.startswith("evolve")]
+    evolve_dirs = [p for p in run.iterdir() if p.name.startswith("evolve-")]
     assert len(evolve_dirs) == 1
     ev = evolve_dirs[0]
     assert (ev / "controller.safetensors").exists() and (ev / "metrics.jsonl").exists()

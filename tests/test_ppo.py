@@ -33,8 +33,10 @@ def rows(out) -> list[dict]:
 
 def test_ppo_learns_in_a_tiny_dream_and_keeps_the_best_c(tmp_path):
     run_dir = make_run(tmp_path)  # moving right keeps the agent alive; C = 0 dies in ~11 steps
-    out = ppo.run(tiny_ppo(timesteps=4096, log_std_init=0.0), run_dir)
-    assert out == run_dir / "ppo_tau1"
+    config = tiny_ppo(timesteps=4096, log_std_init=0.0)
+    out = ppo.run(config, run_dir)
+    assert out == run_dir / ppo.folder_name(config)
+    assert out.name.startswith("ppo-") and (out / ppo.CONFIG_NAME).is_file()
     log = rows(out)
     assert [r["timesteps"] for r in log] == list(range(0, 4097, 256))
     best = max(log, key=lambda r: r["dream_score"])
@@ -62,8 +64,11 @@ def test_ppo_starts_from_a_controller_and_a_rerun_continues(tmp_path):
     assert values["timesteps"] == 1024 and values["best"] == max(
         r["dream_score"] for r in rows(out)
     )
-    with pytest.raises(RunDirError, match="learning_rate"):
-        ppo.run(tiny_ppo(init=str(start), timesteps=2048, learning_rate=1e-3), run_dir)
+    assert ppo.folder_name(tiny_ppo(init=str(start))) != ppo.folder_name(tiny_ppo())
+    faster = tiny_ppo(init=str(start), timesteps=2048, learning_rate=1e-3)
+    assert ppo.folder_name(faster) != out.name  # another folder; in this one, a refusal
+    with pytest.raises(RunDirError, match="started with learning_rate=0.003, now learning_rate"):
+        ppo.train(faster, run_dir / "world_model", out)
     (out / ppo.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(RunDirError, match="corrupt"):
         ppo.run(tiny_ppo(init=str(start), timesteps=2048), run_dir)
@@ -81,7 +86,7 @@ ppo.run(tiny_ppo(timesteps=10**8), sys.argv[1])
 @pytest.mark.slow
 def test_sigkill_during_ppo_then_rerun_continues_from_the_last_check(tmp_path):
     run_dir = make_run(tmp_path)
-    out = run_dir / "ppo_tau1"
+    out = run_dir / ppo.folder_name(tiny_ppo())  # the script's settings
     metrics = out / "metrics.jsonl"
     sigkill_when(
         [KILL_SCRIPT, str(run_dir), os.path.dirname(__file__)],
@@ -101,7 +106,7 @@ def test_sigkill_during_ppo_then_rerun_continues_from_the_last_check(tmp_path):
 def test_a_c_on_z_only_never_weighs_h(tmp_path):
     run_dir = make_run(tmp_path)
     out = ppo.run(tiny_ppo(inputs="z", timesteps=512, log_std_init=0.0), run_dir)
-    assert out.name == "ppo_tau1_z"
+    assert out.name == ppo.folder_name(tiny_ppo(inputs="z", log_std_init=0.0))
     c = load_controller(out)
     assert c.info["inputs"] == "z"
     z_dim = WorldModel.load(run_dir / "world_model").mdnrnn.config.z_dim

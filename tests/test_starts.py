@@ -112,7 +112,8 @@ def test_evolve_from_real_starts_uses_the_runs_encoded_episodes(tmp_path):
         evolve.run(cfg, run_dir)
     np.savez(run_dir / LATENTS, **fake_latents())
     out = evolve.run(cfg, run_dir)
-    assert out.name == "evolve_tau1_z_starts8"
+    assert out == run_dir / evolve.folder_name(cfg)
+    assert out.name != evolve.folder_name(replace(cfg, real_starts=0))
     info = json.loads((out / "controller.json").read_text())
     assert info["real_starts"] == 4 and info["max_steps"] == 8
     assert [e["generation"] for e in info["evals"]] == [1, 2]

@@ -24,10 +24,11 @@ dreamgym fit-mdnrnn "$RUN" --steps 3000 --batch-size 32 --seq-len 300 --lr 0.001
 
 # Controller: CMA-ES only inside the dream at tau 1.15 (the kept CMA mean: generation 20).
 # examples/tau_sweep.py --taus 1.15 --generations 30 runs the same search.
-dreamgym evolve "$RUN" --tau 1.15 --generations 30 --popsize 64 --trials 16 \
-    --eval-every 10 --eval-rollouts 512 --seed 0 --threads 2                       # 27 min
+# evolve prints the folder it wrote (RUN/evolve-<id>; the same command finds it again).
+C=$(dreamgym evolve "$RUN" --tau 1.15 --generations 30 --popsize 64 --trials 16 \
+    --eval-every 10 --eval-rollouts 512 --seed 0 --threads 2 | tail -n 1)          # 27 min
 
-dreamgym export "$RUN" "$OUT" --controller "$RUN/evolve_tau1.15"
+dreamgym export "$RUN" "$OUT" --controller "$C"
 
 # Scores: 100 real episodes (game seeds 0-99) and 100 dreams at tau 1.15.
 dreamgym evaluate "$OUT" --episodes 100 --workers 2                                # 3.7 min

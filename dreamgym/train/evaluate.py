@@ -20,6 +20,7 @@ from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
 from dreamgym.spaces import STARTS
 from dreamgym.train.common import WORLD_MODEL_DIR, check_options, set_threads
+from dreamgym.train.search import stage_folders
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text
 
@@ -50,7 +51,7 @@ class EvaluateConfig:
     from the world model's bank (as ``gym.make(..., starts="real")``)."""
     controller: str | None = None
     """Controller folder (None: the one in the source; in a run directory, the only
-    ``evolve_*`` folder or the one of ``tau``)."""
+    evolve folder or the one trained at ``tau``)."""
     output: str | None = None
     """JSON report path (None: ``evaluate_real.json``, or ``evaluate_real_seeds<seed>.json``
     from another first seed, / ``evaluate_dream_tau<tau>.json`` in the controller's
@@ -88,15 +89,27 @@ def resolve_source(source, controller: str | None = None, tau: float | None = No
         )
     if controller:
         return wm_dir, Path(controller)
-    found = sorted(p.parent for p in path.glob(f"evolve_*/{CONFIG_FILE}"))
-    if tau is not None and (path / f"evolve_tau{tau:g}" / CONFIG_FILE).is_file():
-        return wm_dir, path / f"evolve_tau{tau:g}"
+    found = [p for p in stage_folders(path, "evolve") if (p / CONFIG_FILE).is_file()]
+    at_tau = [p for p in found if tau is not None and _trained_tau(p) == f"{tau:g}"]
+    if len(at_tau) > 1:  # a run of older versions: the folder named by tau alone, if any
+        at_tau = [p for p in at_tau if p.name == f"evolve_tau{tau:g}"] or at_tau
+    if len(at_tau) == 1:
+        return wm_dir, at_tau[0]
     if len(found) == 1:
         return wm_dir, found[0]
     if not found:
         raise FileNotFoundError(f"{path}: no trained controller yet; run evolve first")
-    names = ", ".join(p.name for p in found)
+    names = ", ".join(f"{p.name} (tau {_trained_tau(p) or 'real'})" for p in found)
     raise ValueError(f"{path}: several controllers ({names}); choose one with --controller")
+
+
+def _trained_tau(folder: Path) -> str | None:
+    """The dream temperature a controller folder's ``controller.json`` records, as ``%g``."""
+    try:
+        tau = json.loads((folder / CONFIG_FILE).read_text()).get("tau")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if tau is None else f"{tau:g}"
 
 
 def report_name(mode: str, tau: float, starts: str, seed: int, dropout: float | None = None) -> str:

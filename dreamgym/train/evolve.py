@@ -8,18 +8,19 @@ generations the CMA mean is scored on ``eval_rollouts`` rollouts and the best
 mean so far is saved as the controller. The CMA state is checkpointed every
 generation (safetensors + JSON, no pickle), so a rerun resumes.
 
-The folder ``evolve_tau<tau>/`` (``evolve_real/``) holds ``evolve.json`` (the
-config), ``cma.safetensors`` (the checkpoint), ``metrics.jsonl`` (per generation:
-best, mean and worst fitness, sigma, dream steps, seconds, and ``eval_mean`` /
-``eval_std`` where the mean was scored) and ``controller.safetensors`` +
-``controller.json`` (the CMA mean that scored best, with every score).
+The folder ``evolve-<id>/`` (``folder_name``: the id hashes the settings that shape
+the controller; ``out`` names another) holds ``evolve.json`` (the config),
+``cma.safetensors`` (the checkpoint), ``metrics.jsonl`` (per generation: best, mean
+and worst fitness, sigma, dream steps, seconds, and ``eval_mean`` / ``eval_std``
+where the mean was scored) and ``controller.safetensors`` + ``controller.json``
+(the CMA mean that scored best, with every score). The generations are
+``search.search``'s ask/tell loop; what varies (dream or real game, an ensemble,
+real starts, the searched parameters) is in the evaluator and the mask built here.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,25 +29,22 @@ import torch
 from tqdm import tqdm
 
 from dreamgym import dream_core as dc
-from dreamgym._io import log_metrics, read_jsonl
+from dreamgym._io import log_metrics
 from dreamgym.cmaes import CMAES
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
 from dreamgym.spaces import check_tau
 from dreamgym.starts import RealStarts
-from dreamgym.train import provenance
+from dreamgym.train import provenance, search
 from dreamgym.train.common import (
-    RunDirError,
-    load_checkpoint,
     run_world_model,
     save_checkpoint,
-    save_config,
     set_threads,
 )
 from dreamgym.train.encode import LATENTS, load_latents
 from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
-from dreamgym.world_model import WorldModel, atomic_write_text
+from dreamgym.world_model import WorldModel
 
 CMA_FILE = "cma.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -123,6 +121,9 @@ class EvolveConfig:
     Nth frame of the run's recorded episodes (``latents.npz``, encoded by its V), with
     the state M reaches reading the episode up to there (see ``RealStarts``); pair it
     with a short ``max_steps``, say 250."""
+    out: str | None = None
+    """The folder to write (None: ``evolve-<id>`` beside the run's world model, the id a
+    hash of the settings that shape the controller, so the same command resumes it)."""
 
 
 def input_mask(wm: WorldModel, inputs: str, cfg: ControllerConfig) -> np.ndarray:
@@ -133,16 +134,6 @@ def input_mask(wm: WorldModel, inputs: str, cfg: ControllerConfig) -> np.ndarray
         weight = unflatten(cfg, mask)[first]  # (fan_out, in_dim), a view into mask
         weight[:, wm.mdnrnn.config.z_dim :] = False  # the [c,] h columns
     return mask
-
-
-def evolve_dir_name(config: EvolveConfig) -> str:
-    name = "evolve_real" if config.real else f"evolve_tau{config.tau:g}"
-    name += "_z" if config.inputs == "z" else ""
-    name += f"_hidden{config.hidden}" if config.hidden else ""
-    name += f"_outputs{config.outputs}" if config.outputs else ""
-    name += f"_starts{config.max_steps or ''}" if config.real_starts else ""
-    name += f"_dropout{config.dropout:g}" if config.dropout is not None else ""
-    return name + ("_ensemble" if config.ensemble else "")
 
 
 def _check(config: EvolveConfig) -> None:
@@ -232,11 +223,6 @@ def _real_starts(config: EvolveConfig, wm: WorldModel, run_dir: Path) -> RealSta
     return starts
 
 
-def _same(value):
-    """A config value as it reads back from JSON (tuples come back as lists)."""
-    return list(value) if isinstance(value, tuple) else value
-
-
 def rollout_seed(seed: int, generation: int, stream: int = 0) -> int:
     """The seed of a generation's rollouts (stream 1: the scores of the CMA mean)."""
     return int(np.random.SeedSequence([seed, generation, stream]).generate_state(1)[0]) >> 2
@@ -244,15 +230,6 @@ def rollout_seed(seed: int, generation: int, stream: int = 0) -> int:
 
 def _score(ev: dict) -> float:
     return ev.get("score", ev["mean"])
-
-
-def _repair_metrics(path: Path, generation: int, last_row: dict | None) -> None:
-    """Keep the rows of the checkpointed generations (a kill may leave one extra or missing)."""
-    rows = [r for r in read_jsonl(path) if 0 < r.get("generation", 0) <= generation]
-    rows = list({r["generation"]: r for r in rows}.values())
-    if last_row and all(r["generation"] != last_row["generation"] for r in rows):
-        rows.append(last_row)
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _inputs(wm_dir: Path, config: EvolveConfig) -> dict:
@@ -263,55 +240,28 @@ def _inputs(wm_dir: Path, config: EvolveConfig) -> dict:
     return inputs
 
 
+def resume_keys(config: EvolveConfig) -> tuple[str, ...]:
+    """The fields a resumed run must share with the run it continues (tau: not with ``real``)."""
+    return tuple(k for k in RESUME_KEYS if not (k == "tau" and config.real))
+
+
+def folder_name(config: EvolveConfig) -> str:
+    """``evolve-<id>``: the folder ``run`` writes, named by the settings that shape the
+    controller (see ``search.run_id``)."""
+    return search.folder_name("evolve", config, resume_keys(config))
+
+
 def run(config: EvolveConfig, run_dir) -> Path:
     """Evolve a controller in the run's world model; return the folder holding it."""
     _check(config)
     wm_dir = run_world_model(run_dir)
-    return evolve(config, wm_dir, wm_dir.parent / evolve_dir_name(config))
+    keys = resume_keys(config)
+    out = config.out or search.run_folder(wm_dir.parent, "evolve", config, keys, CONFIG_NAME)
+    return evolve(config, wm_dir, out)
 
 
-def evolve(config: EvolveConfig, wm_dir, out) -> Path:
-    """Evolve a controller in the world model in ``wm_dir``, writing (and resuming) ``out``."""
-    _check(config)
-    set_threads(config.threads)
-    wm_dir, out = Path(wm_dir), Path(out)
-    wm = WorldModel.load(wm_dir, device=config.device)
-    game = wm.game.name
-    cfg = controller_config(wm, config.hidden, config.outputs)  # checks outputs first
-    out.mkdir(parents=True, exist_ok=True)
-    mask = input_mask(wm, config.inputs, cfg)
-    x0 = _initial_params(config, wm, mask)
-    es = CMAES(int(mask.sum()), config.popsize, config.sigma0, config.seed, x0)
-
-    def full(x: np.ndarray) -> np.ndarray:
-        """Searched parameters (P, k) -> controller parameters (P, n), zeros elsewhere."""
-        params = np.zeros((len(x), len(mask)))
-        params[:, mask] = x
-        return params
-
-    log = {"evals": [], "best_eval": None, "last_row": None}
-    best_eval_x = None
-    inputs = _inputs(wm_dir, config)
-    if (out / CMA_FILE).exists():
-        provenance.check(out, "evolve", inputs)
-        arrays, values = load_checkpoint(out / CMA_FILE)
-        old = values["config"]
-        keys = [k for k in RESUME_KEYS if not (k == "tau" and config.real)]
-        default = asdict(EvolveConfig())  # keys added since ``old`` was written
-        changed = [k for k in keys if _same(old.get(k, default[k])) != _same(getattr(config, k))]
-        if changed:
-            k = changed[0]
-            raise RunDirError(
-                f"{out}: started with {k}={old.get(k)!r}, now {k}={getattr(config, k)!r}; "
-                f"use the same value to resume, or delete {out / CMA_FILE} to start over"
-            )
-        es.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("cma.")}, values["cma"])
-        log = values["log"]
-        best_eval_x = arrays.get("best_eval_x")
-    save_config(out / CONFIG_NAME, config)
-    if es.generation < config.generations or provenance.recorded(out) is None:
-        provenance.record(out, inputs)
-    _repair_metrics(out / METRICS_FILE, es.generation, log["last_row"])
+def _meta(config: EvolveConfig) -> dict:
+    """What ``controller.json`` records of how the controller was evolved."""
     meta = {
         "tau": None if config.real else config.tau,
         "trained_in": "real" if config.real else "dream",
@@ -327,106 +277,139 @@ def evolve(config: EvolveConfig, wm_dir, out) -> Path:
         meta["dropout"] = config.dropout
     if config.real_starts:
         meta["real_starts"], meta["max_steps"] = config.real_starts, config.max_steps
+    return meta
 
-    def save_best() -> None:
-        best = log["best_eval"]
-        save_controller(
-            out,
-            full(best_eval_x[None])[0],
-            game,
-            {**meta, "generations": best["generation"], "eval": best, "evals": log["evals"]},
-            hidden=config.hidden,
-            outputs=cfg.out_dim,
-        )
 
-    if es.generation >= config.generations:
-        if best_eval_x is not None and not (out / WEIGHTS_FILE).exists():
-            save_best()
-        return out
-    if config.real:
-        evaluator = RealEvaluator(wm_dir, config.workers, config.max_steps, controller=cfg)
-    else:
-        worlds = load_worlds(wm, config.ensemble, config.device)
-        starts = _real_starts(config, wm, wm_dir.parent) if config.real_starts else None
-        evaluator = DreamEvaluator(
-            wm, config.tau, config.max_steps, worlds, cfg, starts, dropout=config.dropout
-        )
-    where = "real" if config.real else f"tau={config.tau:g}"
+class _Run:
+    """What a run of evolve carries from generation to generation and checkpoints: CMA-ES,
+    the scores of its mean, and the mean that scored best (``best_x``)."""
 
-    def score_mean(gen: int) -> dict:
-        """Score the CMA mean on the evaluation rollouts; keep it if it is the best so far."""
-        nonlocal best_eval_x
-        mean = es.mean
-        r = evaluator.returns(
-            full(mean[None]), config.eval_rollouts, rollout_seed(config.seed, 0, stream=1)
-        )[0]
-        ev = {
-            "generation": gen,
-            "mean": float(r.mean()),
-            "std": float(r.std()),
-            "rollouts": config.eval_rollouts,
-        }
+    def __init__(self, config: EvolveConfig, es: CMAES, mask: np.ndarray, cfg, out: Path, game):
+        self.config, self.es, self.out, self.game = config, es, out, game
+        self.mask = mask  # the searched parameters of a ``cfg`` controller
+        self.cfg = cfg
+        self.log = {"evals": [], "best_eval": None, "last_row": None}
+        self.best_x: np.ndarray | None = None
+
+    def full(self, x: np.ndarray) -> np.ndarray:
+        """Searched parameters (P, k) -> controller parameters (P, n), zeros elsewhere."""
+        params = np.zeros((len(x), len(self.mask)))
+        params[:, self.mask] = x
+        return params
+
+    def load(self, arrays: dict, values: dict) -> None:
+        cma = {k[4:]: v for k, v in arrays.items() if k.startswith("cma.")}
+        self.es.load_state(cma, values["cma"])
+        self.log, self.best_x = values["log"], arrays.get("best_eval_x")
+
+    def save_best(self) -> None:
+        """Write the best-scoring mean as the controller folder, with every score."""
+        best = self.log["best_eval"]
+        info = {**_meta(self.config), "generations": best["generation"], "eval": best,
+                "evals": self.log["evals"]}  # fmt: skip
+        params = self.full(self.best_x[None])[0]
+        save_controller(self.out, params, self.game, info, hidden=self.config.hidden,
+                        outputs=self.cfg.out_dim)  # fmt: skip
+
+    def score_mean(self, evaluator, generation: int) -> dict:
+        """Score the CMA mean on the evaluation rollouts, keep it if it is the best so far;
+        return the metrics row's fields of the score."""
+        config, mean = self.config, self.es.mean
+        seed = rollout_seed(config.seed, 0, stream=1)  # the same rollouts every time
+        r = evaluator.returns(self.full(mean[None]), config.eval_rollouts, seed)[0]
+        ev = {"generation": generation, "mean": float(r.mean()), "std": float(r.std()),
+              "rollouts": config.eval_rollouts}  # fmt: skip
         if config.ensemble:  # kept by the fitness CMA-ES maximises: the worst model's mean
             ev["model_means"] = [float(m) for m in evaluator.model_means(r[None])[0]]
             ev["score"] = min(ev["model_means"])
-        log["evals"].append(ev)
-        if log["best_eval"] is None or _score(ev) > _score(log["best_eval"]):
-            log["best_eval"], best_eval_x = ev, mean
-        save_best()
-        return ev
+        self.log["evals"].append(ev)
+        if self.log["best_eval"] is None or _score(ev) > _score(self.log["best_eval"]):
+            self.log["best_eval"], self.best_x = ev, mean
+        self.save_best()
+        fields = {"eval_mean": ev["mean"], "eval_std": ev["std"]}
+        return fields | ({"eval_score": ev["score"]} if "score" in ev else {})
 
+    def checkpoint(self, row: dict) -> None:
+        """Save CMA-ES, the scores and ``row`` (restored if a kill loses its log line)."""
+        self.log["last_row"] = row
+        arrays, values = self.es.state()
+        arrays = {f"cma.{k}": v for k, v in arrays.items()}
+        if self.best_x is not None:
+            arrays["best_eval_x"] = self.best_x
+        values = {"cma": values, "log": self.log, "config": asdict(self.config)}
+        save_checkpoint(self.out / CMA_FILE, arrays, values)
+
+
+def _evaluator(config: EvolveConfig, wm: WorldModel, wm_dir: Path, cfg):
+    """What scores controllers: worker processes in the real game, or batched dreams."""
+    if config.real:
+        return RealEvaluator(wm_dir, config.workers, config.max_steps, controller=cfg)
+    worlds = load_worlds(wm, config.ensemble, config.device)
+    starts = _real_starts(config, wm, wm_dir.parent) if config.real_starts else None
+    return DreamEvaluator(
+        wm, config.tau, config.max_steps, worlds, cfg, starts, dropout=config.dropout
+    )
+
+
+def evolve(config: EvolveConfig, wm_dir, out) -> Path:
+    """Evolve a controller in the world model in ``wm_dir``, writing (and resuming) ``out``."""
+    _check(config)
+    set_threads(config.threads)
+    wm_dir, out = Path(wm_dir), Path(out)
+    wm = WorldModel.load(wm_dir, device=config.device)
+    cfg = controller_config(wm, config.hidden, config.outputs)  # checks outputs first
+    out.mkdir(parents=True, exist_ok=True)
+    mask = input_mask(wm, config.inputs, cfg)
+    x0 = _initial_params(config, wm, mask)
+    es = CMAES(int(mask.sum()), config.popsize, config.sigma0, config.seed, x0)
+    state = _Run(config, es, mask, cfg, out, wm.game.name)
+    inputs = _inputs(wm_dir, config)
+    checkpoint = search.resume(out, config, resume_keys(config), CMA_FILE, "evolve", inputs)
+    if checkpoint is not None:
+        state.load(*checkpoint)
+    finished = es.generation >= config.generations
+    search.begin(out, CONFIG_NAME, config, inputs, finished)
+    done = es.generation if checkpoint is not None else None
+    search.repair_metrics(out / METRICS_FILE, "generation", done, state.log["last_row"])
+    if finished:
+        if state.best_x is not None and not (out / WEIGHTS_FILE).exists():
+            state.save_best()
+        return out
+    with _evaluator(config, wm, wm_dir, cfg) as evaluator:
+        _generations(state, evaluator, fine_tuning=x0 is not None)
+    return out
+
+
+def _generations(state: _Run, evaluator, fine_tuning: bool) -> None:
+    """Run CMA-ES to ``config.generations`` (or the end of the budget), with a progress bar."""
+    config, es = state.config, state.es
+    where = "real" if config.real else f"tau={config.tau:g}"
     # a wall-time budget ends the run long before a large generation count: no false ETA
     total = None if config.seconds is not None else config.generations
     bar = tqdm(total=total, initial=es.generation, desc=f"evolve {where}", unit="gen")
-    started, last_seconds = time.time(), 0.0
-    with evaluator:
-        if x0 is not None and not log["evals"]:
-            score_mean(0)  # the starting controller, so fine-tuning keeps it unless it improves
-        while es.generation < config.generations:
-            t0, steps0 = time.time(), evaluator.steps
-            gen = es.generation + 1
-            # the last generation of the budget: the next one would not fit in it
-            out_of_time = (
-                config.seconds is not None
-                and t0 - started + 2 * last_seconds > config.seconds
-                and last_seconds > 0
-            )
-            X = es.ask()
-            returns = evaluator.returns(full(X), config.trials, rollout_seed(config.seed, gen))
-            fitness = evaluator.fitness(returns)
-            es.tell(fitness)
-            row = {
-                "generation": gen,
-                "best": float(fitness.max()),
-                "mean": float(fitness.mean()),
-                "worst": float(fitness.min()),
-                "sigma": es.sigma,
-                "steps": int(evaluator.steps - steps0),
-            }
-            if gen % config.eval_every == 0 or gen == config.generations or out_of_time:
-                ev = score_mean(gen)
-                row["eval_mean"], row["eval_std"] = ev["mean"], ev["std"]
-                if "score" in ev:
-                    row["eval_score"] = ev["score"]
-            row["seconds"] = round(time.time() - t0, 3)
-            log["last_row"] = row
-            arrays, values = es.state()
-            arrays = {f"cma.{k}": v for k, v in arrays.items()}
-            if best_eval_x is not None:
-                arrays["best_eval_x"] = best_eval_x
-            save_checkpoint(
-                out / CMA_FILE, arrays, {"cma": values, "log": log, "config": asdict(config)}
-            )
-            log_metrics(out / METRICS_FILE, **row)
-            bar.update(1)
-            postfix = {"best": f"{row['best']:.1f}", "mean": f"{row['mean']:.1f}",
-                       "sigma": f"{row['sigma']:.3f}"}  # fmt: skip
-            if config.seconds is not None:
-                left = max(config.seconds - (time.time() - started), 0)
-                postfix["left"] = f"{int(left // 60)}:{int(left % 60):02d}"
-            bar.set_postfix(postfix)
-            last_seconds = row["seconds"]
-            if out_of_time:
-                break
+    budget = search.Budget(config.seconds)
+    if fine_tuning and not state.log["evals"]:
+        state.score_mean(evaluator, 0)  # the starting controller: kept unless a mean beats it
+
+    def fitness(X: np.ndarray, generation: int) -> tuple[np.ndarray, dict]:
+        steps = evaluator.steps
+        seed = rollout_seed(config.seed, generation)
+        returns = evaluator.returns(state.full(X), config.trials, seed)
+        return evaluator.fitness(returns), {"steps": int(evaluator.steps - steps)}
+
+    def on_generation(row: dict, last: bool) -> None:
+        if row["generation"] % config.eval_every == 0 or last:
+            row |= state.score_mean(evaluator, row["generation"])
+        row["seconds"] = round(budget.step_seconds(), 3)
+        state.checkpoint(row)
+        log_metrics(state.out / METRICS_FILE, **row)
+        bar.update(1)
+        postfix = {"best": f"{row['best']:.1f}", "mean": f"{row['mean']:.1f}",
+                   "sigma": f"{row['sigma']:.3f}"}  # fmt: skip
+        bar.set_postfix(postfix | ({"left": budget.left()} if config.seconds else {}))
+
+    search.search(es, fitness, config.generations, on_generation, budget)
     bar.close()
-    return out
+
+
+__all__ = ["EvolveConfig", "run", "evolve", "folder_name", "rollout_seed"]

@@ -6,7 +6,9 @@ that ``evaluate``, ``export`` and ``load_controller`` take. It can start from a
 controller CMA-ES trained (``--init``): PPO then refines it with gradients, which
 CMA-ES cannot afford for long. Every ``check_every`` steps the C is scored on the
 same ``check_trials`` dreams, and the best so far is the stage's controller. Only
-dreams train and select it.
+dreams train and select it. The folder is ``ppo-<id>/`` (``folder_name``; ``out``
+names another), with the config in ``ppo.json`` and a row per check in
+``metrics.jsonl``.
 
 A kill loses at most the steps since the last check: the checkpoint holds the actor,
 the value net, the exploration noise, Adam's state and the step count, in
@@ -16,9 +18,7 @@ repeat the dreams the uninterrupted one would have drawn).
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,25 +26,21 @@ import gymnasium as gym
 import torch
 from tqdm import tqdm
 
-from dreamgym._io import read_jsonl
 from dreamgym.policy import read_controller
 from dreamgym.spaces import check_tau
-from dreamgym.train import provenance
+from dreamgym.train import provenance, search
 from dreamgym.train.common import (
-    RunDirError,
-    load_checkpoint,
     module_state,
     module_tensors,
     optimizer_state,
     optimizer_tensors,
     run_world_model,
     save_checkpoint,
-    save_config,
     set_threads,
-)
+)  # fmt: skip
 from dreamgym.train.evolve import INPUTS, input_mask
 from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
-from dreamgym.world_model import WorldModel, atomic_write_text
+from dreamgym.world_model import WorldModel
 
 CHECKPOINT = "ppo.safetensors"
 CONFIG_NAME = "ppo.json"
@@ -107,13 +103,9 @@ class PPOConfig:
     seconds: float | None = None
     """Wall-time budget of this call: training stops at the first check past it (a rerun
     continues)."""
-
-
-def ppo_dir_name(config: PPOConfig) -> str:
-    name = f"ppo_tau{config.tau:g}"
-    name += "_z" if config.inputs == "z" else ""
-    name += f"_hidden{config.hidden}" if config.hidden and not config.init else ""
-    return name + (f"_starts{config.max_steps or ''}" if config.starts == "real" else "")
+    out: str | None = None
+    """The folder to write (None: ``ppo-<id>`` beside the run's world model, the id a hash
+    of the settings that shape the controller, so the same command resumes it)."""
 
 
 def _check(config: PPOConfig) -> None:
@@ -147,7 +139,14 @@ def run(config: PPOConfig, run_dir) -> Path:
     """Train C with PPO in the run's world model; return the folder holding it."""
     _check(config)
     wm_dir = run_world_model(run_dir)
-    return train(config, wm_dir, wm_dir.parent / ppo_dir_name(config))
+    out = config.out or search.run_folder(wm_dir.parent, "ppo", config, RESUME_KEYS, CONFIG_NAME)
+    return train(config, wm_dir, out)
+
+
+def folder_name(config: PPOConfig) -> str:
+    """``ppo-<id>``: the folder ``run`` writes, named by the settings that shape the
+    controller (see ``search.run_id``)."""
+    return search.folder_name("ppo", config, RESUME_KEYS)
 
 
 # ---------------------------------------------------------------- the stage
@@ -156,13 +155,42 @@ def run(config: PPOConfig, run_dir) -> Path:
 def train(config: PPOConfig, wm_dir, out) -> Path:
     """Train C with PPO in the world model in ``wm_dir``, writing (and resuming) ``out``."""
     _check(config)
+    set_threads(config.threads)
+    wm_dir, out = Path(wm_dir), Path(out)
+    wm = WorldModel.load(wm_dir, device=config.device)
+    model = _model(config, wm)
+    meta = {
+        "trained_in": "dream", "trainer": "ppo", "tau": config.tau, "init": config.init,
+        "starts": config.starts, "max_steps": config.max_steps, "seed": config.seed,
+        "inputs": config.inputs,
+    }  # fmt: skip
+    checker = _checks(config, wm, out, meta)
+    inputs = {"world_model": provenance.file_digest(wm_dir / WM_WEIGHTS)}
+    checkpoint = search.resume(out, config, RESUME_KEYS, CHECKPOINT, "ppo", inputs)
+    done = 0
+    if checkpoint is not None:
+        arrays, values = checkpoint
+        model.policy.load_state_dict(module_state("policy", arrays))
+        model.policy.optimizer.load_state_dict(optimizer_state(arrays, values))
+        done = values["timesteps"]
+        checker.resume(done, values["best"])
+    search.begin(out, CONFIG_NAME, config, inputs, finished=done >= config.timesteps)
+    # a kill after a check's row, before its checkpoint, left a row too many
+    checked = done if checkpoint is not None else None
+    search.repair_metrics(out / search.METRICS_FILE, "timesteps", checked)
+    if done < config.timesteps:
+        model.num_timesteps = done
+        model.learn(config.timesteps - done, callback=checker, reset_num_timesteps=False)
+    checker.bar.close()
+    return out
+
+
+def _model(config: PPOConfig, wm: WorldModel):
+    """SB3's PPO with C as its actor: a new C, or ``config.init``'s."""
     from stable_baselines3 import PPO  # optional dependency: pip install 'dreamgym[sb3]'
 
     from dreamgym.sb3 import ControllerActorCritic, as_vec_env, set_controller
 
-    set_threads(config.threads)
-    wm_dir, out = Path(wm_dir), Path(out)
-    wm = WorldModel.load(wm_dir, device=config.device)
     init = read_controller(config.init, wm.game.name)[0] if config.init else None
     hidden = init.config.hidden if init else config.hidden
     outputs = init.config.out_dim if init else config.outputs
@@ -191,41 +219,7 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
                 "M's state at zero; start from a controller on z"
             )
         set_controller(model.policy, init.get_flat())
-    meta = {
-        "trained_in": "dream", "trainer": "ppo", "tau": config.tau, "init": config.init,
-        "starts": config.starts, "max_steps": config.max_steps, "seed": config.seed,
-        "inputs": config.inputs,
-    }  # fmt: skip
-    checker = _checks(config, wm, out, meta)
-    done = 0
-    inputs = {"world_model": provenance.file_digest(wm_dir / WM_WEIGHTS)}
-    if (out / CHECKPOINT).exists():
-        provenance.check(out, "ppo", inputs)
-        arrays, values = load_checkpoint(out / CHECKPOINT)
-        old = values["config"]
-        changed = [k for k in RESUME_KEYS if old.get(k) != getattr(config, k)]
-        if changed:
-            k = changed[0]
-            raise RunDirError(
-                f"{out}: started with {k}={old.get(k)!r}, now {k}={getattr(config, k)!r}; "
-                f"use the same value to resume, or delete {out / CHECKPOINT} to start over"
-            )
-        model.policy.load_state_dict(module_state("policy", arrays))
-        model.policy.optimizer.load_state_dict(optimizer_state(arrays, values))
-        done = values["timesteps"]
-        checker.resume(done, values["best"])
-        metrics = out / "metrics.jsonl"  # a kill after a check's row, before its checkpoint
-        kept = [r for r in read_jsonl(metrics) if r["timesteps"] <= done]
-        atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out / CONFIG_NAME, config)
-    if done < config.timesteps or provenance.recorded(out) is None:
-        provenance.record(out, inputs)
-    if done < config.timesteps:
-        model.num_timesteps = done
-        model.learn(config.timesteps - done, callback=checker, reset_num_timesteps=False)
-    checker.bar.close()
-    return out
+    return model
 
 
 def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict):
@@ -241,7 +235,7 @@ def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict):
             )  # fmt: skip
             self.bar = tqdm(total=config.timesteps, desc=f"ppo tau={config.tau:g}",
                             unit="step", unit_scale=True)  # fmt: skip
-            self.started, self.resumed_at = time.time(), 0
+            self.budget, self.resumed_at = search.Budget(config.seconds), 0
 
         def resume(self, done: int, best: float) -> None:
             self.resumed_at, self.best = done, best
@@ -254,20 +248,21 @@ def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict):
 
         def _on_step(self) -> bool:
             self.bar.update(self.num_timesteps - self.bar.n)
-            return config.seconds is None or time.time() - self.started < config.seconds
+            return not self.budget.over()
 
         def check(self) -> float:
             score = super().check()
             policy = self.model.policy
-            optim, values = optimizer_tensors(policy.optimizer.state_dict())
+            arrays, values = optimizer_tensors(policy.optimizer.state_dict())
+            arrays |= module_tensors("policy", policy.state_dict())
             values |= {"timesteps": int(self.num_timesteps), "best": self.best,
                        "config": asdict(config)}  # fmt: skip
-            tensors = module_tensors("policy", policy.state_dict()) | optim
-            save_checkpoint(out / CHECKPOINT, tensors, values)
-            self.bar.set_postfix({"dream": f"{score:.1f}", "best": f"{self.best:.1f}"})
+            save_checkpoint(out / CHECKPOINT, arrays, values)
+            postfix = {"dream": f"{score:.1f}", "best": f"{self.best:.1f}"}
+            self.bar.set_postfix(postfix | ({"left": self.budget.left()} if config.seconds else {}))
             return score
 
     return Checks()
 
 
-__all__ = ["PPOConfig", "run", "train"]
+__all__ = ["PPOConfig", "run", "train", "folder_name"]

@@ -203,7 +203,9 @@ def status(run_dir: Path) -> list[tuple[str, str, str]]:
     except RunDirError as e:  # stale, or M's checkpoint is an older dreamgym's
         wm_state = ("stale", str(e).split("; ", 1)[-1])
     out.append(("world_model", *wm_state))
-    for folder in sorted([*run_dir.glob("evolve_*/"), *run_dir.glob("ppo_*/")]):
+    from dreamgym.train.search import stage_folders
+
+    for folder in sorted([*stage_folders(run_dir, "evolve"), *stage_folders(run_dir, "ppo")]):
         old = recorded(folder)
         if old is None or not (wm / "weights.safetensors").exists():
             out.append((folder.name, "current", "no record: built before records were"))
