@@ -181,7 +181,7 @@ class DreamEvaluator:
     ):
         self.wm, self.tau, self.max_steps = wm, check_tau(tau), max_steps
         self.controller, self.starts = controller, starts
-        self.dropout = None if dropout is None else dc.check_dropout(dropout)
+        self.dropout = dc.check_dropout(dropout)
         if members == "min":
             own = [(None, k) for k in range(len(wm.members))]
         else:

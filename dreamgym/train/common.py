@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from dreamgym._io import atomic_path, read_jsonl
+from dreamgym._io import atomic_path
 from dreamgym._version import __version__
 from dreamgym.games import get_game
 from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
@@ -87,14 +87,6 @@ def run_world_model(run_dir: str | os.PathLike) -> Path:
 def save_config(path: Path, config) -> None:
     """Write a stage's config dataclass as JSON, atomically."""
     atomic_write_text(path, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    """Keep the rows of a metrics file up to ``step`` (a resumed stage logs the rest again)."""
-    rows = read_jsonl(path)
-    kept = [r for r in rows if r.get("step", 0) <= step]
-    if len(kept) != len(rows) or (path.exists() and not path.read_text().endswith("\n")):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class NonFiniteError(RunDirError):

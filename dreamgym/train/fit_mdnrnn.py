@@ -29,7 +29,7 @@ from dreamgym.mdnrnn import (
     mdn_nll,
     mixture_log_prob,
 )
-from dreamgym.train import provenance
+from dreamgym.train import provenance, search
 from dreamgym.train.common import (
     check_finite,
     check_options,
@@ -45,7 +45,6 @@ from dreamgym.train.common import (
     save_checkpoint,
     save_config,
     set_threads,
-    trim_metrics,
     world_model_dest,
 )
 from dreamgym.train.encode import LATENTS, load_latents
@@ -315,7 +314,7 @@ def _fit_member(
     out.mkdir(exist_ok=True)
     if k == 0:
         save_config(out / "config.json", config)
-    trim_metrics(out / "metrics.jsonl", step)
+    search.repair_metrics(out / "metrics.jsonl", "step", step)
     if vae_id is not None and (step < config.steps or provenance.recorded(out) is None):
         provenance.record(out, {"vae": vae_id, **provenance.shards_identity(rows)})
     if step >= config.steps:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dreamgym import data
 from dreamgym._io import log_metrics
-from dreamgym.train import provenance
+from dreamgym.train import provenance, search
 from dreamgym.train.common import (
     check_finite,
     check_options,
@@ -33,7 +33,6 @@ from dreamgym.train.common import (
     save_checkpoint,
     save_config,
     set_threads,
-    trim_metrics,
 )
 from dreamgym.vae import ConvVAE, VAEConfig, frames_to_tensor, vae_loss
 
@@ -121,7 +120,7 @@ def run(config: FitVAEConfig, run_dir) -> Path:
         raise data.ShardError(f"{problems[0]}; {data.RECOLLECT}")
     out.mkdir(exist_ok=True)
     save_config(out / "config.json", config)
-    trim_metrics(out / "metrics.jsonl", step)
+    search.repair_metrics(out / "metrics.jsonl", "step", step)
     if step >= total_steps:
         if provenance.recorded(out) is None:
             provenance.record(out, provenance.shards_identity(rows))
