@@ -219,7 +219,7 @@ def iter_frame_batches(
 
 
 __all__ = [
-    "encode_episode", "write_shard", "write_episode", "read_episode", "read_manifest", "append_manifest",
-    "kept_rows", "kept_episodes", "verify", "reconcile", "shards_digest", "iter_frame_batches",
-    "ShardError",
+    "encode_episode", "write_shard", "write_episode", "read_episode", "read_manifest",
+    "append_manifest", "kept_rows", "kept_episodes", "verify", "reconcile", "shards_digest",
+    "iter_frame_batches", "ShardError",
 ]  # fmt: skip

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import sys
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 RAY_EXTRA = "pip install 'dreamgym[ray]'"
 """How to install Ray for ``--backend ray``."""
@@ -42,9 +45,12 @@ def connect(address: str | None, num_cpus: int) -> bool:
         return False
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address is None:
+        # Workers in this process's process group: killing the job's group ends them
+        # and their games too, as with local workers.
+        same_group = {"process_group_cleanup_enabled": False}
         ray.init(
             address="local", num_cpus=num_cpus, include_dashboard=False,
-            _system_config={"process_group_cleanup_enabled": True}, **quiet,
+            _system_config=same_group, **quiet,
         )  # fmt: skip
     else:
         ray.init(address=address, **quiet)
@@ -65,6 +71,21 @@ class GameActor:
     def pid(self) -> int:
         """The actor's process id."""
         return os.getpid()
+
+    def games(self) -> tuple[str, dict[int, str]]:
+        """(this machine's id, pid -> start time of the processes the game started)."""
+        from dreamgym.workers import _descendants
+
+        return machine_id(), _descendants(os.getpid())
+
+
+def machine_id() -> str:
+    """The host name and boot id: the same on every process of one running machine."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
 
 
 @dataclass
@@ -99,13 +120,37 @@ class RayPool:
         self._started = connect(address, max(workers, os.cpu_count() or 1))
         self._cls = self.ray.remote(num_cpus=1, max_restarts=0)(GameActor)
         self._init = (initializer, [self.ray.put(a) for a in initargs])  # shipped once
+        self._games: dict = {}  # actor -> ref of its ``games()``
         self._actors = [self._new_actor() for _ in range(workers)]
         self._load = [0] * workers
         self._queue: deque[_Task] = deque()
         self._running: dict = {}  # ObjectRef -> _Task
 
     def _new_actor(self):
-        return self._cls.remote(self._init[0], *self._init[1])  # refs: resolved by Ray
+        actor = self._cls.remote(self._init[0], *self._init[1])  # refs: resolved by Ray
+        self._games[actor] = actor.games.remote()
+        return actor
+
+    def _end_games(self, actor) -> None:
+        """Kill the game processes a dead or killed actor on this machine left behind (a
+        killed process's children outlive it); another machine's raylet sees to its own."""
+        ref = self._games.pop(actor, None)
+        if ref is None or not self.ray.wait([ref], timeout=0)[0]:
+            return
+        try:
+            machine, games = self.ray.get(ref)
+        except Exception:  # noqa: BLE001 - the actor never started its game
+            return
+        if machine != machine_id():
+            return
+        from dreamgym.workers import _start_time
+
+        for pid, start in games.items():
+            if _start_time(pid) == start:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def actor_pids(self) -> list[int]:
         """The process ids of the actors (each starts its game as it starts)."""
@@ -176,6 +221,7 @@ class RayPool:
             raise WorkerDiedError(f"a Ray worker could not start its game: {cause}")
         if self._actors[task.slot] is task.actor:  # the first of its tasks to report
             self.ray.kill(task.actor, no_restart=True)
+            self._end_games(task.actor)
             self._actors[task.slot], self._load[task.slot] = self._new_actor(), 0
             print(f"a Ray worker died ({cause}); its tasks run again", file=sys.stderr, flush=True)
         task.attempts += 1
@@ -197,6 +243,7 @@ class RayPool:
             if kill:
                 for actor in self._actors:
                     ray.kill(actor, no_restart=True)
+                    self._end_games(actor)
             else:
                 ends = [actor.__ray_terminate__.remote() for actor in self._actors]
                 ray.wait(ends, num_returns=len(ends), timeout=30)
@@ -215,4 +262,5 @@ class RayPool:
 def _last_line(error: Exception) -> str:
     """The last line of an error's text that says something (a traceback's own error)."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip().strip("^~ ")]
-    return (lines[-1] if lines else type(error).__name__)[:300]
+    line = lines[-1] if lines else type(error).__name__
+    return line.split(" Some common causes")[0][:300]
