@@ -248,7 +248,7 @@ def play_episode(
     total, t = 0.0, 0
     with torch.no_grad():
         while t < max_steps:
-            x = torch.as_tensor(np.asarray(obs, np.float32)).view(1, 1, -1)
+            x = torch.as_tensor(np.asarray(obs, np.float32), device="cpu").view(1, 1, -1)
             action = wm.game.controller_to_action(batched_forward(cfg, p, x)[0, 0])
             obs, reward, terminated, truncated, _ = env.step(action.numpy())
             total, t = total + float(reward), t + 1
