@@ -37,6 +37,24 @@ def import_ray():
     return ray
 
 
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse, in one line, a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing answers,
+    before a stage writes anything: Ray itself would retry for minutes."""
+    if address == "auto":
+        return
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address: expected HOST:PORT of a Ray cluster, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ValueError(
+            f"--ray-address: nothing answers at {address} ({e.strerror or e}); start the "
+            "cluster's head with `ray start --head`, or give the address it printed"
+        ) from None
+
+
 def connect(address: str | None, num_cpus: int) -> bool:
     """Join the Ray cluster at ``address``, or start a local Ray of ``num_cpus`` CPUs
     (None); return whether this call started it. A process already joined stays so."""
@@ -264,3 +282,15 @@ def _last_line(error: Exception) -> str:
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip().strip("^~ ")]
     line = lines[-1] if lines else type(error).__name__
     return line.split(" Some common causes")[0][:300]
+
+
+__all__ = [
+    "RayPool",
+    "GameActor",
+    "connect",
+    "check_address",
+    "import_ray",
+    "machine_id",
+    "RAY_EXTRA",
+    "DEPTH",
+]

@@ -67,6 +67,7 @@ class GamePool:
         )
 
     def submit(self, fn, *args) -> Future:
+        """Run ``fn(*args)`` in a worker process; its future ends with the result."""
         return self._pool.submit(fn, *args)
 
     def _dead_worker(self) -> str | None:
@@ -136,7 +137,8 @@ BACKENDS = ("local", "ray")
 
 
 def check_backend(backend: str, ray_address: str | None = None) -> None:
-    """A known backend, an address only with ``ray``, and Ray installed for ``ray``."""
+    """A known backend, an address only with ``ray`` (one that answers), and Ray
+    installed for ``ray``."""
     if backend not in BACKENDS:
         raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     if ray_address is not None and backend != "ray":
@@ -144,12 +146,14 @@ def check_backend(backend: str, ray_address: str | None = None) -> None:
     if ray_address is not None and not str(ray_address).strip():
         raise ValueError("--ray-address: expected HOST:PORT of a Ray cluster, got an empty string")
     if backend == "ray":
-        from dreamgym.ray_pool import import_ray
+        from dreamgym.ray_pool import check_address, import_ray
 
         try:
             import_ray()
         except ImportError as e:
             raise ValueError(str(e)) from None
+        if ray_address is not None:
+            check_address(ray_address)
 
 
 def open_pool(

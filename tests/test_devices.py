@@ -34,7 +34,8 @@ def with_bank_and_ensemble(game: str) -> WorldModel:
     wm = tiny_world_model(game)
     wm.ensemble = [tiny_world_model(game, seed=1).mdnrnn]
     Z, H = wm.vae.z_dim, wm.mdnrnn.config.hidden
-    wm.starts = RealStarts(torch.randn(5, Z), torch.zeros(5, Z), LSTMState(*torch.randn(2, 5, H)))
+    h, c = torch.rand(2, 5, H) - 0.5  # in the bounds of the observation space
+    wm.starts = RealStarts(torch.randn(5, Z), torch.zeros(5, Z), LSTMState(h, c))
     return wm
 
 

@@ -85,6 +85,11 @@ def test_bad_backend_options_are_one_line_and_write_nothing(tmp_path):
         (("evaluate", run, "--dream", "--backend", "ray"), "for the real game"),
         (("evolve", run, "--backend", "ray"), "goes with --real"),
         (("evolve", run, "--real", "--backend", "ray", "--ray-address", " "), "HOST:PORT"),
+        (
+            ("collect", DOOM, "--run", run, "--backend", "ray", "--ray-address", "127.0.0.1:1"),
+            "nothing answers at 127.0.0.1:1",
+        ),
+        (("evaluate", run, "--backend", "ray", "--ray-address", "no-port"), "HOST:PORT"),
     ]
     for args, message in cases:
         out = cli(*args, check=False)
