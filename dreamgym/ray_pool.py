@@ -120,7 +120,8 @@ class RayPool:
     """``GamePool``'s interface on Ray: ``workers`` actors, each holding one game.
 
     ``address``: a running cluster (``ray start --head`` prints it); None starts a
-    local Ray with ``workers`` CPUs, shut down again by ``close``. A task whose actor
+    local Ray with the machine's CPUs (``workers``, if more), shut down again by
+    ``close``; a process already joined to Ray keeps its Ray. A task whose actor
     died runs again on a new actor, up to ``retries`` times; then ``wait_first``
     raises ``WorkerDiedError``.
     """
@@ -169,10 +170,6 @@ class RayPool:
                     os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-
-    def actor_pids(self) -> list[int]:
-        """The process ids of the actors (each starts its game as it starts)."""
-        return self.ray.get([a.pid.remote() for a in self._actors])
 
     def submit(self, fn, *args) -> Future:
         """Queue ``fn(*args)`` for the next free actor; its future ends with the result."""
