@@ -1,6 +1,6 @@
 # Two commands for a fresh machine:
 #   make demo   train a controller in the shipped Doom dream, score it in real VizDoom (runs/demo/)
-#   make test   lint, run the tests, build the docs site strictly (a warning fails it)
+#   make test   lint and format check, run the tests, build the docs site strictly (a warning fails it)
 # Both create .venv first. torch is pinned and installed before the package,
 # so pip takes the CPU wheel instead of resolving a multi-GB CUDA build.
 
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 

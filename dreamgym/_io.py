@@ -33,6 +33,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         ) from e
 
 
+METRICS_FILE = "metrics.jsonl"
+"""The metrics log (JSON lines) of a training stage, in its folder."""
+
+
 def log_metrics(path: str | os.PathLike, **row) -> None:
     """Append one JSON line (with the wall time) to a metrics file."""
     row = {"time": round(time.time(), 3), **row}

@@ -32,14 +32,14 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from dreamgym import dream_core as dc
-from dreamgym._io import read_jsonl
+from dreamgym._io import METRICS_FILE, read_jsonl
 from dreamgym.controller import batched_forward
 from dreamgym.games import make_game
 from dreamgym.policy import CONFIG_FILE as CONTROLLER_FILE
 from dreamgym.policy import controller_config, read_controller
 from dreamgym.rollouts import RealEvaluator
 from dreamgym.shipped import load_world_model, shipped_dir
-from dreamgym.train.evolve import METRICS_FILE, EvolveConfig, evolve, folder_name
+from dreamgym.train.evolve import EvolveConfig, evolve, folder_name
 from dreamgym.train.policies import doom_random_policy
 from dreamgym.vae import frames_to_tensor, tensor_to_frames
 from dreamgym.wrappers import make_real

@@ -44,7 +44,7 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 
 from dreamgym._deps import require
-from dreamgym._io import log_metrics
+from dreamgym._io import METRICS_FILE, log_metrics
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.dream import DreamVectorEnv
 from dreamgym.games import get_game
@@ -367,7 +367,7 @@ class DreamCheckpoint(BaseCallback):
             meta = {**self.meta, **row, "tau": self.evaluator.tau, "trials": self.trials}
             save_policy_controller(policy, self.folder, self.wm.game.name, meta)
         self.folder.mkdir(parents=True, exist_ok=True)
-        log_metrics(self.folder / "metrics.jsonl", **row, kept=kept)
+        log_metrics(self.folder / METRICS_FILE, **row, kept=kept)
         if self.verbose:
             print(
                 f"dream check at {row['timesteps']:,} steps: {score:.1f} +- {row['dream_std']:.1f}"

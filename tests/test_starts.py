@@ -21,8 +21,7 @@ from dreamgym.policy import controller_config, save_controller
 from dreamgym.rollouts import DreamEvaluator, dream_rollouts
 from dreamgym.starts import RealStarts
 from dreamgym.train import evolve
-from dreamgym.train.common import open_run
-from dreamgym.train.encode import LATENTS
+from dreamgym.train.common import LATENTS, open_run
 from dreamgym.train.evaluate import EvaluateConfig, format_table
 from dreamgym.train.evaluate import run as evaluate_run
 from dreamgym.world_model import WorldModel, WorldModelError

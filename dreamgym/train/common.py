@@ -17,11 +17,38 @@ from safetensors.numpy import save_file
 from dreamgym._io import atomic_path
 from dreamgym._version import __version__
 from dreamgym.games import get_game
-from dreamgym.world_model import WorldModel, WorldModelError, atomic_write_text
+from dreamgym.world_model import atomic_write_text, read_json
+
+# ---------------------------------------------------------------- a run's layout
 
 RUN_FILE = "run.json"
 WORLD_MODEL_DIR = "world_model"
 """Where a run directory keeps its assembled world model (what evolve and the dream read)."""
+VAE_DIR = "vae"
+"""Where fit-vae trains V in a run directory."""
+MDN_DIR = "mdnrnn"
+"""Where fit-mdnrnn trains M (member 0 of an ensemble) in a run directory."""
+LATENTS = "latents.npz"
+"""The file encode writes in a run directory: every frame as V's (mu, logvar)."""
+
+
+def member_dir(run_dir: Path, k: int) -> Path:
+    """Where member k of the run's ensemble of Ms trains (member 0: ``mdnrnn/`` itself)."""
+    out = Path(run_dir) / MDN_DIR
+    return out if k == 0 else out / f"member{k}"
+
+
+def member_count(run_dir: Path) -> int:
+    """How many Ms the run's fit-mdnrnn trains (its config's ``members``; 1 before ensembles)."""
+    cfg_path = Path(run_dir) / MDN_DIR / "config.json"
+    return int(read_json(cfg_path).get("members", 1)) if cfg_path.exists() else 1
+
+
+def stage_folders(run_dir, stage: str) -> list[Path]:
+    """The folders of ``stage`` in a run directory: ``<stage>-<id>`` and older
+    ``<stage>_<settings>`` ones."""
+    run_dir = Path(run_dir)
+    return sorted({*run_dir.glob(f"{stage}-*/"), *run_dir.glob(f"{stage}_*/")})
 
 
 class RunDirError(ValueError):
@@ -68,20 +95,6 @@ def open_run(run_dir: str | os.PathLike, game: str | None = None) -> tuple[Path,
     meta = {"game": name, "dreamgym_version": __version__, "created": time.time()}
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return run_dir, name
-
-
-def run_world_model(run_dir: str | os.PathLike) -> Path:
-    """The folder of a run's trained world model (what the controller stages train in)."""
-    run_dir, game = open_run(run_dir)
-    wm_dir = run_dir / WORLD_MODEL_DIR
-    try:
-        WorldModel.load(wm_dir, game=game)
-    except WorldModelError as e:
-        raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
-    from dreamgym.train import provenance
-
-    provenance.check_world_model(run_dir)
-    return wm_dir
 
 
 def save_config(path: Path, config) -> None:

@@ -19,19 +19,10 @@ from tqdm import tqdm
 from dreamgym import data
 from dreamgym._io import atomic_path
 from dreamgym.train import provenance
-from dreamgym.train.common import (
-    RunDirError,
-    check_options,
-    checkpoint_path,
-    load_checkpoint,
-    open_run,
-    set_threads,
-)
-from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
+from dreamgym.train.common import LATENTS, RunDirError, check_options, open_run, set_threads
+from dreamgym.train.fit_vae import load_trained_vae
 from dreamgym.vae import frames_to_tensor
-from dreamgym.world_model import WEIGHTS_FILE, WorldModel, vae_digest
-
-LATENTS = "latents.npz"
+from dreamgym.world_model import WorldModel
 
 
 @dataclass
@@ -48,40 +39,6 @@ class EncodeConfig:
     """Encode with the V of this world-model folder (``models/car_racing``, an export)
     instead of the run's fit-vae checkpoint: the latents that world model's M reads,
     for ``evolve --real-starts`` in a run whose ``world_model/`` is that folder."""
-
-
-def vae_step(run_dir: Path) -> int:
-    """The training step of the run's V checkpoint."""
-    return int(load_checkpoint(checkpoint_path(run_dir / VAE_DIR, "fit-vae"))[1]["step"])
-
-
-def _vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str, str]:
-    """Which V encodes: (step, "", the checkpoint file's digest) for the run's checkpoint;
-    for a world model's, (-1, the digest of its V's tensors, the same), so a new V in the
-    same folder re-encodes and a new M or bank there does not."""
-    if world_model is None:
-        ckpt = checkpoint_path(run_dir / VAE_DIR, "fit-vae")
-        if not ckpt.exists():
-            raise RunDirError(
-                f"{run_dir}: no V to encode with; run fit-vae, or pass --world-model DIR "
-                "to encode with an exported world model's V"
-            )
-        return vae_step(run_dir), "", provenance.file_digest(ckpt)
-    weights = Path(world_model) / WEIGHTS_FILE
-    if not weights.exists():
-        raise RunDirError(f"world_model: {weights} not found; pass a world-model folder")
-    digest = vae_digest(weights.parent)
-    return -1, digest, digest
-
-
-def vae_identity(run_dir: Path, latents: Path) -> str | None:
-    """The identity of the V that encoded ``latents`` as that V is now (None: it is gone)."""
-    with np.load(latents, allow_pickle=False) as z:
-        folder = str(z["vae_folder"]) if "vae_folder" in z.files else ""
-    try:
-        return _vae_source(run_dir, folder or None)[2]
-    except (RunDirError, ValueError):
-        return None
 
 
 def _load_vae(run_dir: Path, config: EncodeConfig, game: str):
@@ -133,7 +90,7 @@ def run(config: EncodeConfig, run_dir) -> Path:
     run_dir, game = open_run(run_dir)
     set_threads(config.threads)
     path = run_dir / LATENTS
-    step, source, vae_id = _vae_source(run_dir, config.world_model)
+    step, source, vae_id = provenance.vae_source(run_dir, config.world_model)
     rows = data.kept_rows(run_dir)
     paths = [run_dir / data.EPISODES_DIR / r["file"] for r in rows]
     names = [p.name for p in paths]

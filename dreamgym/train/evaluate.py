@@ -19,8 +19,7 @@ from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
 from dreamgym.spaces import STARTS
-from dreamgym.train.common import WORLD_MODEL_DIR, check_options, set_threads
-from dreamgym.train.search import stage_folders
+from dreamgym.train.common import WORLD_MODEL_DIR, check_options, set_threads, stage_folders
 from dreamgym.workers import check_backend
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from dreamgym import dream_core as dc
-from dreamgym._io import log_metrics
+from dreamgym._io import METRICS_FILE, log_metrics
 from dreamgym.cmaes import CMAES
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
@@ -37,18 +37,13 @@ from dreamgym.rollouts import DreamEvaluator, RealEvaluator
 from dreamgym.spaces import check_tau
 from dreamgym.starts import RealStarts
 from dreamgym.train import provenance, search
-from dreamgym.train.common import (
-    run_world_model,
-    save_checkpoint,
-    set_threads,
-)
-from dreamgym.train.encode import LATENTS, load_latents
+from dreamgym.train.common import LATENTS, save_checkpoint, set_threads
+from dreamgym.train.encode import load_latents
 from dreamgym.workers import check_backend
 from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel
 
 CMA_FILE = "cma.safetensors"
-METRICS_FILE = "metrics.jsonl"
 CONFIG_NAME = "evolve.json"
 RESUME_KEYS = (
     "popsize", "trials", "sigma0", "seed", "tau", "real", "max_steps", "init", "inputs", "ensemble",
@@ -263,7 +258,7 @@ def folder_name(config: EvolveConfig) -> str:
 def run(config: EvolveConfig, run_dir) -> Path:
     """Evolve a controller in the run's world model; return the folder holding it."""
     _check(config)
-    wm_dir = run_world_model(run_dir)
+    wm_dir = provenance.run_world_model(run_dir)
     keys = resume_keys(config)
     out = config.out or search.run_folder(wm_dir.parent, "evolve", config, keys, CONFIG_NAME)
     return evolve(config, wm_dir, out)

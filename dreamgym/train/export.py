@@ -15,21 +15,25 @@ from pathlib import Path
 import torch
 
 from dreamgym import data
-from dreamgym._io import WriteError, read_jsonl
+from dreamgym._io import METRICS_FILE, WriteError, read_jsonl
 from dreamgym._version import __version__
 from dreamgym.policy import ControllerError, controller_config, read_controller
 from dreamgym.starts import RealStarts
 from dreamgym.train import provenance
 from dreamgym.train.common import (
+    LATENTS,
+    MDN_DIR,
+    VAE_DIR,
     WORLD_MODEL_DIR,
     RunDirError,
     checkpoint_path,
+    member_count,
     open_run,
     world_model_dest,
 )
-from dreamgym.train.encode import LATENTS, load_latents
-from dreamgym.train.fit_mdnrnn import MDN_DIR, load_trained_mdnrnn, member_count
-from dreamgym.train.fit_vae import VAE_DIR, load_trained_vae
+from dreamgym.train.encode import load_latents
+from dreamgym.train.fit_mdnrnn import load_trained_mdnrnn
+from dreamgym.train.fit_vae import load_trained_vae
 from dreamgym.world_model import WEIGHTS_FILE, WorldModel, vae_digest
 
 STARTS_EVERY = 10
@@ -103,14 +107,14 @@ def run_summary(run_dir: Path, controller: Path | None = None) -> dict:
         "frames": sum(r["frames"] for r in rows),
         "disk_bytes": sum(r.get("bytes", 0) for r in rows),
         "collect_return_mean": (sum(r["return"] for r in rows) / len(rows)) if rows else None,
-        "vae_last": _last(run_dir / VAE_DIR / "metrics.jsonl"),
-        "vae_seconds": _span_seconds(run_dir / VAE_DIR / "metrics.jsonl"),
-        "mdnrnn_last": _last(run_dir / MDN_DIR / "metrics.jsonl"),
-        "mdnrnn_seconds": _span_seconds(run_dir / MDN_DIR / "metrics.jsonl"),
+        "vae_last": _last(run_dir / VAE_DIR / METRICS_FILE),
+        "vae_seconds": _span_seconds(run_dir / VAE_DIR / METRICS_FILE),
+        "mdnrnn_last": _last(run_dir / MDN_DIR / METRICS_FILE),
+        "mdnrnn_seconds": _span_seconds(run_dir / MDN_DIR / METRICS_FILE),
     }
     if controller is not None:
-        summary["evolve_last"] = _last(controller / "metrics.jsonl")
-        summary["evolve_seconds"] = _span_seconds(controller / "metrics.jsonl")
+        summary["evolve_last"] = _last(controller / METRICS_FILE)
+        summary["evolve_seconds"] = _span_seconds(controller / METRICS_FILE)
         summary["evaluations"] = {
             p.name: {k: v for k, v in json.loads(p.read_text()).items() if k != "returns"}
             for p in sorted(controller.glob("evaluate_*.json"))

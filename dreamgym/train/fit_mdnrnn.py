@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dreamgym._io import log_metrics
+from dreamgym._io import METRICS_FILE, log_metrics
 from dreamgym.games import get_game
 from dreamgym.mdnrnn import (
     MDNRNN,
@@ -31,12 +31,15 @@ from dreamgym.mdnrnn import (
 )
 from dreamgym.train import provenance, search
 from dreamgym.train.common import (
+    CHECKPOINT,
+    LATENTS,
+    MDN_DIR,
     check_finite,
     check_options,
-    check_resume,
     check_weights,
     checkpoint_path,
     load_checkpoint,
+    member_dir,
     module_state,
     module_tensors,
     open_run,
@@ -47,10 +50,7 @@ from dreamgym.train.common import (
     set_threads,
     world_model_dest,
 )
-from dreamgym.train.encode import LATENTS, load_latents
-from dreamgym.world_model import read_json
-
-MDN_DIR = "mdnrnn"
+from dreamgym.train.encode import load_latents
 
 
 @dataclass
@@ -246,12 +246,6 @@ def losses(
     return {"loss": total, **parts}
 
 
-def member_dir(run_dir: Path, k: int) -> Path:
-    """Where member k of the run's ensemble of Ms trains (member 0: ``mdnrnn/`` itself)."""
-    out = Path(run_dir) / MDN_DIR
-    return out if k == 0 else out / f"member{k}"
-
-
 def run(config: FitMDNRNNConfig, run_dir) -> Path:
     """Train M (every member of an ensemble) on the run's latents; return ``run_dir/mdnrnn``."""
     if config.open_loop_steps == 1 or config.open_loop_steps < 0 or config.open_loop_every < 1:
@@ -282,79 +276,89 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
     return run_dir / MDN_DIR
 
 
-def _fit_member(
-    config: FitMDNRNNConfig,
-    run_dir: Path,
-    k: int,
-    mcfg: MDNRNNConfig,
-    lat: dict,
-    spec,
-    vae_id,
-    rows,
-) -> Path:
+class _Member:
+    """Member k of the ensemble, its optimizer, schedule and step: what a checkpoint holds."""
+
+    def __init__(self, config: FitMDNRNNConfig, run_dir: Path, k: int, mcfg: MDNRNNConfig, game):
+        self.config, self.k, self.mcfg, self.game = config, k, mcfg, game
+        self.out = member_dir(run_dir, k)
+        self.ckpt_path = checkpoint_path(self.out, "fit-mdnrnn")
+        self.m = MDNRNN(mcfg).to(config.device)
+        self.opt = torch.optim.Adam(self.m.parameters(), lr=config.lr)
+        decay = math.log(config.lr_final / config.lr) / max(config.steps, 1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: math.exp(decay * s))
+        self.step = 0
+
+    def resume(self, vae_id, rows) -> None:
+        """Continue from the checkpoint, if any (refused if M's shape, V or the latents changed)."""
+        inputs = {} if vae_id is None else {"vae": vae_id}
+        keys = [f.name for f in fields(self.mcfg)]
+        found = search.resume(self.out, self.mcfg, keys, CHECKPOINT, "fit-mdnrnn", inputs,
+                              rows if vae_id is not None else None)  # fmt: skip
+        if found is None:
+            return
+        tensors, values = found
+        self.m.load_state_dict(module_state("model", tensors))
+        self.opt.load_state_dict(optimizer_state(tensors, values))
+        self.sched.load_state_dict(values["scheduler"])
+        self.sched.base_lrs = [self.config.lr]  # the learning rates asked for now
+        self.step = values["step"]
+
+    def checkpoint(self) -> None:
+        check_weights(self.m, "fit-mdnrnn", self.step, self.ckpt_path)
+        optim, groups = optimizer_tensors(self.opt.state_dict())
+        values = {"config": self.mcfg.to_dict(), "game": self.game, "step": self.step,
+                  "scheduler": self.sched.state_dict(), **groups}  # fmt: skip
+        save_checkpoint(
+            self.ckpt_path, module_tensors("model", self.m.state_dict()) | optim, values
+        )
+
+    def train(self, sampler: SequenceSampler, masks: torch.Generator) -> None:
+        """Optimizer steps up to ``config.steps``, logged and checkpointed."""
+        cfg, m = self.config, self.m
+        desc = f"fit-mdnrnn {self.game}" + (f" member {self.k}" if self.k else "")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=desc, unit="step")
+        t0, step0 = time.time(), self.step
+        m.train()
+        while self.step < cfg.steps:
+            parts = losses(m, sampler.batch(cfg.batch_size, cfg.device), cfg, masks)
+            check_finite(parts["loss"], "fit-mdnrnn", self.step, self.ckpt_path)
+            self.opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            self.step += 1
+            if self.step % 10 == 0 or self.step == cfg.steps:
+                rate = (self.step - step0) / (time.time() - t0)
+                row = {name: round(v.item(), 5) for name, v in parts.items()}
+                lr = self.sched.get_last_lr()[0]
+                log_metrics(self.out / METRICS_FILE, step=self.step, lr=lr,
+                            steps_per_s=round(rate, 3), **row)  # fmt: skip
+                bar.set_postfix(**{name: f"{v:.3f}" for name, v in row.items()})
+            bar.update(1)
+            if self.step % cfg.checkpoint_every == 0:
+                self.checkpoint()
+        self.checkpoint()
+        bar.close()
+
+
+def _fit_member(config: FitMDNRNNConfig, run_dir: Path, k: int, mcfg: MDNRNNConfig, lat: dict,
+                spec, vae_id, rows) -> Path:  # fmt: skip
     """Train member k of the ensemble (resuming its checkpoint) to ``config.steps``."""
-    game = spec.name
-    out = member_dir(run_dir, k)
-    m = MDNRNN(mcfg).to(config.device)
-    opt = torch.optim.Adam(m.parameters(), lr=config.lr)
-    decay = math.log(config.lr_final / config.lr) / max(config.steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: math.exp(decay * s))
-    ckpt_path = checkpoint_path(out, "fit-mdnrnn")
-    step = 0
-    if ckpt_path.exists():
-        tensors, values = load_checkpoint(ckpt_path)
-        check_resume(out, values["config"], mcfg.to_dict())
-        if vae_id is not None:
-            provenance.check(out, "fit-mdnrnn", {"vae": vae_id}, rows)
-        m.load_state_dict(module_state("model", tensors))
-        opt.load_state_dict(optimizer_state(tensors, values))
-        sched.load_state_dict(values["scheduler"])
-        sched.base_lrs = [config.lr]  # the learning rates asked for now
-        step = values["step"]
+    member = _Member(config, run_dir, k, mcfg, spec.name)
+    member.resume(vae_id, rows)
+    out, step = member.out, member.step
     out.mkdir(exist_ok=True)
     if k == 0:
         save_config(out / "config.json", config)
-    search.repair_metrics(out / "metrics.jsonl", "step", step)
+    search.repair_metrics(out / METRICS_FILE, "step", step)
     if vae_id is not None and (step < config.steps or provenance.recorded(out) is None):
         provenance.record(out, {"vae": vae_id, **provenance.shards_identity(rows)})
-    if step >= config.steps:
-        return out
-    seed = config.seed * 100003 + step + k * 7919  # each member its own sequences
-    sampler = SequenceSampler(lat, spec.executed_action, config.seq_len, seed)
-
-    def checkpoint():
-        check_weights(m, "fit-mdnrnn", step, ckpt_path)
-        optim, groups = optimizer_tensors(opt.state_dict())
-        values = {"config": mcfg.to_dict(), "game": game, "step": step,
-                  "scheduler": sched.state_dict(), **groups}  # fmt: skip
-        save_checkpoint(ckpt_path, module_tensors("model", m.state_dict()) | optim, values)
-
-    masks = torch.Generator(device=config.device).manual_seed(seed)
-    desc = f"fit-mdnrnn {game}" + (f" member {k}" if k else "")
-    bar = tqdm(total=config.steps, initial=step, desc=desc, unit="step")
-    t0, step0 = time.time(), step
-    m.train()
-    while step < config.steps:
-        b = sampler.batch(config.batch_size, config.device)
-        parts = losses(m, b, config, masks)
-        check_finite(parts["loss"], "fit-mdnrnn", step, ckpt_path)
-        opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), config.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        if step % 10 == 0 or step == config.steps:
-            rate = (step - step0) / (time.time() - t0)
-            row = {name: round(v.item(), 5) for name, v in parts.items()}
-            log_metrics(out / "metrics.jsonl", step=step, lr=sched.get_last_lr()[0],
-                        steps_per_s=round(rate, 3), **row)  # fmt: skip
-            bar.set_postfix(**{name: f"{v:.3f}" for name, v in row.items()})
-        bar.update(1)
-        if step % config.checkpoint_every == 0:
-            checkpoint()
-    checkpoint()
-    bar.close()
+    if step < config.steps:
+        seed = config.seed * 100003 + step + k * 7919  # each member its own sequences
+        sampler = SequenceSampler(lat, spec.executed_action, config.seq_len, seed)
+        member.train(sampler, torch.Generator(device=config.device).manual_seed(seed))
     return out
 
 
@@ -365,9 +369,3 @@ def load_trained_mdnrnn(run_dir: Path, device="cpu", member: int = 0) -> MDNRNN:
     m = MDNRNN(MDNRNNConfig(**values["config"]))
     m.load_state_dict(module_state("model", tensors))
     return m.to(device).eval()
-
-
-def member_count(run_dir: Path) -> int:
-    """How many Ms the run's fit-mdnrnn trains (its config's ``members``; 1 before ensembles)."""
-    cfg_path = Path(run_dir) / MDN_DIR / "config.json"
-    return int(read_json(cfg_path).get("members", 1)) if cfg_path.exists() else 1

@@ -16,12 +16,14 @@ import torch
 from tqdm import tqdm
 
 from dreamgym import data
-from dreamgym._io import log_metrics
+from dreamgym._io import METRICS_FILE, log_metrics
+from dreamgym.games import get_game
 from dreamgym.train import provenance, search
 from dreamgym.train.common import (
+    CHECKPOINT,
+    VAE_DIR,
     check_finite,
     check_options,
-    check_resume,
     check_weights,
     checkpoint_path,
     load_checkpoint,
@@ -36,7 +38,8 @@ from dreamgym.train.common import (
 )
 from dreamgym.vae import ConvVAE, VAEConfig, frames_to_tensor, vae_loss
 
-VAE_DIR = "vae"
+VAE_KEYS = ("z_dim", "kl_tolerance")
+"""The settings of V's net a resume must keep (its checkpoint records them)."""
 
 
 @dataclass
@@ -85,114 +88,118 @@ def _check(config: FitVAEConfig) -> None:
     )  # fmt: skip
 
 
+def _batches(rows: list[dict], folder: Path, cfg: FitVAEConfig, epoch: int, batch_in_epoch: int):
+    """The frame batches from ``(epoch, batch_in_epoch)`` on, each as ``(epoch, batch in
+    epoch after it, frames)``; buffers already trained on are not read."""
+    while True:
+        buffers, counts = _epoch_plan(rows, cfg, epoch)
+        if not any(counts):
+            raise ValueError(
+                f"--batch-size {cfg.batch_size}: more frames than {cfg.buffer_episodes} "
+                "episodes hold; lower it or raise --buffer-episodes"
+            )
+        done = 0
+        for buf, n_batches in zip(buffers, counts, strict=True):
+            if done + n_batches > batch_in_epoch:
+                episodes = [data.read_episode(folder / rows[j]["file"], ("frames",),
+                                              rows[j]["sha256"]) for j in buf]  # fmt: skip
+                frames = np.concatenate([e["frames"] for e in episodes])
+                rng = np.random.default_rng([cfg.seed, epoch, int(buf[0])])
+                perm = rng.permutation(len(frames))
+                for b in range(max(batch_in_epoch - done, 0), n_batches):
+                    batch = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                    yield epoch, done + b + 1, frames[batch]
+            done += n_batches
+        epoch, batch_in_epoch = epoch + 1, 0
+
+
+class _Trainer:
+    """V, its optimizer and its place in the data: what a checkpoint holds."""
+
+    def __init__(self, vae_cfg: VAEConfig, config: FitVAEConfig, out: Path, game: str):
+        self.vae_cfg, self.config, self.out, self.game = vae_cfg, config, out, game
+        self.ckpt_path = checkpoint_path(out, "fit-vae")
+        self.vae = ConvVAE(vae_cfg).to(config.device)
+        self.opt = torch.optim.Adam(self.vae.parameters(), lr=config.lr)
+        self.step = self.epoch = self.batch_in_epoch = 0
+
+    def resume(self, rows: list[dict]) -> None:
+        """Continue from the checkpoint, if any (refused if V's shape or the episodes changed)."""
+        found = search.resume(self.out, self.vae_cfg, VAE_KEYS, CHECKPOINT, "fit-vae", {}, rows)
+        if found is None:
+            return
+        tensors, values = found
+        self.vae.load_state_dict(module_state("model", tensors))
+        self.opt.load_state_dict(optimizer_state(tensors, values))
+        for group in self.opt.param_groups:  # the learning rate asked for now
+            group["lr"] = self.config.lr
+        self.step, self.epoch = values["step"], values["epoch"]
+        self.batch_in_epoch = values["batch_in_epoch"]
+
+    def checkpoint(self) -> None:
+        check_weights(self.vae, "fit-vae", self.step, self.ckpt_path)
+        optim, groups = optimizer_tensors(self.opt.state_dict())
+        values = {"config": self.vae_cfg.to_dict(), "game": self.game, "step": self.step,
+                  "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, **groups}  # fmt: skip
+        tensors = module_tensors("model", self.vae.state_dict()) | optim
+        save_checkpoint(self.ckpt_path, tensors, values)
+
+    def train(self, batches, total_steps: int) -> None:
+        """Optimizer steps on ``batches`` up to ``total_steps``, logged and checkpointed."""
+        cfg = self.config
+        bar = tqdm(total=total_steps, initial=self.step, desc=f"fit-vae {self.game}", unit="step")
+        gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed * 1000 + self.step)
+        t0, steps0 = time.time(), self.step
+        self.vae.train()
+        for epoch, batch_in_epoch, frames in batches:
+            x = frames_to_tensor(frames, cfg.device)
+            x_hat, mu, logvar = self.vae(x, gen)
+            loss, rec, kl = vae_loss(x, x_hat, mu, logvar, cfg.kl_tolerance)
+            check_finite(loss, "fit-vae", self.step, self.ckpt_path)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step, self.epoch, self.batch_in_epoch = self.step + 1, epoch, batch_in_epoch
+            bar.update(1)
+            if self.step % 20 == 0 or self.step == total_steps:
+                fps = (self.step - steps0) * cfg.batch_size / (time.time() - t0)
+                log_metrics(self.out / METRICS_FILE, step=self.step, epoch=epoch,
+                            frames_per_s=round(fps, 1), loss=loss.item(), rec=rec.item(),
+                            kl=kl.item())  # fmt: skip
+                bar.set_postfix(loss=f"{loss.item():.1f}", kl=f"{kl.item():.1f}", fps=f"{fps:.0f}")
+            if self.step % cfg.checkpoint_every == 0:
+                self.checkpoint()
+            if self.step >= total_steps:
+                break
+        self.checkpoint()
+        bar.close()
+
+
 def run(config: FitVAEConfig, run_dir) -> Path:
     """Train V on the run's episodes (a rerun resumes); return ``run_dir/vae``."""
     _check(config)
     run_dir, game = open_run(run_dir)
     set_threads(config.threads)
-    from dreamgym.games import get_game
-
-    spec = get_game(game)
-    out = run_dir / VAE_DIR
     rows = data.kept_rows(run_dir)
     if not rows:
         raise ValueError(f"{run_dir}: no episodes collected yet; run `dreamgym collect` first")
-    folder = run_dir / data.EPISODES_DIR
-    z_dim = config.z_dim or spec.z_dim
-    vae_cfg = VAEConfig(z_dim=z_dim, kl_tolerance=config.kl_tolerance)
-    vae = ConvVAE(vae_cfg).to(config.device)
-    opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
-    ckpt_path = checkpoint_path(out, "fit-vae")
-    step, epoch, batch_in_epoch = 0, 0, 0
-    if ckpt_path.exists():
-        tensors, values = load_checkpoint(ckpt_path)
-        check_resume(out, values["config"], vae_cfg.to_dict())  # nothing is written yet
-        provenance.check(out, "fit-vae", {}, rows)
-        vae.load_state_dict(module_state("model", tensors))
-        opt.load_state_dict(optimizer_state(tensors, values))
-        for group in opt.param_groups:  # the learning rate asked for now
-            group["lr"] = config.lr
-        step, epoch, batch_in_epoch = values["step"], values["epoch"], values["batch_in_epoch"]
-    frames_total = sum(r["frames"] for r in rows)
-    total_steps = int(config.epochs * frames_total / config.batch_size)
-    problems = data.verify(run_dir) if step < total_steps else []
+    out = run_dir / VAE_DIR
+    z_dim = config.z_dim or get_game(game).z_dim
+    trainer = _Trainer(VAEConfig(z_dim=z_dim, kl_tolerance=config.kl_tolerance), config, out, game)
+    trainer.resume(rows)  # nothing is written before this
+    total_steps = int(config.epochs * sum(r["frames"] for r in rows) / config.batch_size)
+    problems = data.verify(run_dir) if trainer.step < total_steps else []
     if problems:  # named before anything is written; reads check each shard again
         raise data.ShardError(f"{problems[0]}; {data.RECOLLECT}")
     out.mkdir(exist_ok=True)
     save_config(out / "config.json", config)
-    search.repair_metrics(out / "metrics.jsonl", "step", step)
-    if step >= total_steps:
-        if provenance.recorded(out) is None:
-            provenance.record(out, provenance.shards_identity(rows))
-        return out
-    provenance.record(out, provenance.shards_identity(rows))
-
-    def checkpoint():
-        check_weights(vae, "fit-vae", step, ckpt_path)
-        optim, groups = optimizer_tensors(opt.state_dict())
-        values = {"config": vae_cfg.to_dict(), "game": game, "step": step, "epoch": epoch,
-                  "batch_in_epoch": batch_in_epoch, **groups}  # fmt: skip
-        save_checkpoint(ckpt_path, module_tensors("model", vae.state_dict()) | optim, values)
-
-    bar = tqdm(total=total_steps, initial=step, desc=f"fit-vae {game}", unit="step")
-    gen = torch.Generator(device=config.device).manual_seed(config.seed * 1000 + step)
-    t0, steps0 = time.time(), step
-    vae.train()
-    while step < total_steps:
-        buffers, counts = _epoch_plan(rows, config, epoch)
-        done = 0
-        for buf, n_batches in zip(buffers, counts, strict=True):
-            if step >= total_steps:
-                break
-            if done + n_batches <= batch_in_epoch:  # already trained on: skip without reading
-                done += n_batches
-                continue
-            frames = np.concatenate(
-                [
-                    data.read_episode(folder / rows[j]["file"], ("frames",), rows[j]["sha256"])[
-                        "frames"
-                    ]
-                    for j in buf
-                ]
-            )
-            rng = np.random.default_rng([config.seed, epoch, int(buf[0])])
-            perm = rng.permutation(len(frames))
-            for b in range(n_batches):
-                if done + b < batch_in_epoch:
-                    continue
-                if step >= total_steps:
-                    break
-                idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-                x = frames_to_tensor(frames[idx], config.device)
-                x_hat, mu, logvar = vae(x, gen)
-                loss, rec, kl = vae_loss(x, x_hat, mu, logvar, config.kl_tolerance)
-                check_finite(loss, "fit-vae", step, ckpt_path)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                batch_in_epoch = done + b + 1
-                if step % 20 == 0 or step == total_steps:
-                    fps = (step - steps0) * config.batch_size / (time.time() - t0)
-                    row = {"loss": loss.item(), "rec": rec.item(), "kl": kl.item()}
-                    log_metrics(
-                        out / "metrics.jsonl",
-                        step=step,
-                        epoch=epoch,
-                        frames_per_s=round(fps, 1),
-                        **row,
-                    )
-                    bar.set_postfix(
-                        loss=f"{loss.item():.1f}", kl=f"{kl.item():.1f}", fps=f"{fps:.0f}"
-                    )
-                bar.update(1)
-                if step % config.checkpoint_every == 0:
-                    checkpoint()
-            done += n_batches
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
-    checkpoint()
-    bar.close()
+    search.repair_metrics(out / METRICS_FILE, "step", trainer.step)
+    if trainer.step < total_steps or provenance.recorded(out) is None:
+        provenance.record(out, provenance.shards_identity(rows))
+    if trainer.step < total_steps:
+        batches = _batches(rows, run_dir / data.EPISODES_DIR, config, trainer.epoch,
+                           trainer.batch_in_epoch)  # fmt: skip
+        trainer.train(batches, total_steps)
     return out
 
 

@@ -89,6 +89,20 @@ def car_track_policy(
     return act
 
 
+def _pursuit(track: np.ndarray, hull, look: int) -> tuple[float, float]:
+    """Pure pursuit on CarRacing's centre line ``track`` (rows: angle, x, y): the angle
+    from the car's heading to the tile ``look`` tiles ahead of the nearest one, and how
+    much the road bends over the next tiles (radians)."""
+    px, py = hull.position
+    i = int((((track[:, 1:] - (px, py)) ** 2).sum(1)).argmin())
+    tx, ty = track[(i + look) % len(track), 1:]
+    c, s = np.cos(hull.angle), np.sin(hull.angle)
+    ahead = -(tx - px) * s + (ty - py) * c  # along the car's forward axis
+    right = (tx - px) * c + (ty - py) * s
+    bend = track[(i + 12) % len(track), 0] - track[(i + 2) % len(track), 0]
+    return float(np.arctan2(right, ahead)), abs((bend + np.pi) % (2 * np.pi) - np.pi)
+
+
 def car_drive_policy(
     env, rng: np.random.Generator, **settings
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -133,15 +147,8 @@ def car_drive_policy(
         if state["id"] != id(game.track):  # a new track after each reset
             state["id"] = id(game.track)
             state["track"] = np.array([t[1:4] for t in game.track])  # angle, x, y
-        track = state["track"]
         hull = game.car.hull
-        px, py = hull.position
-        i = int((((track[:, 1:] - (px, py)) ** 2).sum(1)).argmin())
-        tx, ty = track[(i + look) % len(track), 1:]
-        c, s = np.cos(hull.angle), np.sin(hull.angle)
-        ahead = -(tx - px) * s + (ty - py) * c  # along the car's forward axis
-        right = (tx - px) * c + (ty - py) * s
-        error = np.arctan2(right, ahead)
+        error, bend = _pursuit(state["track"], hull, look)
         steer = np.clip(gain * error + noise * rng.standard_normal(), -1, 1)
         if state["swerve"] > 0:
             state["swerve"] -= 1
@@ -153,8 +160,6 @@ def car_drive_policy(
             state["steer"] = float(rng.uniform(-1, 1))
             if drawn["swerve_pedals"]:  # any throttle, and a brake one swerve in five
                 state["pedals"] = (float(rng.uniform(0, 1)), 0.8 * float(rng.random() < 0.2))
-        bend = track[(i + 12) % len(track), 0] - track[(i + 2) % len(track), 0]
-        bend = abs((bend + np.pi) % (2 * np.pi) - np.pi)
         target = vmax / (1 + 3 * bend) / (1 + 4 * abs(error))  # slow to turn back to the road
         speed = float(np.hypot(*hull.linearVelocity))
         gas = gas_level if speed < target else 0.0

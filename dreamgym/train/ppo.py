@@ -26,6 +26,7 @@ import gymnasium as gym
 import torch
 from tqdm import tqdm
 
+from dreamgym._io import METRICS_FILE
 from dreamgym.policy import read_controller
 from dreamgym.spaces import check_tau
 from dreamgym.train import provenance, search
@@ -34,7 +35,6 @@ from dreamgym.train.common import (
     module_tensors,
     optimizer_state,
     optimizer_tensors,
-    run_world_model,
     save_checkpoint,
     set_threads,
 )  # fmt: skip
@@ -138,7 +138,7 @@ def _check(config: PPOConfig) -> None:
 def run(config: PPOConfig, run_dir) -> Path:
     """Train C with PPO in the run's world model; return the folder holding it."""
     _check(config)
-    wm_dir = run_world_model(run_dir)
+    wm_dir = provenance.run_world_model(run_dir)
     out = config.out or search.run_folder(wm_dir.parent, "ppo", config, RESUME_KEYS, CONFIG_NAME)
     return train(config, wm_dir, out)
 
@@ -177,7 +177,7 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
     search.begin(out, CONFIG_NAME, config, inputs, finished=done >= config.timesteps)
     # a kill after a check's row, before its checkpoint, left a row too many
     checked = done if checkpoint is not None else None
-    search.repair_metrics(out / search.METRICS_FILE, "timesteps", checked)
+    search.repair_metrics(out / METRICS_FILE, "timesteps", checked)
     if done < config.timesteps:
         model.num_timesteps = done
         model.learn(config.timesteps - done, callback=checker, reset_num_timesteps=False)

@@ -15,6 +15,7 @@ ones, naming the upstream stage; ``status`` tells, stage by stage, what is curre
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -22,7 +23,22 @@ import numpy as np
 
 from dreamgym import data
 from dreamgym._io import atomic_path
-from dreamgym.train.common import CHECKPOINT, LEGACY_CHECKPOINT, RunDirError, checkpoint_path
+from dreamgym.train.common import (
+    CHECKPOINT,
+    LATENTS,
+    LEGACY_CHECKPOINT,
+    MDN_DIR,
+    VAE_DIR,
+    WORLD_MODEL_DIR,
+    RunDirError,
+    checkpoint_path,
+    load_checkpoint,
+    member_count,
+    member_dir,
+    open_run,
+    stage_folders,
+)
+from dreamgym.world_model import WEIGHTS_FILE, WorldModel, WorldModelError, vae_digest
 
 INPUTS_FILE = "inputs.json"
 
@@ -80,6 +96,40 @@ def latents_inputs(path: Path) -> tuple[str | None, list[dict]]:
         return str(z["vae_id"]), rows
 
 
+def vae_step(run_dir: Path) -> int:
+    """The training step of the run's V checkpoint."""
+    return int(load_checkpoint(checkpoint_path(run_dir / VAE_DIR, "fit-vae"))[1]["step"])
+
+
+def vae_source(run_dir: Path, world_model: str | None) -> tuple[int, str, str]:
+    """Which V encodes: (step, "", the checkpoint file's digest) for the run's checkpoint;
+    for a world model's, (-1, the digest of its V's tensors, the same), so a new V in the
+    same folder re-encodes and a new M or bank there does not."""
+    if world_model is None:
+        ckpt = checkpoint_path(run_dir / VAE_DIR, "fit-vae")
+        if not ckpt.exists():
+            raise RunDirError(
+                f"{run_dir}: no V to encode with; run fit-vae, or pass --world-model DIR "
+                "to encode with an exported world model's V"
+            )
+        return vae_step(run_dir), "", file_digest(ckpt)
+    weights = Path(world_model) / WEIGHTS_FILE
+    if not weights.exists():
+        raise RunDirError(f"world_model: {weights} not found; pass a world-model folder")
+    digest = vae_digest(weights.parent)
+    return -1, digest, digest
+
+
+def vae_identity(run_dir: Path, latents: Path) -> str | None:
+    """The identity of the V that encoded ``latents`` as that V is now (None: it is gone)."""
+    with np.load(latents, allow_pickle=False) as z:
+        folder = str(z["vae_folder"]) if "vae_folder" in z.files else ""
+    try:
+        return vae_source(run_dir, folder or None)[2]
+    except (RunDirError, ValueError):
+        return None
+
+
 UPSTREAM = {"vae": "fit-vae", "mdnrnn": "fit-mdnrnn", "world_model": "fit-mdnrnn",
             "ensemble": "that world model's fit-mdnrnn"}  # fmt: skip
 """The stage that writes each named input."""
@@ -112,9 +162,6 @@ def check(folder: Path, stage: str, new: dict, rows: list[dict] | None = None) -
 def assembly_inputs(run_dir: Path) -> dict:
     """What ``world_model/`` is assembled from: the latents and M's checkpoint (and those
     of the other members of an ensemble)."""
-    from dreamgym.train.encode import LATENTS
-    from dreamgym.train.fit_mdnrnn import member_count, member_dir
-
     inputs = {
         "latents": file_digest(Path(run_dir) / LATENTS),
         "mdnrnn": file_digest(checkpoint_path(member_dir(run_dir, 0), "fit-mdnrnn")),
@@ -129,8 +176,6 @@ def assembly_inputs(run_dir: Path) -> dict:
 
 def check_world_model(run_dir: Path) -> None:
     """Refuse a run's ``world_model/`` assembled from latents or an M that changed since."""
-    from dreamgym.train.common import WORLD_MODEL_DIR
-
     folder = Path(run_dir) / WORLD_MODEL_DIR
     old = recorded(folder)
     if old is None:
@@ -140,8 +185,6 @@ def check_world_model(run_dir: Path) -> None:
     except FileNotFoundError as e:
         raise StaleError(f"{folder}: assembled from {e.filename}, which is gone; run encode "
                          "and fit-mdnrnn again") from None  # fmt: skip
-    from dreamgym.train.encode import LATENTS, vae_identity
-
     vae_id, _ = latents_inputs(Path(run_dir) / LATENTS)
     if vae_id is not None and vae_identity(run_dir, Path(run_dir) / LATENTS) != vae_id:
         raise StaleError(
@@ -156,15 +199,23 @@ def check_world_model(run_dir: Path) -> None:
             )
 
 
+def run_world_model(run_dir: str | os.PathLike) -> Path:
+    """The folder of a run's trained world model (what the controller stages train in),
+    refused if it was assembled from latents or an M that changed since."""
+    run_dir, game = open_run(run_dir)
+    wm_dir = run_dir / WORLD_MODEL_DIR
+    try:
+        WorldModel.load(wm_dir, game=game)
+    except WorldModelError as e:
+        raise WorldModelError(f"{e}; run fit-mdnrnn first (it writes {wm_dir})") from None
+    check_world_model(run_dir)
+    return wm_dir
+
+
 def status(run_dir: Path) -> list[tuple[str, str, str]]:
     """(stage, state, note) for each stage of a run: ``current``, ``stale`` (its inputs
     changed: what to do is in the note), ``behind`` (more episodes than it has read) or
     ``missing``."""
-    from dreamgym.train.common import WORLD_MODEL_DIR
-    from dreamgym.train.encode import LATENTS, vae_identity
-    from dreamgym.train.fit_mdnrnn import MDN_DIR
-    from dreamgym.train.fit_vae import VAE_DIR
-
     run_dir = Path(run_dir)
     rows = data.kept_rows(run_dir)
     bad = data.verify(run_dir)
@@ -203,8 +254,6 @@ def status(run_dir: Path) -> list[tuple[str, str, str]]:
     except RunDirError as e:  # stale, or M's checkpoint is an older dreamgym's
         wm_state = ("stale", str(e).split("; ", 1)[-1])
     out.append(("world_model", *wm_state))
-    from dreamgym.train.search import stage_folders
-
     for folder in sorted([*stage_folders(run_dir, "evolve"), *stage_folders(run_dir, "ppo")]):
         old = recorded(folder)
         if old is None or not (wm / "weights.safetensors").exists():

@@ -34,8 +34,6 @@ from dreamgym.world_model import atomic_write_text
 if TYPE_CHECKING:
     from dreamgym.cmaes import CMAES
 
-METRICS_FILE = "metrics.jsonl"
-
 # ---------------------------------------------------------------- run folders
 
 
@@ -72,13 +70,6 @@ def folder_name(stage: str, config, keys) -> str:
     return f"{stage}-{run_id(config, keys)}"
 
 
-def stage_folders(run_dir, stage: str) -> list[Path]:
-    """The folders of ``stage`` in a run directory: ``<stage>-<id>`` and older
-    ``<stage>_<settings>`` ones."""
-    run_dir = Path(run_dir)
-    return sorted({*run_dir.glob(f"{stage}-*/"), *run_dir.glob(f"{stage}_*/")})
-
-
 def run_folder(run_dir, stage: str, config, keys, config_name: str) -> Path:
     """The folder a run of ``stage`` with ``config`` writes in ``run_dir``: ``<stage>-<id>``,
     or, if that is new, an older ``<stage>_<settings>`` one whose config (``config_name``)
@@ -100,18 +91,18 @@ def run_folder(run_dir, stage: str, config, keys, config_name: str) -> Path:
 # ---------------------------------------------------------------- resuming
 
 
-def resume(out, config, keys, checkpoint: str, stage: str, inputs: dict):
+def resume(out, config, keys, checkpoint: str, stage: str, inputs: dict, rows=None):
     """The ``(arrays, values)`` of ``out/checkpoint`` to continue from (None: start afresh).
 
-    Refuses a folder whose ``stage`` was built from other ``inputs`` (see
-    ``provenance.check``) or started with other values of ``keys`` (a key the
+    Refuses a folder whose ``stage`` was built from other ``inputs`` or episodes ``rows``
+    (see ``provenance.check``) or started with other values of ``keys`` (a key the
     checkpoint's config lacks had its default then).
     """
     out = Path(out)
     path = out / checkpoint
     if not path.exists():
         return None
-    provenance.check(out, stage, inputs)
+    provenance.check(out, stage, inputs, rows)
     arrays, values = load_checkpoint(path)
     k = _changed(values["config"], config, keys)
     if k is not None:
@@ -236,6 +227,6 @@ def search(
 
 
 __all__ = [
-    "folder_name", "run_id", "stage_folders", "run_folder", "resume", "begin", "repair_metrics",
+    "folder_name", "run_id", "run_folder", "resume", "begin", "repair_metrics",
     "Budget", "Fitness", "search",
 ]  # fmt: skip
