@@ -94,8 +94,9 @@ def run(args: argparse.Namespace) -> dict:
         )  # fmt: skip
         with tqdm(total=args.episodes, desc=f"{entry.name} (real)", leave=False) as bar:
             real, cached = real_returns(
-                entry, spec, cache, args.episodes, 0, args.workers, not args.cached_only, bar.update
-            )
+                entry, spec, cache, args.episodes, 0, args.workers, not args.cached_only,
+                bar.update, args.backend, args.ray_address,
+            )  # fmt: skip
         ratio = dream.mean() / real.mean() if real is not None and real.mean() else float("nan")
         rows.append({"name": entry.name, "sight": how, "dream": dream, "real": real,
                      "cached": cached, "ratio": ratio, "seconds": time.time() - t0})  # fmt: skip
@@ -148,6 +149,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="dropout rate of the dream's M (default: the rate it was trained with)",
     )
     p.add_argument("--workers", type=int, default=2, help="real-game worker processes")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where the real-game workers run")  # fmt: skip
+    p.add_argument("--ray-address", default=None, help="Ray cluster (default: a local Ray)")
     p.add_argument("--panel", default=None, help="panel folder (default benchmarks/panel/GAME)")
     p.add_argument("--root", default=None, help="what world-model paths of the panel are "
                    "relative to (default: this repository)")  # fmt: skip

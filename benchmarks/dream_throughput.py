@@ -7,7 +7,9 @@ LSTM 256) stand in for trained ones; the cost of a step does not depend on the
 weights. Their done heads are silenced, so dreams run to the episode limit and
 every measured step is a full M step. Also printed: the GFLOP/s the batched dream
 achieves, counting the matmul FLOPs of M's step, against the same matmuls timed
-alone in the same run, and how many times faster than the real game it is.
+alone in the same run, and how many times faster than the real game it is. With
+``--device cuda`` (or ``cuda:N``) it also times a large square float32 matmul, the
+device's matmul peak, in the same run, and prints the dream's GFLOP/s against it.
 """
 
 from __future__ import annotations
@@ -74,6 +76,18 @@ def matmul_gflops(wm: WorldModel, n: int, seconds: float) -> float:
     return rate(call, n, seconds) * step_flops(wm) / 1e9
 
 
+def peak_gflops(device: str, seconds: float, n: int = 4096) -> float:
+    """GFLOP/s of an (n, n) @ (n, n) float32 matmul on ``device``: its matmul peak."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+
+    def call():
+        torch.mm(a, b)
+        sync(device)
+
+    return rate(call, 1, seconds) * 2 * n**3 / 1e9
+
+
 def batched_rate(wm: WorldModel, n: int, seconds: float) -> float:
     venv = DreamVectorEnv(n, wm.game.name, world_model=wm)
     venv.reset(seed=0)
@@ -117,10 +131,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the dreams run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    peak = peak_gflops(args.device, args.seconds) if cuda else None
     print(
         f"dreamgym {dreamgym.__version__}, torch {torch.__version__}, device {args.device}, "
         f"{args.threads} thread(s), {args.seconds:g} s per measurement\n"
     )
+    if cuda:
+        name = torch.cuda.get_device_name(torch.device(args.device))
+        print(f"{name}: float32 matmul peak {peak:,.0f} GFLOP/s (4096 x 4096, this run)\n")
 
     for game in GAMES:
         wm = random_world_model(game, args.device)
@@ -154,6 +173,10 @@ def main() -> None:
             f"  at 1024 envs: {dream / mm:.0%} of the matmul GFLOP/s, "
             f"{batched[1024] / single:.0f}x DreamEnv, {batched[1024] / real:.0f}x make_real\n"
         )
+        if cuda:
+            best = max(batched.values()) * flops / 1e9
+            print(f"  on {args.device}: best {best:.1f} GFLOP/s, {best / peak:.1%} of the "
+                  f"device's matmul peak ({peak:,.0f} GFLOP/s)\n")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from dreamgym.mdnrnn import LSTMState
 from dreamgym.policy import controller_config
 from dreamgym.spaces import check_tau
 from dreamgym.starts import RealStarts
-from dreamgym.workers import GamePool
+from dreamgym.workers import check_backend, open_pool
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, read_json
 from dreamgym.wrappers import make_real
@@ -248,7 +248,7 @@ def play_episode(
     total, t = 0.0, 0
     with torch.no_grad():
         while t < max_steps:
-            x = torch.as_tensor(np.asarray(obs, np.float32)).view(1, 1, -1)
+            x = torch.as_tensor(np.asarray(obs, np.float32), device="cpu").view(1, 1, -1)
             action = wm.game.controller_to_action(batched_forward(cfg, p, x)[0, 0])
             obs, reward, terminated, truncated, _ = env.step(action.numpy())
             total, t = total + float(reward), t + 1
@@ -260,10 +260,11 @@ def play_episode(
 _worker: tuple | None = None  # (env, world model, controller config): one real game per process
 
 
-def _init_worker(wm_dir: str, max_steps: int, controller: ControllerConfig | None) -> None:
+def _init_worker(world_model, max_steps: int, controller: ControllerConfig | None) -> None:
+    """Make this worker's game, seen through ``world_model`` (a folder or a ``WorldModel``)."""
     global _worker
     torch.set_num_threads(1)
-    wm = WorldModel.load(wm_dir)
+    wm = world_model if isinstance(world_model, WorldModel) else WorldModel.load(world_model)
     env = make_real(wm.game.dream_id, world_model=wm, max_episode_steps=max_steps)
     _worker = (env, wm, controller)
 
@@ -279,7 +280,9 @@ class RealEvaluator:
     Trial j of every controller uses the game seed ``seed + j``. A worker that dies
     raises ``WorkerDiedError`` in the caller within ``poll`` seconds, never a hang
     (see ``dreamgym.workers``). ``controller``: the controller the scored
-    parameters make (None: the paper's linear C).
+    parameters make (None: the paper's linear C). ``backend="ray"``: the workers are
+    Ray actors on the cluster at ``ray_address`` (None: a local Ray), each given the
+    loaded world model; an episode whose actor dies is played again.
     """
 
     def __init__(
@@ -289,16 +292,21 @@ class RealEvaluator:
         max_steps: int | None = None,
         poll: float = 1.0,
         controller: ControllerConfig | None = None,
+        backend: str = "local",
+        ray_address: str | None = None,
     ):
         if workers < 1:
             raise ValueError(f"workers: expected an integer >= 1, got {workers}")
+        check_backend(backend, ray_address)
         self.wm_dir = Path(wm_dir)
         self.spec = get_game(read_json(self.wm_dir / WM_CONFIG)["game"])
         self.max_steps = max_steps or self.spec.max_episode_steps
         self.workers = workers
         self.steps = 0
-        init = (str(self.wm_dir), self.max_steps, controller)
-        self.pool = GamePool(workers, _init_worker, init, poll)
+        # Ray actors may run on other machines: they get the loaded world model
+        wm = str(self.wm_dir) if backend == "local" else WorldModel.load(self.wm_dir)
+        init = (wm, self.max_steps, controller)
+        self.pool = open_pool(backend, workers, _init_worker, init, poll, ray_address)
 
     def returns(self, params, trials: int, seed: int, progress=None) -> np.ndarray:
         """(P, n) -> (P, trials) returns; trial j of every controller uses seed ``seed + j``."""

@@ -43,6 +43,18 @@ def training_instructions(game: str | GameSpec) -> str:
     )
 
 
+def same_device(a: str | torch.device, b: str | torch.device) -> bool:
+    """Whether two device names mean one device (``cuda`` is the current CUDA device,
+    ``cpu:0`` the CPU)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device() if a.index is None or b.index is None else None
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
 def load_world_model(
     game: str | GameSpec,
     world_model: str | os.PathLike | WorldModel | None = None,
@@ -63,7 +75,7 @@ def load_world_model(
                 f"{spec.dream_id}; expected one of {spec.name!r}"
             )
         wm = world_model
-        if device is not None and torch.device(device) != wm.device:
+        if device is not None and not same_device(device, wm.device):
             wm = copy.deepcopy(wm).to(device)
         return wm
     if world_model is None:
@@ -85,4 +97,4 @@ def load_world_model(
     )
 
 
-__all__ = ["shipped_dir", "load_world_model", "training_instructions"]
+__all__ = ["shipped_dir", "load_world_model", "training_instructions", "same_device"]

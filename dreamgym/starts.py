@@ -92,8 +92,9 @@ class RealStarts:
 
     def subset(self, n: int, seed: int = 0) -> RealStarts:
         """n rows drawn without replacement (all rows, in a random order, if n >= len)."""
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(self), generator=g)[: min(n, len(self))].to(self.mu.device)
+        g = torch.Generator().manual_seed(seed)  # on the CPU: the same rows on every device
+        idx = torch.randperm(len(self), generator=g, device="cpu")[: min(n, len(self))]
+        idx = idx.to(self.mu.device)
         return self._map(lambda t: t[idx])
 
     def to(self, device) -> RealStarts:

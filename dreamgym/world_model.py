@@ -169,6 +169,8 @@ class WorldModel:
         return self.z0_mu.device
 
     def to(self, device) -> WorldModel:
+        """Move V, every M, the first-frame bank and the bank of real starts to ``device``
+        (in place; returns the world model)."""
         self.vae.to(device)
         for m in self.members:
             m.to(device)
@@ -240,7 +242,10 @@ class WorldModel:
                 f"{cfg_path}: key 'mdnrnn' has (action_dim, z_dim, reward_head) {got}; "
                 f"{spec.name} with this V needs {(spec.action_dim, vae.z_dim, spec.models_reward)}"
             )
-        tensors = read_tensors(w_path)
+        # float32 throughout, whatever a file stores (a float64 bank would meet M's
+        # float32 weights in the first dream step)
+        tensors = {k: v.float() if v.is_floating_point() else v
+                   for k, v in read_tensors(w_path).items()}  # fmt: skip
         load_state(vae, tensors, "vae.", w_path)
         load_state(mdn, tensors, "mdnrnn.", w_path)
         for i, m in enumerate(mdns[1:], 1):

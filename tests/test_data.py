@@ -57,6 +57,20 @@ def test_write_read_round_trip(tmp_path):
     assert set(only) == {"frames"}
 
 
+def test_a_shard_encoded_elsewhere_is_the_file_a_worker_writes(tmp_path):
+    """A Ray worker encodes the shard and the driver writes it: the same bytes and row as
+    a local worker's ``write_episode``, however often and whenever it is encoded."""
+    ep = make_episode(5, 9, action_dim=3)
+    blob = data.encode_episode(5, ep)
+    assert data.encode_episode(5, {k: v.copy() for k, v in ep.items()}) == blob
+    local = data.write_episode(tmp_path / "local", 5, ep)
+    landed = data.write_shard(tmp_path / "driver", 5, blob, 9, float(ep["rewards"].sum()))
+    assert landed == local
+    written = [(tmp_path / d / local["file"]).read_bytes() for d in ("local", "driver")]
+    assert written[0] == written[1] == blob
+    assert sorted(p.name for p in (tmp_path / "driver").iterdir()) == [local["file"]]
+
+
 def test_write_rejects_fields_of_different_lengths(tmp_path):
     ep = make_episode(0, 6)
     ep["rewards"] = ep["rewards"][:5]
@@ -191,7 +205,8 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, monkeyp
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(np.lib.format, "write_array", full)
+    # the shard is encoded in memory, then written: the disk fills as it is written out
+    monkeypatch.setattr(data.os, "fsync", full)
     with pytest.raises(_io.WriteError, match=r"ep_0000001\.npz.*No space left"):
         data.write_episode(folder, 1, ep)
     assert sorted(p.name for p in folder.iterdir()) == [first["file"]]  # no temporary left

@@ -20,6 +20,7 @@ from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
 from dreamgym.spaces import STARTS
 from dreamgym.train.common import WORLD_MODEL_DIR, check_options, set_threads, stage_folders
+from dreamgym.workers import check_backend
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text
 
@@ -34,6 +35,11 @@ class EvaluateConfig:
     """Episodes to score (real: episode i uses game seed ``seed + i``)."""
     workers: int = 2
     """Real-game worker processes."""
+    backend: str = "local"
+    """Where the real-game workers run: ``local`` processes, or ``ray`` actors on a Ray
+    cluster (``pip install 'dreamgym[ray]'``; the same seeds give the same returns)."""
+    ray_address: str | None = None
+    """The Ray cluster to join (with ``backend`` ``ray``; None: start a local Ray)."""
     seed: int = 0
     """Seed of the first episode (real), or of the whole batch of dreams (dream)."""
     dream: bool = False
@@ -137,6 +143,11 @@ def _check(config: EvaluateConfig) -> None:
             f"starts: expected one of {STARTS} ('real' with dream), got {config.starts!r}"
         )
     check_options(config, positive=("workers", "tau", "max_steps", "threads"))
+    check_backend(config.backend, config.ray_address)
+    if config.dream and config.backend != "local":
+        raise ValueError(
+            "backend: the dream runs in this process; --backend ray is for the real game"
+        )
     if config.dropout is not None and not config.dream:
         raise ValueError("dropout: the real game has no M to drop out of; use it with dream")
     dc.check_dropout(config.dropout)
@@ -146,8 +157,9 @@ def _evaluator(config: EvaluateConfig, wm: WorldModel, wm_dir: Path, tau: float,
     """(the dream or real-game evaluator of ``config``, the seeds its report lists)."""
     if not config.dream:
         evaluator = RealEvaluator(
-            wm_dir, config.workers, config.max_steps, controller=controller.config
-        )
+            wm_dir, config.workers, config.max_steps, controller=controller.config,
+            backend=config.backend, ray_address=config.ray_address,
+        )  # fmt: skip
         return evaluator, [config.seed + i for i in range(config.episodes)]
     if config.starts == "real" and wm.starts is None:
         raise ValueError(f"starts: {wm_dir} has no bank of real states; use starts='first'")

@@ -39,6 +39,7 @@ from dreamgym.starts import RealStarts
 from dreamgym.train import provenance, search
 from dreamgym.train.common import LATENTS, save_checkpoint, set_threads
 from dreamgym.train.encode import load_latents
+from dreamgym.workers import check_backend
 from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel
 
@@ -82,6 +83,11 @@ class EvolveConfig:
     """Score fitness in the real game with worker processes (the paper's CarRacing)."""
     workers: int = 2
     """Real-game worker processes (with ``real``)."""
+    backend: str = "local"
+    """Where the real-game workers run (with ``real``): ``local`` processes, or ``ray``
+    actors on a Ray cluster (``pip install 'dreamgym[ray]'``)."""
+    ray_address: str | None = None
+    """The Ray cluster to join (with ``backend`` ``ray``; None: start a local Ray)."""
     device: str = "cpu"
     """Torch device of the dream."""
     threads: int | None = None
@@ -157,6 +163,9 @@ def _check(config: EvolveConfig) -> None:
     if config.dropout is not None and config.real:
         raise ValueError("dropout: the real game has no M to drop out of; use it without real")
     dc.check_dropout(config.dropout)
+    check_backend(config.backend, config.ray_address)
+    if config.backend != "local" and not config.real:
+        raise ValueError("backend: the dream runs in this process; --backend ray goes with --real")
     if config.real_starts < 0:
         raise ValueError(f"real_starts: expected an integer >= 0, got {config.real_starts}")
     if config.real_starts and (config.real or config.ensemble):
@@ -338,7 +347,8 @@ class _Run:
 def _evaluator(config: EvolveConfig, wm: WorldModel, wm_dir: Path, cfg):
     """What scores controllers: worker processes in the real game, or batched dreams."""
     if config.real:
-        return RealEvaluator(wm_dir, config.workers, config.max_steps, controller=cfg)
+        where = {"backend": config.backend, "ray_address": config.ray_address}
+        return RealEvaluator(wm_dir, config.workers, config.max_steps, controller=cfg, **where)
     worlds = load_worlds(wm, config.ensemble, config.device)
     starts = _real_starts(config, wm, wm_dir.parent) if config.real_starts else None
     return DreamEvaluator(

@@ -273,12 +273,15 @@ def real_returns(
     workers: int = 2,
     play: bool = True,
     progress=None,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> tuple[np.ndarray | None, bool]:
     """(returns over game seeds ``seed``.. ``seed + episodes - 1``, whether they were cached).
 
     Misses are played (controllers in ``workers`` processes, with their own V and M) and
     cached, unless ``play`` is False: then a miss gives (None, False). ``progress(k)`` is
-    called as episodes end.
+    called as episodes end. ``backend``, ``ray_address``: where the workers run (as
+    ``RealEvaluator``'s).
     """
     from dreamgym.rollouts import RealEvaluator
 
@@ -293,7 +296,8 @@ def real_returns(
             progress(episodes)
     else:
         controller, _ = read_controller(entry.folder)
-        with RealEvaluator(entry.world_model, workers, controller=controller.config) as ev:
+        where = {"backend": backend, "ray_address": ray_address}
+        with RealEvaluator(entry.world_model, workers, controller=controller.config, **where) as ev:
             params = controller.get_flat().numpy()[None]
             returns = ev.returns(params, episodes, seed, progress)[0]
     cache.put(key, entry.name, returns)
