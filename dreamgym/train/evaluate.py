@@ -73,8 +73,9 @@ class EvaluateConfig:
     algo: str | None = None
     """SB3 algorithm of the --agent zips: ppo, a2c, sac or td3 (None: read from the zip)."""
     trust_agent: bool = False
-    """Load --agent zips that the loader cannot rebuild from their weights with SB3's own
-    load, which unpickles them (runs code from the file): only for files you trust."""
+    """Load --agent zips with SB3's own load, which unpickles them (runs code from the
+    file), for agents the default loader cannot rebuild from their weights (a custom
+    policy or network): only for files you trust."""
     obs_mode: str | None = None
     """What --agent observes: latent or pixels (None: the zip's saved observation space)."""
     pixels: str = "reconstructed"
