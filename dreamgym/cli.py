@@ -89,7 +89,11 @@ def _stages():
         "fit-mdnrnn": (fit_mdnrnn.FitMDNRNNConfig, fit_mdnrnn.run, "train M on the latents"),
         "evolve": (evolve.EvolveConfig, evolve.run, "CMA-ES controller in the dream"),
         "ppo": (ppo.PPOConfig, ppo.run, "PPO (Stable-Baselines3) trains C in the dream"),
-        "evaluate": (evaluate.EvaluateConfig, evaluate.run, "score a controller"),
+        "evaluate": (
+            evaluate.EvaluateConfig,
+            evaluate.run,
+            "score a controller, or any agent (--agent) in dreams and the real game",
+        ),  # fmt: skip
     }
 
 
@@ -158,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--run", required=True, help="run directory")
             _add_fields(p, cls, skip=("game",))
         elif name == "evaluate":
-            p.add_argument("source", help="run directory, evolve directory or model folder")
+            p.add_argument(
+                "source", help="run directory, evolve directory, model folder or game name "
+                "(with --agent: where the world model is)",
+            )  # fmt: skip
             _add_fields(p, cls)
         else:
             p.add_argument("run", help="run directory")
@@ -227,7 +234,11 @@ def _run_command(ns: argparse.Namespace, stages: dict) -> int:
             out = fn(_config(cls, ns, game=ns.game), ns.run)
         elif ns.command == "evaluate":
             out = fn(_config(cls, ns), ns.source)
-            print(format_table(out))
+            for path in out if isinstance(out, list) else [out]:
+                if path.suffix == ".json":
+                    print(format_table(path))
+                print(path)
+            return 0
         else:
             out = fn(_config(cls, ns), ns.run)
         if ns.command == "fit-mdnrnn":

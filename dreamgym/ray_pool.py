@@ -22,6 +22,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dreamgym.workers import WorkerDiedError, _descendants, _start_time
+
 RAY_EXTRA = "pip install 'dreamgym[ray]'"
 """How to install Ray for ``--backend ray``."""
 DEPTH = 2
@@ -92,8 +94,6 @@ class GameActor:
 
     def games(self) -> tuple[str, dict[int, str]]:
         """(this machine's id, pid -> start time of the processes the game started)."""
-        from dreamgym.workers import _descendants
-
         return machine_id(), _descendants(os.getpid())
 
 
@@ -162,8 +162,6 @@ class RayPool:
             return
         if machine != machine_id():
             return
-        from dreamgym.workers import _start_time
-
         for pid, start in games.items():
             if _start_time(pid) == start:
                 try:
@@ -228,8 +226,6 @@ class RayPool:
 
     def _actor_died(self, task: _Task, error: Exception) -> None:
         """Replace ``task``'s dead actor (once) and queue the task again, first in line."""
-        from dreamgym.workers import WorkerDiedError
-
         cause = _last_line(error)
         if getattr(error, "actor_init_failed", False):  # the same start fails again: stop now
             self.close(kill=True)

@@ -20,9 +20,9 @@ from dreamgym.controller import ControllerConfig, batched_forward
 from dreamgym.games import get_game
 from dreamgym.mdnrnn import LSTMState
 from dreamgym.policy import controller_config
+from dreamgym.pools import check_backend, open_pool
 from dreamgym.spaces import check_tau
 from dreamgym.starts import RealStarts
-from dreamgym.workers import check_backend, open_pool
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, read_json
 from dreamgym.wrappers import make_real

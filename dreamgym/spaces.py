@@ -19,6 +19,9 @@ from dreamgym.world_model import WorldModel
 
 OBS_MODES = ("latent", "pixels")
 """What a dream observes: [z, (c,) h], or V's decoded 64x64x3 frame."""
+PIXELS = ("reconstructed", "raw")
+"""What ``make_real(..., obs_mode="pixels")`` shows: V's decoding of the real frame's z,
+or the real 64x64 frame."""
 STARTS = ("first", "real")
 """Where dreams start: real first frames (the paper), or real states along episodes."""
 
@@ -32,6 +35,13 @@ def check_tau(tau: Any) -> float:
         raise ValueError(
             f"tau: expected a positive finite number (the paper used 0.1 to 1.3), got {value}"
         )
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, or a ValueError naming ``name``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
     return value
 
 
@@ -104,6 +114,6 @@ def observation_space(wm: WorldModel, obs_mode: str, max_episode_steps: int) -> 
 
 
 __all__ = [
-    "OBS_MODES", "STARTS", "check_tau", "check_positive_int", "check_action", "latent_space",
-    "observation_space",
+    "OBS_MODES", "PIXELS", "STARTS", "check_tau", "check_choice", "check_positive_int",
+    "check_action", "latent_space", "observation_space",
 ]  # fmt: skip

@@ -4,6 +4,9 @@
 spaces are equal to the dream's (latent mode): every real frame goes through V
 (z sampled from the posterior, clamped like the dream's), and M's LSTM state is
 stepped with the action the game executed, exactly as the dream steps it.
+``make_real(..., obs_mode="pixels")`` shows the real game as the dream's pixel
+observation does: V's decoding of that z (``pixels="reconstructed"``, the
+default), or the real 64x64 frame itself (``pixels="raw"``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,16 @@ import torch
 from dreamgym import dream_core as core
 from dreamgym.games import ENV_IDS, GameSpec, get_game
 from dreamgym.shipped import load_world_model
-from dreamgym.spaces import check_action, check_positive_int, latent_space
-from dreamgym.vae import frames_to_tensor, reparameterize
+from dreamgym.spaces import (
+    OBS_MODES,
+    PIXELS,
+    check_action,
+    check_choice,
+    check_positive_int,
+    latent_space,
+)
+from dreamgym.spaces import observation_space as dream_observation_space
+from dreamgym.vae import frames_to_tensor, reparameterize, tensor_to_frames
 from dreamgym.world_model import WorldModel
 
 
@@ -54,6 +65,11 @@ class LatentObservation(gym.Wrapper):
         mu, logvar = wm.vae.encode(x)
         return reparameterize(mu, logvar, self._generator).clamp_(-core.Z_BOUND, core.Z_BOUND)
 
+    @property
+    def spec(self) -> None:
+        """None: ``make_real`` builds this env, not ``gym.make``, so no spec can remake it."""
+        return None
+
     def _observe(self) -> np.ndarray:
         return core.observation(self.world_model, self._state)[0].cpu().numpy()
 
@@ -83,6 +99,29 @@ class LatentObservation(gym.Wrapper):
         return self._observe(), reward, terminated, truncated, info
 
 
+class PixelObservation(LatentObservation):
+    """A real game observed as the dream's pixel observation: ``Box(0, 255, (64, 64, 3), uint8)``.
+
+    ``pixels="reconstructed"``: V's decoding of the z that ``LatentObservation``
+    draws from V's posterior of the real frame, the same kind of image the dream
+    shows (the dream decodes M's z), so a CNN sees in the real game what it saw
+    in training, blur included. ``pixels="raw"``: the real 64x64 frame, sharper
+    and with details V drops. Everything else (M's state, seeding, action checks,
+    ``frame``) is ``LatentObservation``'s.
+    """
+
+    def __init__(self, env: gym.Env, world_model: WorldModel, max_episode_steps: int, pixels: str):
+        super().__init__(env, world_model, max_episode_steps)
+        self.pixels = check_choice("pixels", pixels, PIXELS)
+        self.observation_space = dream_observation_space(world_model, "pixels", max_episode_steps)
+
+    @torch.no_grad()
+    def _observe(self) -> np.ndarray:
+        if self.pixels == "raw":
+            return self.frame.copy()
+        return tensor_to_frames(self.world_model.vae.decode(self._state.z))[0]
+
+
 def game_of(dream_id: str) -> GameSpec:
     """The game behind a registered dream id (aliases included)."""
     try:
@@ -100,13 +139,24 @@ def make_real(
     device: str | torch.device | None = None,
     max_episode_steps: int | None = None,
     render_mode: str | None = None,
+    obs_mode: str = "latent",
+    pixels: str = "reconstructed",
     **kwargs: Any,
 ) -> gym.Env:
-    """The real game of ``dream_id`` with the dream's latent observation and action spaces.
+    """The real game of ``dream_id`` with the dream's observation and action spaces.
 
     ``world_model`` as in the dream (a folder, a ``WorldModel``, None: shipped weights);
     ``render_mode="rgb_array"`` renders the real game's screen; other keyword
     arguments go to the real game's factory (``dreamgym.make_game``).
+
+    ``obs_mode``: ``"latent"`` (default, ``LatentObservation``: [z, (c,) h] as the
+    dream gives it) or ``"pixels"`` (``PixelObservation``: 64x64x3 uint8 frames, the
+    space of the dream's ``obs_mode="pixels"``). With pixels, ``pixels`` says which
+    frames: ``"reconstructed"`` (default) is V's decoding of the real frame's z, the
+    kind of image the dream shows (the dream's pixels are V's decodings too), so an
+    agent trained on dream pixels meets the same blur and colours; ``"raw"`` is the
+    real frame resized to 64x64, sharper and with details V drops, what a CNN
+    trained on real frames expects.
 
     ```python
     >>> real = dreamgym.make_real("DreamDoom-v0", world_model="models/doom_take_cover")
@@ -115,10 +165,16 @@ def make_real(
     ```
     """
     spec = game_of(dream_id)
+    check_choice("obs_mode", obs_mode, OBS_MODES)
+    check_choice("pixels", pixels, PIXELS)
+    if obs_mode == "latent" and pixels != "reconstructed":
+        raise ValueError(f"pixels={pixels!r}: only with obs_mode='pixels'")
     wm = load_world_model(spec, world_model, device)  # fail before starting the game
     limit = spec.max_episode_steps if max_episode_steps is None else max_episode_steps
     limit = check_positive_int("max_episode_steps", limit)
     env = spec.make_real(render_mode=render_mode, max_episode_steps=limit, **kwargs)
+    if obs_mode == "pixels":
+        return PixelObservation(env, wm, limit, pixels)
     return LatentObservation(env, wm, limit)
 
 
@@ -148,4 +204,4 @@ def make_real_vec(
     return gym.vector.AsyncVectorEnv([fn] * num_envs, **(vector_kwargs or {}))
 
 
-__all__ = ["make_real", "make_real_vec", "LatentObservation"]
+__all__ = ["make_real", "make_real_vec", "LatentObservation", "PixelObservation"]

@@ -18,7 +18,10 @@ a real state of a recorded drive (the CarRacing world model's bank).
 PPO (``dreamgym.sb3.ControllerActorCritic``): ``--init`` starts it from a trained
 controller, and every ``--check-every`` steps the C is scored in the same 256
 dreams and the best is written to ``--save`` as a controller folder, which
-``dreamgym evaluate --controller DIR`` scores on the real tracks.
+``dreamgym evaluate --controller DIR`` scores on the real tracks. ``--save-agent
+ZIP`` saves an SB3 agent, which ``dreamgym evaluate SOURCE --agent ZIP`` scores in
+dreams and real episodes (loaded without unpickling). Real episode i uses the game
+seed ``--seed`` + i.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 
 import dreamgym
 from dreamgym.sb3 import as_vec_env
+from dreamgym.transfer import score_real, summary
 
 REAL = {
     "DreamDoom-v0": "real VizDoom (random policy ~210, solved: 750)",
@@ -69,6 +73,10 @@ def parse_args() -> argparse.Namespace:
         help="Adam's step size (default: SB3's 3e-4; with --policy controller, the ppo stage's)",
     )  # fmt: skip
     p.add_argument("--save", default=None, help="folder for the best C (--policy controller)")
+    p.add_argument(
+        "--save-agent", default=None,
+        help="SB3 zip to save the trained agent to (score it: dreamgym evaluate --agent ZIP)",
+    )  # fmt: skip
     p.add_argument("--check-every", type=int, default=500_000, help="steps between dream checks")
     p.add_argument("--check-trials", type=int, default=256, help="dreams per check")
     args = p.parse_args()
@@ -84,24 +92,6 @@ def parse_args() -> argparse.Namespace:
             args.log_std_init = stage.log_std_init
     args.learning_rate = args.learning_rate or 3e-4
     return args
-
-
-def score_in_real_game(act, env_id, world_model, episodes: int, seed: int) -> list[float]:
-    """Returns of ``episodes`` real-game episodes played by ``act(obs) -> action``."""
-    real = dreamgym.make_real(env_id, world_model=world_model)
-    returns = []
-    for episode in range(episodes):
-        obs, _ = real.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            action = act(obs)
-            obs, reward, terminated, truncated, _ = real.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-        print(f"  real episode {episode + 1}/{episodes}: {total:.0f}")
-    real.close()
-    return returns
 
 
 def main() -> None:
@@ -166,13 +156,15 @@ def main() -> None:
         def act(obs):
             return model.predict(obs, deterministic=True)[0]
 
+    if args.save_agent:
+        model.save(args.save_agent)
+        print(f"agent saved to {args.save_agent}")
     if args.episodes < 1:
         return
-    returns = score_in_real_game(act, args.env, wm, args.episodes, args.seed)
-    print(
-        f"{REAL[args.env]} over {len(returns)} episodes: "
-        f"{np.mean(returns):.0f} +- {np.std(returns):.0f}"
-    )
+    returns = score_real(act, args.env, args.episodes, args.seed, world_model=wm)
+    s = summary(returns)
+    ci = f" (95% CI {s['ci95'][0]:.0f} to {s['ci95'][1]:.0f})" if s["ci95"] else ""
+    print(f"{REAL[args.env]} over {len(returns)} episodes: {s['mean']:.0f} +- {s['std']:.0f}{ci}")
 
 
 if __name__ == "__main__":

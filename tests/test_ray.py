@@ -19,10 +19,11 @@ import torch
 
 from dreamgym import data, ray_pool
 from dreamgym.policy import controller_config, save_controller
+from dreamgym.pools import check_backend, open_pool
 from dreamgym.train import evaluate, evolve
 from dreamgym.train.collect import CollectConfig
 from dreamgym.train.collect import run as collect
-from dreamgym.workers import WorkerDiedError, _descendants, _start_time, check_backend, open_pool
+from dreamgym.workers import WorkerDiedError, _descendants, _start_time
 
 torch.set_num_threads(1)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -62,7 +63,7 @@ def test_nothing_imports_ray_until_a_ray_pool_opens():
     code = (
         "import sys, dreamgym, dreamgym.cli, dreamgym.rollouts, dreamgym.workers; "
         "from dreamgym.train import collect, evaluate, evolve, panel; dreamgym.cli._stages(); "
-        "from dreamgym.workers import check_backend; check_backend('local'); "
+        "from dreamgym.pools import check_backend; check_backend('local'); "
         "assert 'ray' not in sys.modules, 'ray was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=ENV, timeout=300)

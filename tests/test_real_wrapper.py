@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -13,6 +14,7 @@ from conftest import DREAM_IDS
 import dreamgym
 from dreamgym import shipped
 from dreamgym.games import ENV_IDS
+from dreamgym.vae import tensor_to_frames
 from dreamgym.world_model import WorldModelError
 
 GAME_IDS = ["DreamDoomTakeCover-v0", "DreamCarRacing-v0"]  # one per real game
@@ -143,3 +145,45 @@ def test_make_real_vec_runs_in_workers(real_id, real_wm):
             assert obs in venv.observation_space and reward.shape == (2,)
     finally:
         venv.close()
+
+
+@pytest.mark.parametrize("pixels", ["reconstructed", "raw"])
+def test_pixels_pass_check_env_in_the_dreams_pixel_space(real_id, real_wm, pixels):
+    from gymnasium.utils.env_checker import check_env
+
+    real = dreamgym.make_real(
+        real_id, world_model=real_wm, obs_mode="pixels", pixels=pixels, max_episode_steps=8
+    )
+    dream = gym.make(real_id, world_model=real_wm, obs_mode="pixels")
+    assert real.observation_space == dream.observation_space
+    assert real.observation_space == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    assert real.action_space == dream.action_space
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(real, skip_render_check=True)
+    # the checker only notes that make_real's env is a wrapper of the real game
+    assert [str(w.message) for w in caught if "unwrapped" not in str(w.message)] == []
+    latent = dreamgym.make_real(real_id, world_model=real_wm, max_episode_steps=8)
+    Z = real_wm.mdnrnn.config.z_dim
+    frames, z = [real.reset(seed=3)[0]], [latent.reset(seed=3)[0][:Z]]
+    for a in [real.action_space.sample() for _ in range(3)]:
+        frames.append(real.step(a)[0])
+        z.append(latent.step(a)[0][:Z])
+        assert frames[-1] in dream.observation_space
+        if pixels == "raw":  # the real frame itself
+            np.testing.assert_array_equal(frames[-1], real.frame)
+    if pixels == "reconstructed":  # V's decoding of the z the latent mode observes
+        with torch.no_grad():
+            decoded = tensor_to_frames(real_wm.vae.decode(torch.from_numpy(np.stack(z))))
+        np.testing.assert_array_equal(np.stack(frames), decoded)
+    real.close(), latent.close()
+
+
+def test_pixel_arguments_are_checked(world_models):
+    wm = world_models["doom_take_cover"]
+    with pytest.raises(ValueError, match="pixels: expected one of"):
+        dreamgym.make_real("DreamDoom-v0", world_model=wm, obs_mode="pixels", pixels="sharp")
+    with pytest.raises(ValueError, match="only with obs_mode='pixels'"):
+        dreamgym.make_real("DreamDoom-v0", world_model=wm, pixels="raw")
+    with pytest.raises(ValueError, match="obs_mode: expected one of"):
+        dreamgym.make_real("DreamDoom-v0", world_model=wm, obs_mode="rgb")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from dreamgym import data
 from dreamgym.games import get_game
+from dreamgym.pools import check_backend, open_pool
 from dreamgym.train.common import WORLD_MODEL_DIR, check_options, open_run, save_config
 from dreamgym.train.policies import (
     check_collect_policy,
@@ -25,7 +26,6 @@ from dreamgym.train.policies import (
     make_collect_policy,
     noisy_controller,
 )
-from dreamgym.workers import check_backend, open_pool
 
 
 @dataclass

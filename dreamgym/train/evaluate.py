@@ -1,7 +1,11 @@
-"""The evaluate stage: a trained controller's scores in the real game or the dream.
+"""The evaluate stage: a trained controller's scores in the real game or the dream,
+or any agent's scores in both.
 
 ``run(config, source)`` scores a controller with the evaluators of
-``dreamgym.rollouts`` and writes a JSON report (see ``format_table``).
+``dreamgym.rollouts`` and writes a JSON report (see ``format_table``). With
+``agent`` (``--agent PATH ...``: SB3 zips or controller folders) it scores each
+agent in dreams and real episodes with ``dreamgym.transfer`` and writes a
+transfer report per agent, and with ``plot`` draws them side by side.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from dreamgym import dream_core as dc
 from dreamgym._version import __version__
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
+from dreamgym.pools import check_backend
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
 from dreamgym.spaces import STARTS
 from dreamgym.train.common import WORLD_MODEL_DIR, check_options, set_threads, stage_folders
-from dreamgym.workers import check_backend
+from dreamgym.transfer import format_transfer, summary
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text
 
@@ -66,13 +71,31 @@ class EvaluateConfig:
     """Torch device of the dream."""
     threads: int | None = None
     """Torch threads of this process (None: torch's default)."""
+    agent: tuple[str, ...] = ()
+    """Agents to score in ``episodes`` dreams and as many real episodes each: SB3 zips
+    (``model.save``) or controller folders; the source then only gives the world model.
+    One transfer report each (``<zip stem>_transfer_tau<tau>.json`` beside a zip,
+    ``transfer_tau<tau>.json`` in a controller folder)."""
+    algo: str | None = None
+    """SB3 algorithm of the --agent zips: ppo, a2c, sac or td3 (None: read from the zip)."""
+    trust_agent: bool = False
+    """Load --agent zips with SB3's own load, which unpickles them (runs code from the
+    file), for agents the default loader cannot rebuild from their weights (a custom
+    policy or network): only for files you trust."""
+    obs_mode: str | None = None
+    """What --agent observes: latent or pixels (None: the zip's saved observation space)."""
+    pixels: str = "reconstructed"
+    """With pixels, the real game as V's reconstruction of each frame (reconstructed, what
+    the dream shows) or as its raw 64x64 frames (raw)."""
+    plot: str | None = None
+    """Image path (.png, .svg): dream and real scores of every --agent (and --reports)
+    side by side."""
+    reports: tuple[str, ...] = ()
+    """Transfer reports written before, drawn beside the --agent ones in --plot."""
 
 
-def resolve_source(source, controller: str | None = None, tau: float | None = None):
-    """(world-model folder, controller folder) of a run dir, an evolve dir or a model folder.
-
-    A game name means its shipped model folder.
-    """
+def _source_path(source) -> Path:
+    """``source`` as a path; a game name means its shipped model folder."""
     path = Path(source)
     if not path.exists():
         from dreamgym.games import GAMES
@@ -82,6 +105,27 @@ def resolve_source(source, controller: str | None = None, tau: float | None = No
         from dreamgym.shipped import shipped_dir
 
         path = shipped_dir(source)
+    return path
+
+
+def world_model_dir(source) -> Path:
+    """The world-model folder of a model folder, a run dir, a folder in a run, or a game."""
+    path = _source_path(source)
+    for folder in (path, path / WORLD_MODEL_DIR, path.parent / WORLD_MODEL_DIR):
+        if (folder / WM_CONFIG).is_file():
+            return folder
+    raise FileNotFoundError(
+        f"{path}: neither a model folder ({WM_CONFIG}, weights.safetensors) nor a run "
+        f"directory with a {WORLD_MODEL_DIR}/ (run fit-mdnrnn first)"
+    )
+
+
+def resolve_source(source, controller: str | None = None, tau: float | None = None):
+    """(world-model folder, controller folder) of a run dir, an evolve dir or a model folder.
+
+    A game name means its shipped model folder.
+    """
+    path = _source_path(source)
     if (path / WM_CONFIG).is_file():  # a model folder: world model and controller together
         return path, Path(controller) if controller else path
     if (path.parent / WORLD_MODEL_DIR / WM_CONFIG).is_file() and (path / CONFIG_FILE).is_file():
@@ -138,19 +182,26 @@ def _report_dir(ctrl_dir: Path, game: str) -> Path:
 def _check(config: EvaluateConfig) -> None:
     if config.episodes < 1:
         raise ValueError(f"episodes: expected an integer >= 1, got {config.episodes}")
-    if config.starts not in STARTS or (config.starts == "real" and not config.dream):
+    dreams = config.dream or bool(config.agent)
+    if config.starts not in STARTS or (config.starts == "real" and not dreams):
         raise ValueError(
             f"starts: expected one of {STARTS} ('real' with dream), got {config.starts!r}"
         )
     check_options(config, positive=("workers", "tau", "max_steps", "threads"))
     check_backend(config.backend, config.ray_address)
-    if config.dream and config.backend != "local":
+    if config.backend != "local" and dreams:
         raise ValueError(
-            "backend: the dream runs in this process; --backend ray is for the real game"
+            "backend: the dream and --agent run in this process; --backend ray is for the "
+            "real game of a controller"
         )
-    if config.dropout is not None and not config.dream:
+    if config.dropout is not None and not dreams:
         raise ValueError("dropout: the real game has no M to drop out of; use it with dream")
     dc.check_dropout(config.dropout)
+    agent_only = ("algo", "trust_agent", "obs_mode", "plot", "reports")
+    defaults = EvaluateConfig()
+    changed = [k for k in (*agent_only, "pixels") if getattr(config, k) != getattr(defaults, k)]
+    if changed and not config.agent:
+        raise ValueError(f"{changed[0]}: applies to --agent; pass at least one --agent")
 
 
 def _evaluator(config: EvaluateConfig, wm: WorldModel, wm_dir: Path, tau: float, controller):
@@ -171,9 +222,17 @@ def _evaluator(config: EvaluateConfig, wm: WorldModel, wm_dir: Path, tau: float,
     return evaluator, [config.seed]  # one generator draws every dream
 
 
-def run(config: EvaluateConfig, source) -> Path:
-    """Score a controller; write and return the JSON report (see ``format_table``)."""
+def run(config: EvaluateConfig, source) -> Path | list[Path]:
+    """Score a controller; write and return the JSON report (see ``format_table``).
+
+    With ``config.agent``: score every agent (``run_agents``) and return the list of
+    their reports (and the plot's path, last, with ``plot``).
+    """
     _check(config)
+    if config.agent:
+        from dreamgym.train.transfer import run_agents
+
+        return run_agents(config, world_model_dir(source))
     set_threads(config.threads)
     wm_dir, ctrl_dir = resolve_source(source, config.controller, config.tau)
     wm = WorldModel.load(wm_dir)  # names the file of a broken or diverged world model
@@ -204,11 +263,7 @@ def run(config: EvaluateConfig, source) -> Path:
         "dropout": (wm.dropout if config.dropout is None else config.dropout) if dream else None,
         "trained_tau": info.get("tau"),
         "episodes": config.episodes,
-        "mean": float(returns.mean()),
-        "std": float(returns.std()),
-        "min": float(returns.min()),
-        "max": float(returns.max()),
-        "returns": [float(r) for r in returns],
+        **summary(returns),  # mean, std, ci95, min, max, returns
         "seeds": seeds,
         "max_steps": config.max_steps or spec.max_episode_steps,
         "wall_seconds": round(time.time() - t0, 3),
@@ -228,6 +283,8 @@ def format_table(result: dict | str | Path) -> str:
     """A printable table of an evaluation report (the dict, or the JSON file)."""
     if not isinstance(result, dict):
         result = json.loads(Path(result).read_text())
+    if result.get("mode") == "transfer":
+        return format_transfer(result)
     where = "real game" if result["mode"] == "real" else f"dream, tau {result['tau']:g}"
     if result.get("starts") == "real":
         where += ", real starts"
@@ -238,6 +295,11 @@ def format_table(result: dict | str | Path) -> str:
         ("trained at tau", "-" if result.get("trained_tau") is None else result["trained_tau"]),
         ("episodes", result["episodes"]),
         ("mean ± std", f"{result['mean']:.1f} ± {result['std']:.1f}"),
+        *(
+            [("95% CI of the mean", "{:.1f} to {:.1f}".format(*result["ci95"]))]
+            if result.get("ci95")
+            else []
+        ),
         ("min / max", f"{result['min']:.1f} / {result['max']:.1f}"),
         ("wall time", f"{result['wall_seconds']:.1f} s"),
     ]
@@ -245,4 +307,4 @@ def format_table(result: dict | str | Path) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-__all__ = ["EvaluateConfig", "run", "format_table"]
+__all__ = ["EvaluateConfig", "run", "format_table", "world_model_dir", "resolve_source"]

@@ -33,13 +33,13 @@ from dreamgym._io import METRICS_FILE, log_metrics
 from dreamgym.cmaes import CMAES
 from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.policy import WEIGHTS_FILE, controller_config, read_controller, save_controller
+from dreamgym.pools import check_backend
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
 from dreamgym.spaces import check_tau
 from dreamgym.starts import RealStarts
 from dreamgym.train import provenance, search
 from dreamgym.train.common import LATENTS, save_checkpoint, set_threads
 from dreamgym.train.encode import load_latents
-from dreamgym.workers import check_backend
 from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel
 

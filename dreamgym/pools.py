@@ -1,0 +1,44 @@
+"""Where real-game workers run: ``local`` processes (``dreamgym.workers.GamePool``) or
+actors on a Ray cluster (``dreamgym.ray_pool.RayPool``), behind one function."""
+
+from __future__ import annotations
+
+from dreamgym.ray_pool import RayPool, check_address, import_ray
+from dreamgym.workers import GamePool
+
+BACKENDS = ("local", "ray")
+"""Where real-game workers run: processes on this machine, or actors on a Ray cluster."""
+
+
+def check_backend(backend: str, ray_address: str | None = None) -> None:
+    """A known backend, an address only with ``ray`` (one that answers), and Ray
+    installed for ``ray``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if ray_address is not None and backend != "ray":
+        raise ValueError("--ray-address: a Ray cluster's address goes with --backend ray")
+    if ray_address is not None and not str(ray_address).strip():
+        raise ValueError("--ray-address: expected HOST:PORT of a Ray cluster, got an empty string")
+    if backend == "ray":
+        try:
+            import_ray()
+        except ImportError as e:
+            raise ValueError(str(e)) from None
+        if ray_address is not None:
+            check_address(ray_address)
+
+
+def open_pool(
+    backend: str, workers: int, initializer, initargs=(), poll: float = 1.0,
+    ray_address: str | None = None,
+):  # fmt: skip
+    """A pool of ``workers`` real-game workers, each set up by ``initializer(*initargs)``:
+    ``GamePool`` (``local``) or ``RayPool`` (``ray``, on the cluster at ``ray_address``,
+    None: a local Ray). Both have ``submit``, ``wait_first`` and ``close``."""
+    check_backend(backend, ray_address)
+    if backend == "local":
+        return GamePool(workers, initializer, initargs, poll)
+    return RayPool(workers, initializer, initargs, poll, address=ray_address)
+
+
+__all__ = ["BACKENDS", "check_backend", "open_pool"]
