@@ -32,8 +32,9 @@ import gymnasium as gym
 import numpy as np
 
 import dreamgym
+from dreamgym.reports import summary
 from dreamgym.sb3 import as_vec_env
-from dreamgym.transfer import score_real, summary
+from dreamgym.transfer import score_real
 
 REAL = {
     "DreamDoom-v0": "real VizDoom (random policy ~210, solved: 750)",

@@ -18,7 +18,8 @@ from conftest import tiny_world_model
 from dreamgym import cli
 from dreamgym.agents import AgentError, load_agent
 from dreamgym.policy import controller_config, save_controller
-from dreamgym.transfer import score_dreams, score_transfer, summary, t_quantile
+from dreamgym.reports import summary, t_quantile
+from dreamgym.transfer import score_dreams, score_transfer
 
 pytest.importorskip("stable_baselines3")
 from stable_baselines3 import PPO  # noqa: E402
@@ -150,6 +151,22 @@ def test_a_callable_scores_the_same_in_two_runs(world_models):
     assert batched.tolist() == first["dream"]["returns"]
     with pytest.raises(ValueError, match="does not pickle"):
         score_transfer(lambda obs: car_policy(obs), "DreamCarRacing-v0", workers=2, **kwargs)
+
+
+def test_scoring_runs_with_one_torch_thread_and_restores_the_count(world_models):
+    seen = []
+
+    def policy(obs):
+        seen.append(torch.get_num_threads())
+        return car_policy(obs)
+
+    torch.set_num_threads(2)
+    try:
+        score_transfer(policy, "DreamCarRacing-v0", 1, world_model=world_models["car_racing"],
+                       max_steps=3)  # fmt: skip
+        assert set(seen) == {1} and len(seen) >= 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
 
 
 class Touch:

@@ -22,10 +22,10 @@ from dreamgym._version import __version__
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.pools import check_backend
+from dreamgym.reports import format_transfer, summary
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
 from dreamgym.spaces import STARTS
 from dreamgym.train.common import WORLD_MODEL_DIR, check_options, set_threads, stage_folders
-from dreamgym.transfer import format_transfer, summary
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import WorldModel, atomic_write_text
 
@@ -70,7 +70,8 @@ class EvaluateConfig:
     device: str = "cpu"
     """Torch device of the dream."""
     threads: int | None = None
-    """Torch threads of this process (None: torch's default)."""
+    """Torch threads of this process (None: torch's default; with --agent, 1, the fastest
+    for the dreams' small per-step batches on a shared machine)."""
     agent: tuple[str, ...] = ()
     """Agents to score in ``episodes`` dreams and as many real episodes each: SB3 zips
     (``model.save``) or controller folders; the source then only gives the world model.

@@ -15,15 +15,9 @@ from tqdm import tqdm
 
 from dreamgym.agents import ALGOS, Agent
 from dreamgym.games import GameSpec, get_game
+from dreamgym.reports import plot_transfer, read_report, write_report
 from dreamgym.spaces import PIXELS, check_choice
-from dreamgym.train.common import set_threads
-from dreamgym.transfer import (
-    load_agent_for,
-    plot_transfer,
-    read_report,
-    score_transfer,
-    write_report,
-)
+from dreamgym.transfer import load_agent_for, score_transfer
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
 from dreamgym.world_model import read_json
 
@@ -72,7 +66,6 @@ def run_agents(config, wm_dir: Path) -> list[Path]:
                        config.algo, config.trust_agent)
         for a in config.agent
     ]  # fmt: skip
-    set_threads(config.threads)
     written, reports = [], []
     for agent in agents:
         tau = config.tau if config.tau is not None else agent.info.get("tau") or spec.default_tau
@@ -82,7 +75,7 @@ def run_agents(config, wm_dir: Path) -> list[Path]:
             agent, spec.dream_id, config.episodes, config.seed, str(wm_dir), tau,
             max_steps=config.max_steps, starts=config.starts, dropout=config.dropout,
             pixels=config.pixels, workers=config.workers, progress=bar.update,
-            device=config.device,
+            device=config.device, threads=config.threads or 1,
         )  # fmt: skip
         bar.close()
         report["config"] = asdict(config)
