@@ -95,7 +95,7 @@ def test_sigkill_during_ppo_then_rerun_continues_from_the_last_check(tmp_path):
     )
     _, values = load_checkpoint(out / ppo.CHECKPOINT)
     done = values["timesteps"]
-    assert done >= 512
+    assert done >= 256  # a kill between the third check's row and its checkpoint leaves 256
     ppo.run(tiny_ppo(timesteps=done + 512), run_dir)
     steps = [r["timesteps"] for r in rows(out)]
     assert steps[-2:] == [done + 256, done + 512]  # on from the last check, not from 0
