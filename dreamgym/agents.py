@@ -243,9 +243,8 @@ def _rebuild(path: Path, data: dict, algo: str, obs_space: spaces.Box, act_space
         kwargs["use_sde"] = bool(data.get("use_sde", False))
     try:
         with zipfile.ZipFile(path) as archive:
-            state = torch.load(
-                io.BytesIO(archive.read("policy.pth")), map_location="cpu", weights_only=True
-            )
+            weights = io.BytesIO(archive.read("policy.pth"))
+            state = torch.load(weights, weights_only=True, map_location="cpu")
         policy = policy_cls(obs_space, act_space, lambda _: 0.0, **kwargs)
         policy.load_state_dict(state)  # strict: every tensor must fit
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, pickle.PickleError) as e:
