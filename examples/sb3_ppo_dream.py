@@ -1,18 +1,20 @@
-"""Train PPO (Stable-Baselines3) entirely inside a dream, then score it in the real game.
+"""Train an SB3 agent (PPO or A2C) entirely inside a dream, then score it in the real game.
 
     pip install 'dreamgym[doom,carracing,sb3]'
-    python examples/sb3_ppo_dream.py --timesteps 200000 --num-envs 64 --episodes 20
-    python examples/sb3_ppo_dream.py --env DreamCarRacing-v0 --starts real \\
-        --max-episode-steps 250 --timesteps 10000000 --episodes 100
+    python examples/sb3_ppo_dream.py                        # Doom: PPO MlpPolicy from scratch
+    python examples/sb3_ppo_dream.py --env DreamCarRacing-v0 # CarRacing: the same, its recipe
+    python examples/sb3_ppo_dream.py --algo a2c              # A2C through the same adapter
     # PPO refines the shipped CMA-ES controller itself; the best C (by dream score) is saved
     python examples/sb3_ppo_dream.py --env DreamCarRacing-v0 --starts real \\
         --max-episode-steps 250 --init car_racing --save runs/ppo_c --timesteps 5000000
 
-The dreams step as one batched tensor computation (``gym.make_vec`` with the
-native ``DreamVectorEnv``), wrapped for SB3 by ``dreamgym.sb3.as_vec_env``. The
-trained policy then plays ``dreamgym.make_real(ENV)``, the real game seen through
-the same V and M, so it runs unchanged. ``--starts real`` starts each dream from
-a real state of a recorded drive (the CarRacing world model's bank).
+Each game has a recipe (``RECIPES``: dreams, rollout length, minibatch, epochs, the
+noise's initial log std, steps, dream starts and length); a flag overrides one of
+its values. The dreams step as one batched tensor computation (``gym.make_vec``
+with the native ``DreamVectorEnv``), wrapped for SB3 by ``dreamgym.sb3.as_vec_env``.
+The trained policy then plays ``dreamgym.make_real(ENV)``, the real game seen
+through the same V and M, so it runs unchanged. ``--starts real`` starts each dream
+from a real state of a recorded drive (the CarRacing world model's bank).
 
 ``--policy controller`` (implied by ``--init``) trains the paper's C itself with
 PPO (``dreamgym.sb3.ControllerActorCritic``): ``--init`` starts it from a trained
@@ -27,6 +29,7 @@ seed ``--seed`` + i.
 from __future__ import annotations
 
 import argparse
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -40,23 +43,39 @@ REAL = {
     "DreamDoom-v0": "real VizDoom (random policy ~210, solved: 750)",
     "DreamCarRacing-v0": "real CarRacing-v3 (solved: 900)",
 }
+RECIPES = {  # SB3's defaults except these; measured in docs/agents.md
+    "DreamDoom-v0": dict(
+        num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=0.0,
+        timesteps=2_000_000, starts="first", max_episode_steps=None,
+    ),
+    "DreamCarRacing-v0": dict(
+        num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=-1.0,
+        timesteps=2_000_000, starts="real", max_episode_steps=250,
+    ),
+}  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="DreamDoom-v0", choices=sorted(REAL), help="dream id")
+    p.add_argument("--algo", default="ppo", choices=["ppo", "a2c"], help="SB3 algorithm")
     p.add_argument(
         "--world-model", default=None, help="world-model folder (default: the shipped weights)"
     )
-    p.add_argument("--timesteps", type=int, default=200_000, help="PPO steps in the dream")
-    p.add_argument("--num-envs", type=int, default=64, help="dreams stepped as one batch")
+    p.add_argument("--timesteps", type=int, help="steps in the dream (default: the recipe's)")
+    p.add_argument("--num-envs", type=int, help="dreams stepped as one batch (recipe's)")
+    p.add_argument("--n-steps", type=int, help="steps per dream between updates (recipe's)")
+    p.add_argument("--batch-size", type=int, help="PPO's minibatch (recipe's)")
+    p.add_argument("--n-epochs", type=int, help="PPO's epochs per update (recipe's)")
     p.add_argument("--episodes", type=int, default=20, help="real episodes to score (0: none)")
     p.add_argument("--tau", type=float, default=None, help="dream temperature (default: the id's)")
-    p.add_argument("--starts", default="first", choices=["first", "real"], help="dream starts")
-    p.add_argument(
-        "--max-episode-steps", type=int, default=None, help="dream length (default: the game's)"
-    )
+    p.add_argument("--starts", choices=["first", "real"], help="dream starts (recipe's)")
+    p.add_argument("--max-episode-steps", type=int, help="dream length (recipe's; none: game's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (1: batches of a few dozen dreams step fastest on one)",
+    )  # fmt: skip
     p.add_argument(
         "--policy", default=None, choices=["mlp", "controller"],
         help="SB3's MlpPolicy or the paper's C as PPO's actor (default: mlp; controller "
@@ -66,12 +85,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=0, help="hidden tanh units of a new C")
     p.add_argument(
         "--log-std-init", type=float, default=None,
-        help="initial log std of PPO's noise (default: SB3's; with --policy controller, "
+        help="initial log std of the noise (default: the recipe's; with --policy controller, "
         "the ppo stage's)",
     )  # fmt: skip
     p.add_argument(
         "--learning-rate", type=float, default=None,
-        help="Adam's step size (default: SB3's 3e-4; with --policy controller, the ppo stage's)",
+        help="Adam's step size (default: SB3's; with --policy controller, the ppo stage's)",
     )  # fmt: skip
     p.add_argument("--save", default=None, help="folder for the best C (--policy controller)")
     p.add_argument(
@@ -84,6 +103,8 @@ def parse_args() -> argparse.Namespace:
     args.policy = args.policy or ("controller" if args.init else "mlp")
     if args.policy == "mlp" and (args.init or args.save or args.hidden):
         p.error("--init, --save and --hidden need --policy controller")
+    if args.policy == "controller" and args.algo != "ppo":
+        p.error("--policy controller trains with --algo ppo")
     if args.policy == "controller":  # the recipe of `dreamgym ppo` (PPOConfig's defaults)
         from dreamgym.train.ppo import PPOConfig
 
@@ -91,15 +112,37 @@ def parse_args() -> argparse.Namespace:
         args.learning_rate = args.learning_rate or stage.learning_rate
         if args.log_std_init is None:
             args.log_std_init = stage.log_std_init
-    args.learning_rate = args.learning_rate or 3e-4
+    for key, value in RECIPES[args.env].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     return args
+
+
+def make_model(args, venv, policy_kwargs):
+    """The SB3 model of ``args.algo`` on ``venv`` with the recipe's hyperparameters."""
+    from stable_baselines3 import A2C, PPO  # optional dependency: pip install 'dreamgym[sb3]'
+
+    from dreamgym.sb3 import ControllerActorCritic
+
+    common = dict(policy_kwargs=policy_kwargs, seed=args.seed, device="cpu", verbose=0)
+    if args.learning_rate is not None:
+        common["learning_rate"] = args.learning_rate
+    if args.algo == "a2c":  # SB3's A2C defaults: 5 steps per dream between updates
+        return A2C("MlpPolicy", venv, **common)
+    policy = ControllerActorCritic if args.policy == "controller" else "MlpPolicy"
+    return PPO(
+        policy, venv, n_steps=args.n_steps, batch_size=args.batch_size,
+        n_epochs=args.n_epochs, **common,
+    )  # fmt: skip
 
 
 def main() -> None:
     args = parse_args()
-    from stable_baselines3 import PPO  # optional dependency: pip install 'dreamgym[sb3]'
+    import torch
 
-    from dreamgym.sb3 import ControllerActorCritic, DreamCheckpoint, set_controller
+    from dreamgym.sb3 import DreamCheckpoint, set_controller
+
+    torch.set_num_threads(args.threads)
 
     kwargs = {"tau": args.tau} if args.tau is not None else {}
     if args.max_episode_steps is not None:
@@ -109,9 +152,7 @@ def main() -> None:
     )
     wm = dreams.unwrapped.world_model
     init = dreamgym.load_controller(args.init) if args.init else None
-    policy_kwargs, callback = {}, None
-    if args.log_std_init is not None:
-        policy_kwargs["log_std_init"] = args.log_std_init
+    policy_kwargs, callback = {"log_std_init": args.log_std_init}, None
     if args.policy == "controller":
         cfg = init.controller.config if init else None
         hidden = cfg.hidden if cfg else args.hidden
@@ -126,27 +167,22 @@ def main() -> None:
         )  # fmt: skip
     else:
         venv = as_vec_env(dreams)
-    n_steps = max(16, 2048 // args.num_envs)  # about 2048 transitions per update
-    model = PPO(
-        ControllerActorCritic if args.policy == "controller" else "MlpPolicy",
-        venv,
-        learning_rate=args.learning_rate,
-        n_steps=n_steps,
-        batch_size=min(2048, n_steps * args.num_envs),
-        policy_kwargs=policy_kwargs,
-        seed=args.seed,
-        device="cpu",
-        verbose=1,
-    )
+    model = make_model(args, venv, policy_kwargs)
     if init is not None:
         set_controller(model.policy, init.params)
-    model.learn(total_timesteps=args.timesteps, callback=callback)
+    start = time.perf_counter()
+    callbacks = [progress_bar(args.timesteps)] + ([callback] if callback else [])
+    model.learn(total_timesteps=args.timesteps, callback=callbacks)
+    minutes = (time.perf_counter() - start) / 60
     dream_returns = [ep["r"] for ep in model.ep_info_buffer]
+    print(f"{model.num_timesteps:,} steps in {minutes:.1f} min", end="")
     if dream_returns:
         print(
-            f"dream (last {len(dream_returns)} episodes, tau {dreams.unwrapped.tau}): "
-            f"{np.mean(dream_returns):.0f} +- {np.std(dream_returns):.0f}"
+            f"; dream (last {len(dream_returns)} episodes, tau {dreams.unwrapped.tau}): "
+            f"{np.mean(dream_returns):.0f} +- {np.std(dream_returns):.0f}",
+            end="",
         )
+    print()
 
     if args.policy == "controller":  # the best C by dream score, as saved
         best = dreamgym.load_controller(callback.folder)
@@ -166,6 +202,27 @@ def main() -> None:
     s = summary(returns)
     ci = f" (95% CI {s['ci95'][0]:.0f} to {s['ci95'][1]:.0f})" if s["ci95"] else ""
     print(f"{REAL[args.env]} over {len(returns)} episodes: {s['mean']:.0f} +- {s['std']:.0f}{ci}")
+
+
+def progress_bar(total: int):
+    """A tqdm bar over the steps SB3 takes (SB3's own needs the ``rich`` package)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm import tqdm
+
+    class Bar(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.bar = tqdm(
+                total=total, unit="step", unit_scale=True, desc="dream steps", mininterval=2
+            )
+
+        def _on_step(self) -> bool:
+            self.bar.update(self.training_env.num_envs)
+            return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    return Bar()
 
 
 if __name__ == "__main__":
