@@ -190,3 +190,28 @@ def test_dream_checkpoint_keeps_the_best_c(world_models, tmp_path):
         DreamCheckpoint(
             wm.__class__.create("car_racing", n_bank=2, hidden=8), tmp_path, 1, starts="real"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_the_sb3_example_trains_its_recipe_and_saves_an_agent_that_loads(algo, tmp_path):
+    """examples/sb3_ppo_dream.py as documented, with tiny sizes: PPO and A2C through one adapter."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dreamgym.agents import load_agent
+
+    script = Path(__file__).parents[1] / "examples" / "sb3_ppo_dream.py"
+    zip_path = tmp_path / f"{algo}.zip"
+    args = ["--algo", algo, "--timesteps", "64", "--num-envs", "4", "--n-steps", "16",
+            "--batch-size", "32", "--episodes", "0", "--save-agent", str(zip_path)]  # fmt: skip
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "steps in" in out.stdout and f"agent saved to {zip_path}" in out.stdout
+    env = gym.make("DreamDoom-v0")
+    agent = load_agent(zip_path, env.observation_space, env.action_space)
+    assert agent.algo == algo
+    action = agent(env.reset(seed=0)[0])
+    assert env.action_space.contains(np.asarray(action, np.float32).reshape(1))
