@@ -196,16 +196,49 @@ class GameSpec:
     """Frames per second of the game's renders (gifs, ``render_mode``)."""
     run_dir: str | None = None
     """Where the shipped model's recipe keeps its run (None: ``runs/<name>``)."""
+    discrete: int = 0
+    """The number of actions of a ``Discrete(n)`` game (M reads the one-hot of the executed
+    action, C acts by the argmax of its n outputs); 0: a continuous ``Box`` game."""
+    source: str | None = None
+    """How a fresh process rebuilds this spec (``dreamgym.envs.resolve_game``): a Gymnasium
+    id or ``module:object``. Saved runs and folders record it beside the name; None for
+    the games that ship with dreamgym."""
+
+    def __reduce_ex__(self, protocol):
+        # A user's game travels to worker processes as its source, and is registered there.
+        if self.source is None:
+            return super().__reduce_ex__(protocol)
+        from dreamgym.envs import resolve_game
+
+        return (resolve_game, (self.source,))
+
+    def replace(self, **changes) -> GameSpec:
+        """A copy with ``changes`` (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def action_dim(self) -> int:
-        return len(self.action_low)
+        """Width of the action M reads: the Box's size, or n (the one-hot) when discrete."""
+        return self.discrete or len(self.action_low)
 
     @property
-    def action_space(self) -> spaces.Box:
+    def env_action_dim(self) -> int:
+        """Width of an action as shards and dreamgym's tensors hold it: the Box's size, or 1
+        (the action's index) when discrete."""
+        return 1 if self.discrete else len(self.action_low)
+
+    @property
+    def action_space(self) -> spaces.Box | spaces.Discrete:
+        if self.discrete:
+            return spaces.Discrete(self.discrete)
         return spaces.Box(
             np.array(self.action_low, np.float32), np.array(self.action_high, np.float32)
         )
+
+    def env_action(self, action: torch.Tensor) -> torch.Tensor:
+        """An action tensor (..., env_action_dim) as the env takes it: (...,) int64 indices
+        when discrete, unchanged otherwise."""
+        return action[..., 0].long() if self.discrete else action
 
     @property
     def models_reward(self) -> bool:
@@ -276,6 +309,26 @@ def get_game(name: str) -> GameSpec:
         raise ValueError(f"game: unknown game {name!r}; expected one of {sorted(GAMES)}") from None
 
 
+def register_game(spec: GameSpec) -> GameSpec:
+    """Add a user's game to ``GAMES`` (and its dream id to ``ENV_IDS``); returns the spec
+    registered under its name. Registering the same spec again is a no-op; another spec
+    under a name or dream id already taken is an error."""
+    if not isinstance(spec, GameSpec):
+        raise TypeError(f"spec: expected a GameSpec, got {type(spec).__name__}")
+    known = GAMES.get(spec.name)
+    if known is not None:
+        if known == spec or (known.source is not None and known.source == spec.source):
+            return known
+        raise ValueError(f"spec: a game named {spec.name!r} is already registered; pick a name")
+    for env_id in (spec.dream_id, *spec.aliases):
+        if env_id in ENV_IDS:
+            raise ValueError(f"spec: dream id {env_id!r} already belongs to {ENV_IDS[env_id]!r}")
+    GAMES[spec.name] = spec
+    for env_id in (spec.dream_id, *spec.aliases):
+        ENV_IDS[env_id] = spec.name
+    return spec
+
+
 def make_game(name: str, **kwargs) -> gym.Env:
     """The real game with 64x64x3 uint8 observations and the dream's action space."""
     return get_game(name).make_real(**kwargs)
@@ -286,6 +339,7 @@ __all__ = [
     "GAMES",
     "ENV_IDS",
     "get_game",
+    "register_game",
     "make_game",
     "resize_frame",
     "DoomTakeCoverEnv",
