@@ -38,8 +38,8 @@ def scaled_presets(spec: GameSpec) -> dict[str, dict]:
     seq = min(limit, 300)
     return {
         "tiny": {
-            "collect": {"episodes": 3, "workers": 2, "max_steps": min(limit, 60), "min_frames": 0},
-            "fit_vae": {"epochs": 0.5, "batch_size": 16, "checkpoint_every": 5},
+            "collect": {"episodes": 4, "workers": 2, "max_steps": min(limit, 60), "min_frames": 0},
+            "fit_vae": {"epochs": 2.0, "batch_size": 8, "checkpoint_every": 5},
             "encode": {"batch_size": 64},
             "fit_mdnrnn": {"hidden": 16, "steps": 3, "batch_size": 4, "seq_len": min(limit, 40),
                            "checkpoint_every": 2},
