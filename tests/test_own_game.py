@@ -131,6 +131,7 @@ def test_bad_games_fail_in_one_line(registry):
         resolve_game("no_such_module:x")
     with pytest.raises(ValueError, match="expected a GameSpec"):
         resolve_game("test_own_game:TinyCatch.metadata")
+
     class Pairs(TinyCatch):
         def __init__(self, render_mode=None):
             super().__init__(render_mode)
@@ -225,5 +226,7 @@ def test_own_game_end_to_end_through_cli(registry, tmp_path):
     action = policy(obs)
     assert action.shape == () and real.action_space.contains(action)
     real.step(action)
-    out = cli("evaluate", dest, "--episodes", "3", "--workers", "1", "--output", tmp_path / "r.json")
+    out = cli(
+        "evaluate", dest, "--episodes", "3", "--workers", "1", "--output", tmp_path / "r.json"
+    )
     assert len(json.loads((tmp_path / "r.json").read_text())["returns"]) == 3, out.stdout
