@@ -330,6 +330,27 @@ def game_from_config(cfg: dict, where: str = "config") -> GameSpec:
     return spec
 
 
+def random_returns(game: str | GameSpec, episodes: int = 100, seed: int = 0) -> np.ndarray:
+    """The real game's returns under the uniform random policy: episode i on game seed
+    ``seed + i``, its actions drawn from the action space seeded with ``seed + i`` too;
+    the baseline a controller trained in the dream must beat."""
+    spec = resolve_game(game)
+    env = spec.make_real(max_episode_steps=spec.max_episode_steps)
+    out = np.zeros(episodes)
+    try:
+        for i in range(episodes):
+            env.reset(seed=seed + i)
+            env.action_space.seed(seed + i)
+            done = False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                out[i] += reward
+                done = terminated or truncated
+    finally:
+        env.close()
+    return out
+
+
 def game_record(spec: GameSpec) -> dict:
     """What saved files record of a game: its name, and its source when it has one."""
     return {"game": spec.name, **({"game_source": spec.source} if spec.source else {})}
@@ -337,5 +358,5 @@ def game_record(spec: GameSpec) -> dict:
 
 __all__ = [
     "PixelFrames", "make_pixel_game", "game_spec", "resolve_game", "game_from_config",
-    "game_record", "argmax_action", "one_hot_action", "scale_action", "is_image",
+    "game_record", "random_returns", "argmax_action", "one_hot_action", "scale_action", "is_image",
 ]  # fmt: skip

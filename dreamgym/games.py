@@ -326,7 +326,23 @@ def register_game(spec: GameSpec) -> GameSpec:
     GAMES[spec.name] = spec
     for env_id in (spec.dream_id, *spec.aliases):
         ENV_IDS[env_id] = spec.name
+        if env_id not in gym.registry:  # gym.make needs world_model=FOLDER until register()
+            register_dream_id(env_id, spec)
     return spec
+
+
+def register_dream_id(env_id: str, spec: GameSpec, **kwargs) -> None:
+    """Register ``env_id`` with Gymnasium as the dream of ``spec`` (``DreamEnv`` and its
+    vector entry point), replacing an earlier registration; ``kwargs`` go to the env."""
+    if env_id in gym.registry:
+        del gym.registry[env_id]
+    gym.register(
+        id=env_id,
+        entry_point="dreamgym.dream:DreamEnv",
+        vector_entry_point="dreamgym.dream:DreamVectorEnv",
+        max_episode_steps=spec.max_episode_steps,
+        kwargs={"game": spec.name, "tau": spec.default_tau, **kwargs},
+    )
 
 
 def make_game(name: str, **kwargs) -> gym.Env:
@@ -340,6 +356,7 @@ __all__ = [
     "ENV_IDS",
     "get_game",
     "register_game",
+    "register_dream_id",
     "make_game",
     "resize_frame",
     "DoomTakeCoverEnv",

@@ -25,7 +25,7 @@ from pathlib import Path
 import gymnasium as gym
 
 from dreamgym.envs import game_from_config
-from dreamgym.games import ENV_IDS
+from dreamgym.games import ENV_IDS, register_dream_id
 from dreamgym.world_model import CONFIG_FILE, WorldModelError, read_json
 
 MODELS_VARIABLE = "DREAMGYM_MODELS"
@@ -52,27 +52,20 @@ def register(
     env_id = dream_id or cfg.get("dream_id") or spec.dream_id
     if not isinstance(env_id, str) or not env_id.endswith(tuple(f"-v{i}" for i in range(10))):
         raise ValueError(f"dream_id: expected an id like 'DreamPong-v0', got {env_id!r}")
-    kwargs = {
-        "game": spec.name,
-        "world_model": str(path),
-        "tau": spec.default_tau if tau is None else tau,
-    }
+    kwargs = {"world_model": str(path), "tau": spec.default_tau if tau is None else tau}
     if env_id in gym.registry:
-        if gym.spec(env_id).kwargs == kwargs:
+        known = gym.spec(env_id).kwargs
+        if known == {"game": spec.name, **kwargs}:
             return env_id
-        raise ValueError(
-            f"dream_id: {env_id!r} is already registered (world model "
-            f"{gym.spec(env_id).kwargs.get('world_model', 'shipped')}); pass another dream_id"
-        )
+        # a user's game is registered without a folder until one is given; anything else stays
+        if spec.source is None or "world_model" in known or ENV_IDS.get(env_id) != spec.name:
+            raise ValueError(
+                f"dream_id: {env_id!r} is already registered (world model "
+                f"{known.get('world_model', 'shipped')}); pass another dream_id"
+            )
     if ENV_IDS.get(env_id, spec.name) != spec.name:
         raise ValueError(f"dream_id: {env_id!r} belongs to game {ENV_IDS[env_id]!r}")
-    gym.register(
-        id=env_id,
-        entry_point="dreamgym.dream:DreamEnv",
-        vector_entry_point="dreamgym.dream:DreamVectorEnv",
-        max_episode_steps=spec.max_episode_steps,
-        kwargs=kwargs,
-    )
+    register_dream_id(env_id, spec, **kwargs)
     ENV_IDS[env_id] = spec.name
     return env_id
 
