@@ -5,6 +5,11 @@ preprocessed 64x64x3 uint8 frame and whose action space is the one the dream
 uses. Everything game-specific that the rest of dreamgym needs (sizes, episode
 limit, how the controller's tanh output becomes an action, which action M sees,
 what M must model) lives in the spec.
+
+``GAMES`` holds the two shipped games and every game registered since
+(``register_game``; ``dreamgym.game_spec`` derives a spec from any Gymnasium env
+with pixels, and ``dreamgym.envs.resolve_game`` registers it by id or
+``module:object``).
 """
 
 from __future__ import annotations
@@ -161,7 +166,10 @@ def _car_action(y: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class GameSpec:
     """One game: its real env, frame preprocessing, action mapping, and the sizes and
-    limits its world model and dream use."""
+    limits its world model and dream use.
+
+    For a game of your own, ``dreamgym.game_spec(env_id_or_factory, **overrides)``
+    fills every field from the env (see ``dreamgym.envs``); ``replace`` changes any."""
 
     name: str
     """Game name used by the CLI, configs and model folders."""

@@ -26,6 +26,7 @@ import gymnasium as gym
 
 from dreamgym.envs import game_from_config
 from dreamgym.games import ENV_IDS, register_dream_id
+from dreamgym.shipped import shipped_dir
 from dreamgym.world_model import CONFIG_FILE, WorldModelError, read_json
 
 MODELS_VARIABLE = "DREAMGYM_MODELS"
@@ -57,8 +58,10 @@ def register(
         known = gym.spec(env_id).kwargs
         if known == {"game": spec.name, **kwargs}:
             return env_id
-        # a user's game is registered without a folder until one is given; anything else stays
-        if spec.source is None or "world_model" in known or ENV_IDS.get(env_id) != spec.name:
+        # a user's game is registered without a folder until one is given; a dream of
+        # another folder, or of the weights that ship with dreamgym, stays
+        shipped = (shipped_dir(spec) / CONFIG_FILE).is_file()
+        if shipped or "world_model" in known or ENV_IDS.get(env_id) != spec.name:
             raise ValueError(
                 f"dream_id: {env_id!r} is already registered (world model "
                 f"{known.get('world_model', 'shipped')}); pass another dream_id"
