@@ -26,7 +26,7 @@ import gymnasium as gym
 
 from dreamgym.envs import game_from_config
 from dreamgym.games import ENV_IDS, register_dream_id
-from dreamgym.shipped import shipped_dir
+from dreamgym.shipped import models_root, shipped_dir
 from dreamgym.world_model import CONFIG_FILE, WorldModelError, read_json
 
 MODELS_VARIABLE = "DREAMGYM_MODELS"
@@ -38,12 +38,17 @@ def register(
 ) -> str:
     """Register the dream of the world-model folder ``folder``; returns its Gymnasium id.
 
+    ``folder`` may also name a folder of ``models/`` that ships with dreamgym (a game
+    whose package is an optional extra, so its dream is registered on request).
+
     ``dream_id``: the id (default: the folder config's ``dream_id``, else the game's,
     ``Dream<Name>-v0``); ``tau``: the temperature ``gym.make`` defaults to (default:
     the game's). Registering the same folder under the same id again is a no-op; an
     id already registered otherwise is an error, and nothing is registered.
     """
     path = Path(folder).resolve()
+    if not path.is_dir() and (models_root() / str(folder)).is_dir():
+        path = models_root() / str(folder)  # a world model that ships with dreamgym, by name
     if not path.is_dir():
         raise WorldModelError(f"{folder}: world-model folder not found")
     cfg = read_json(path / CONFIG_FILE)

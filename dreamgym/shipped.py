@@ -28,6 +28,11 @@ def _models_root() -> Path:
     return Path(__file__).resolve().parent.parent / "models"  # editable install: the repo's
 
 
+def models_root() -> Path:
+    """The folder the shipped world models install to: one sub-folder per game."""
+    return _models_root()
+
+
 def shipped_dir(game: str | GameSpec) -> Path:
     """The folder the shipped weights of ``game`` install to (it may not exist yet)."""
     return _models_root() / get_game(game).name
@@ -38,7 +43,7 @@ def training_instructions(game: str | GameSpec) -> str:
     spec = get_game(game)
     name, run = spec.name, spec.run_dir or f"runs/{spec.name}"
     return (
-        f"    dreamgym pipeline {name} --preset cpu --run {run}\n"
+        f"    dreamgym pipeline {spec.source or name} --preset cpu --run {run}\n"
         f"    dreamgym export {run} models/{name}\n"
     )
 
@@ -97,4 +102,4 @@ def load_world_model(
     )
 
 
-__all__ = ["shipped_dir", "load_world_model", "training_instructions", "same_device"]
+__all__ = ["models_root", "shipped_dir", "load_world_model", "training_instructions", "same_device"]
