@@ -230,3 +230,27 @@ def test_own_game_end_to_end_through_cli(registry, tmp_path):
         "evaluate", dest, "--episodes", "3", "--workers", "1", "--output", tmp_path / "r.json"
     )
     assert len(json.loads((tmp_path / "r.json").read_text())["returns"]) == 3, out.stdout
+
+
+def test_scaled_presets_make_every_stage(registry):
+    from dreamgym.cli import PIPELINE, _stages, load_preset
+
+    stages = _stages()
+    for preset in ("tiny", "cpu", "paper"):
+        cfg = load_preset(SOURCE, preset)
+        for name in PIPELINE:
+            kwargs = cfg[name.replace("-", "_")]
+            stages[name][0](**({**kwargs, "game": SOURCE} if name == "collect" else kwargs))
+    assert load_preset(SOURCE, "tiny")["evolve"]["max_steps"] == 20  # the game's limit
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        load_preset(SOURCE, "huge")
+
+
+def test_folders_in_dreamgym_models_register_on_import(registry, tmp_path):
+    folder = tiny_folder(tmp_path)
+    code = "import gymnasium as gym, dreamgym; print(gym.make('DreamTinyCatch-v0').action_space)"
+    env = {**os.environ, "DREAMGYM_MODELS": f"{folder}{os.pathsep}{tmp_path / 'missing'}"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "Discrete(3)", out.stderr
+    assert "missing not registered" in out.stderr  # a bad folder warns; the import goes on
