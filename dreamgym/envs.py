@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from dreamgym.games import FRAME_SHAPE, GAMES, GameSpec, register_game, resize_frame
+from dreamgym.games import ENV_IDS, FRAME_SHAPE, GAMES, GameSpec, register_game, resize_frame
 
 PIXELS = ("obs", "render")
 """Where a game's frames come from: its observation, or its ``render()``."""
@@ -296,6 +296,8 @@ def resolve_game(ref: str | GameSpec) -> GameSpec:
         )
     if ref in GAMES:
         return GAMES[ref]
+    if ref in ENV_IDS:  # a dream id means its game
+        return GAMES[ENV_IDS[ref]]
     for spec in GAMES.values():
         if spec.source == ref:
             return spec
