@@ -65,8 +65,9 @@ def register(
             return env_id
         # a user's game is registered without a folder until one is given; a dream of
         # another folder, or of the weights that ship with dreamgym, stays
-        shipped = (shipped_dir(spec) / CONFIG_FILE).is_file()
-        if shipped or "world_model" in known or ENV_IDS.get(env_id) != spec.name:
+        ships = shipped_dir(spec)
+        other = (ships / CONFIG_FILE).is_file() and ships.resolve() != path
+        if other or "world_model" in known or ENV_IDS.get(env_id) != spec.name:
             raise ValueError(
                 f"dream_id: {env_id!r} is already registered (world model "
                 f"{known.get('world_model', 'shipped')}); pass another dream_id"
