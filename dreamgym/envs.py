@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +33,15 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from dreamgym.games import ENV_IDS, FRAME_SHAPE, GAMES, GameSpec, register_game, resize_frame
+from dreamgym.games import (
+    ENV_IDS,
+    FRAME_SHAPE,
+    GAMES,
+    GameSpec,
+    models_root,
+    register_game,
+    resize_frame,
+)
 
 PIXELS = ("obs", "render")
 """Where a game's frames come from: its observation, or its ``render()``."""
@@ -285,7 +294,8 @@ def _id_source(env_id: str) -> str:
 
 
 def resolve_game(ref: str | GameSpec) -> GameSpec:
-    """The registered ``GameSpec`` of ``ref``: a game name, a Gymnasium id with pixels, or
+    """The registered ``GameSpec`` of ``ref``: a game name (a world model that ships in
+    ``models/`` names its game too), a dream id, a Gymnasium id with pixels, or
     ``module:object`` naming a ``GameSpec`` (or a function returning one). A new game is
     registered (``register_game``), so its name works everywhere from then on."""
     if isinstance(ref, GameSpec):
@@ -301,6 +311,11 @@ def resolve_game(ref: str | GameSpec) -> GameSpec:
     for spec in GAMES.values():
         if spec.source == ref:
             return spec
+    shipped = models_root() / ref / "config.json"
+    if "/" not in ref and shipped.is_file():  # a world model that ships, by its game's name
+        cfg = json.loads(shipped.read_text())
+        if isinstance(cfg.get("game_source"), str) and cfg.get("game") == ref:
+            return game_from_config(cfg, str(shipped))
     if ":" in ref:
         spec = _import_object(ref)
         if spec.source is None:

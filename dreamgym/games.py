@@ -18,6 +18,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -28,6 +29,16 @@ from PIL import Image
 from dreamgym._deps import require
 
 FRAME_SHAPE = (64, 64, 3)
+
+
+def models_root() -> Path:
+    """The folder the shipped world models install to: one sub-folder per game."""
+    # dreamgym.models has no __init__.py: importlib.resources would hand back a
+    # MultiplexedPath, whose str() is not a path. Look for the folder directly.
+    installed = Path(__file__).resolve().parent / "models"  # a regular install
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "models"  # editable install: the repo's
 
 
 def resize_frame(frame: np.ndarray) -> np.ndarray:
@@ -365,6 +376,7 @@ __all__ = [
     "get_game",
     "register_game",
     "register_dream_id",
+    "models_root",
     "make_game",
     "resize_frame",
     "DoomTakeCoverEnv",

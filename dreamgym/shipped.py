@@ -15,22 +15,12 @@ from pathlib import Path
 
 import torch
 
-from dreamgym.games import GameSpec, get_game
+from dreamgym.games import GameSpec, get_game, models_root
 from dreamgym.world_model import CONFIG_FILE, WorldModel, WorldModelError
 
 
 def _models_root() -> Path:
-    # dreamgym.models has no __init__.py: importlib.resources would hand back a
-    # MultiplexedPath, whose str() is not a path. Look for the folder directly.
-    installed = Path(__file__).resolve().parent / "models"  # a regular install
-    if installed.is_dir():
-        return installed
-    return Path(__file__).resolve().parent.parent / "models"  # editable install: the repo's
-
-
-def models_root() -> Path:
-    """The folder the shipped world models install to: one sub-folder per game."""
-    return _models_root()
+    return models_root()
 
 
 def shipped_dir(game: str | GameSpec) -> Path:
