@@ -254,3 +254,22 @@ def test_folders_in_dreamgym_models_register_on_import(registry, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "Discrete(3)", out.stderr
     assert "missing not registered" in out.stderr  # a bad folder warns; the import goes on
+
+
+@pytest.mark.slow
+def test_shipped_minigrid_model_loads_and_scores_as_its_report(registry, tmp_path):
+    """The third game's shipped folder: registered by name, check_env, and the real
+    returns of its report (minigrid is in the ``all`` extra)."""
+    env_id = dreamgym.register("minigrid_empty_5x5")
+    assert env_id == "DreamMiniGridEmpty5x5-v0"
+    env = gym.make(env_id)
+    assert env.action_space == spaces.Discrete(7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped, skip_render_check=True)
+    assert dreamgym.make_real(env_id).observation_space == env.observation_space
+    out = tmp_path / "real.json"
+    cli("evaluate", "minigrid_empty_5x5", "--episodes", 5, "--workers", 1, "--output", out)
+    shipped = dreamgym.shipped_dir("minigrid_empty_5x5") / "evaluate_real.json"
+    expected = json.loads(shipped.read_text())["returns"][:5]
+    assert json.loads(out.read_text())["returns"] == expected
