@@ -184,7 +184,14 @@ def policy_space(
 
 
 def check_actions(path: Path, shape, low, high, env_space: spaces.Box) -> None:
-    """A one-line AgentError unless the agent's action box is the env's."""
+    """A one-line AgentError unless the agent's action box is the env's (for a discrete
+    env: unless the agent's actions are single integers too)."""
+    if isinstance(env_space, spaces.Discrete):
+        if tuple(shape) != ():
+            raise AgentError(
+                f"{path}: the agent acts in shape {tuple(shape)}, the env in {env_space}"
+            )
+        return
     same = tuple(shape) == env_space.shape
     for saved, env in ((low, env_space.low), (high, env_space.high)):
         same = same and (saved is None or np.allclose(np.asarray(saved).reshape(-1), env))
@@ -329,7 +336,11 @@ def _load_controller(path: Path, observation_space, action_space, args) -> Agent
             f"{observation_space.shape}; score it with the world model it was trained in"
         )
     game = controller.game.action_space
-    check_actions(path, game.shape, game.low, game.high, action_space)
+    if isinstance(game, spaces.Discrete):
+        if game != action_space:
+            raise AgentError(f"{path}: the controller acts in {game}, the env in {action_space}")
+    else:
+        check_actions(path, game.shape, game.low, game.high, action_space)
     agent = Agent(controller, path, "controller", None, "latent", args)
     agent.info = dict(controller.info)
     return agent

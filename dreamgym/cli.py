@@ -10,20 +10,13 @@ import argparse
 import ast
 import dataclasses
 import inspect
-import json
 import sys
 import typing
 from pathlib import Path
 
 from dreamgym._io import WriteError
-from dreamgym.games import GAMES
+from dreamgym.envs import resolve_game
 from dreamgym.workers import WorkerDiedError
-
-
-def presets_dir() -> Path:
-    """training/presets, installed as dreamgym/presets; the repo's folder in a checkout."""
-    installed = Path(__file__).parent / "presets"
-    return installed if installed.is_dir() else Path(__file__).parents[1] / "training" / "presets"
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -97,28 +90,34 @@ def _stages():
     }
 
 
+GAME_HELP = (
+    "doom_take_cover, car_racing, a Gymnasium id with pixel observations "
+    "(MiniGrid-Empty-5x5-v0; module:EnvId imports its package first), or module:object "
+    "naming a dreamgym.GameSpec"
+)
+
 PIPELINE = ("collect", "fit-vae", "encode", "fit-mdnrnn", "evolve", "evaluate")
 """The stages ``pipeline`` runs, in order (``ppo`` is run by hand, after evolve)."""
 
 
 def load_preset(game: str, preset: str) -> dict:
-    """Stage configs of a preset: ``training/presets/<game>.json`` (installed as package data)."""
-    path = Path(preset)
-    if path.suffix == ".json" and path.exists():
-        presets = {"custom": json.loads(path.read_text())}
-        preset = "custom"
-    else:
-        path = presets_dir() / f"{game}.json"
-        if not path.is_file():
-            raise ValueError(f"no presets for game {game!r} (looked for {path})")
-        presets = json.loads(path.read_text())
-    if preset not in presets:
-        raise ValueError(f"--preset: unknown preset {preset!r}; expected one of {sorted(presets)}")
-    return presets[preset]
+    """Stage configs of a preset: ``training/presets/<game>.json`` (installed as package
+    data), a JSON file, or presets scaled to a user's game (``train.presets``)."""
+    from dreamgym.train import presets
+
+    return presets.load_preset(resolve_game(game), preset)
+
+
+def default_run_dir(game: str, preset: str) -> str:
+    """``runs/<game name>-<preset>`` (a Gymnasium id's game name: ``ALE/Pong-v5`` -> ``pong``)."""
+    return f"runs/{resolve_game(game).name}-{Path(preset).stem}"
 
 
 def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = None) -> Path:
-    """Every stage in order with the preset's configs; each resumes where it stopped."""
+    """Every stage in order with the preset's configs; each resumes where it stopped.
+
+    ``game``: a game name, a Gymnasium id with pixels or ``module:object`` (see
+    ``CollectConfig.game``)."""
     from dreamgym.train.evaluate import format_table
     from dreamgym.train.export import assemble
     from dreamgym.train.provenance import format_status, status
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (cls, _, help_) in stages.items():
         p = sub.add_parser(name, help=help_)
         if name == "collect":
-            p.add_argument("game", choices=sorted(GAMES))
+            p.add_argument("game", help=GAME_HELP)
             p.add_argument("--run", required=True, help="run directory")
             _add_fields(p, cls, skip=("game",))
         elif name == "evaluate":
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dest")
     p.add_argument("--controller", default=None, help="folder with controller.safetensors")
     p = sub.add_parser("pipeline", help="collect to evaluate, in order (not ppo)")
-    p.add_argument("game", choices=sorted(GAMES))
+    p.add_argument("game", help=GAME_HELP)
     p.add_argument("--preset", default="cpu", help="tiny, cpu, paper, or a JSON file")
     p.add_argument("--run", default=None, help="run directory (default: runs/<game>-<preset>)")
     p = sub.add_parser("status", help="which stages of a run are current, stale or missing")
@@ -223,7 +222,7 @@ def _run_command(ns: argparse.Namespace, stages: dict) -> int:
     from dreamgym.train.evaluate import format_table
 
     if ns.command == "pipeline":
-        run_pipeline(ns.game, ns.preset, ns.run or f"runs/{ns.game}-{ns.preset}", stages)
+        run_pipeline(ns.game, ns.preset, ns.run or default_run_dir(ns.game, ns.preset), stages)
     elif ns.command == "export":
         from dreamgym.train.export import export
 

@@ -53,6 +53,8 @@ class DreamEnv(gym.Env):
     executed, -1, 0 or +1) and ``Box([-1, 0, 0], [1, 1, 1], float32)`` (steer, gas,
     brake) for CarRacing. Actions must be finite floats inside the box; anything
     else raises ``ValueError``/``TypeError`` and leaves the dream untouched.
+    A game with ``Discrete(n)`` actions (``dreamgym.game_spec``) has the same
+    ``Discrete(n)`` here: integers in [0, n); M reads the one-hot of the action.
 
     ## Observation Space
 
@@ -114,7 +116,8 @@ class DreamEnv(gym.Env):
       the rate M was trained with (the world model's config), 0 turns it off.
     * ``members``: with an ensemble of Ms, ``"sample"`` (default) draws the member
       that plays each dream at reset; an int plays every dream with that member.
-    * ``game``: set by the registered id (``doom_take_cover`` or ``car_racing``).
+    * ``game``: set by the registered id (``doom_take_cover``, ``car_racing``, or the
+      game of a folder ``dreamgym.register`` registered, which also sets ``world_model``).
 
     ## World Model
 

@@ -20,7 +20,7 @@ from dreamgym.shipped import load_world_model
 from dreamgym.spaces import (
     OBS_MODES,
     STARTS,
-    check_action,
+    check_game_action,
     check_positive_int,
     check_tau,
     observation_space,
@@ -84,8 +84,8 @@ class Dreams:
         self.ret = np.zeros(n, np.float64)
         self._frames: np.ndarray | None = None
 
-    def check_action(self, action: Any, space: spaces.Box) -> np.ndarray:
-        return check_action(action, space, self.action_space.low, self.action_space.high)
+    def check_action(self, action: Any, space: spaces.Space) -> np.ndarray:
+        return check_game_action(action, space, self.wm.game)
 
     def seed(self, np_random: np.random.Generator) -> None:
         self.generator.manual_seed(int(np_random.integers(2**63 - 1)))
@@ -122,10 +122,13 @@ class Dreams:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step every dream, or those where the (n,) mask ``active`` is True (others keep still).
 
-        action (n, A) float32, already checked. Returns reward (n,) float32, terminated
-        and truncated (n,) bool; rows that did not step get 0, False, False.
+        action (n, A) float32, or (n,) int64 for a discrete game, already checked. Returns
+        reward (n,) float32, terminated and truncated (n,) bool; rows that did not step get
+        0, False, False.
         """
         a = torch.from_numpy(action).to(self.wm.device)
+        if self.wm.game.discrete:
+            a = a.reshape(self.n, 1)  # (n, 1): the index, as M's executed_action reads it
         if active is None:
             self.state, r, d = core.step(self.wm, self.state, a, self.tau, self.generator)
             reward, terminated = r.cpu().numpy(), d.cpu().numpy()

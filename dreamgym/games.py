@@ -5,6 +5,11 @@ preprocessed 64x64x3 uint8 frame and whose action space is the one the dream
 uses. Everything game-specific that the rest of dreamgym needs (sizes, episode
 limit, how the controller's tanh output becomes an action, which action M sees,
 what M must model) lives in the spec.
+
+``GAMES`` holds the two shipped games and every game registered since
+(``register_game``; ``dreamgym.game_spec`` derives a spec from any Gymnasium env
+with pixels, and ``dreamgym.envs.resolve_game`` registers it by id or
+``module:object``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +29,16 @@ from PIL import Image
 from dreamgym._deps import require
 
 FRAME_SHAPE = (64, 64, 3)
+
+
+def models_root() -> Path:
+    """The folder the shipped world models install to: one sub-folder per game."""
+    # dreamgym.models has no __init__.py: importlib.resources would hand back a
+    # MultiplexedPath, whose str() is not a path. Look for the folder directly.
+    installed = Path(__file__).resolve().parent / "models"  # a regular install
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "models"  # editable install: the repo's
 
 
 def resize_frame(frame: np.ndarray) -> np.ndarray:
@@ -161,7 +177,10 @@ def _car_action(y: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class GameSpec:
     """One game: its real env, frame preprocessing, action mapping, and the sizes and
-    limits its world model and dream use."""
+    limits its world model and dream use.
+
+    For a game of your own, ``dreamgym.game_spec(env_id_or_factory, **overrides)``
+    fills every field from the env (see ``dreamgym.envs``); ``replace`` changes any."""
 
     name: str
     """Game name used by the CLI, configs and model folders."""
@@ -196,16 +215,49 @@ class GameSpec:
     """Frames per second of the game's renders (gifs, ``render_mode``)."""
     run_dir: str | None = None
     """Where the shipped model's recipe keeps its run (None: ``runs/<name>``)."""
+    discrete: int = 0
+    """The number of actions of a ``Discrete(n)`` game (M reads the one-hot of the executed
+    action, C acts by the argmax of its n outputs); 0: a continuous ``Box`` game."""
+    source: str | None = None
+    """How a fresh process rebuilds this spec (``dreamgym.envs.resolve_game``): a Gymnasium
+    id or ``module:object``. Saved runs and folders record it beside the name; None for
+    the games that ship with dreamgym."""
+
+    def __reduce_ex__(self, protocol):
+        # A user's game travels to worker processes as its source, and is registered there.
+        if self.source is None:
+            return super().__reduce_ex__(protocol)
+        from dreamgym.envs import resolve_game
+
+        return (resolve_game, (self.source,))
+
+    def replace(self, **changes) -> GameSpec:
+        """A copy with ``changes`` (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def action_dim(self) -> int:
-        return len(self.action_low)
+        """Width of the action M reads: the Box's size, or n (the one-hot) when discrete."""
+        return self.discrete or len(self.action_low)
 
     @property
-    def action_space(self) -> spaces.Box:
+    def env_action_dim(self) -> int:
+        """Width of an action as shards and dreamgym's tensors hold it: the Box's size, or 1
+        (the action's index) when discrete."""
+        return 1 if self.discrete else len(self.action_low)
+
+    @property
+    def action_space(self) -> spaces.Box | spaces.Discrete:
+        if self.discrete:
+            return spaces.Discrete(self.discrete)
         return spaces.Box(
             np.array(self.action_low, np.float32), np.array(self.action_high, np.float32)
         )
+
+    def env_action(self, action: torch.Tensor) -> torch.Tensor:
+        """An action tensor (..., env_action_dim) as the env takes it: (...,) int64 indices
+        when discrete, unchanged otherwise."""
+        return action[..., 0].long() if self.discrete else action
 
     @property
     def models_reward(self) -> bool:
@@ -276,6 +328,42 @@ def get_game(name: str) -> GameSpec:
         raise ValueError(f"game: unknown game {name!r}; expected one of {sorted(GAMES)}") from None
 
 
+def register_game(spec: GameSpec) -> GameSpec:
+    """Add a user's game to ``GAMES`` (and its dream id to ``ENV_IDS``); returns the spec
+    registered under its name. Registering the same spec again is a no-op; another spec
+    under a name or dream id already taken is an error."""
+    if not isinstance(spec, GameSpec):
+        raise TypeError(f"spec: expected a GameSpec, got {type(spec).__name__}")
+    known = GAMES.get(spec.name)
+    if known is not None:
+        if known == spec or (known.source is not None and known.source == spec.source):
+            return known
+        raise ValueError(f"spec: a game named {spec.name!r} is already registered; pick a name")
+    for env_id in (spec.dream_id, *spec.aliases):
+        if env_id in ENV_IDS:
+            raise ValueError(f"spec: dream id {env_id!r} already belongs to {ENV_IDS[env_id]!r}")
+    GAMES[spec.name] = spec
+    for env_id in (spec.dream_id, *spec.aliases):
+        ENV_IDS[env_id] = spec.name
+        if env_id not in gym.registry:  # gym.make needs world_model=FOLDER until register()
+            register_dream_id(env_id, spec)
+    return spec
+
+
+def register_dream_id(env_id: str, spec: GameSpec, **kwargs) -> None:
+    """Register ``env_id`` with Gymnasium as the dream of ``spec`` (``DreamEnv`` and its
+    vector entry point), replacing an earlier registration; ``kwargs`` go to the env."""
+    if env_id in gym.registry:
+        del gym.registry[env_id]
+    gym.register(
+        id=env_id,
+        entry_point="dreamgym.dream:DreamEnv",
+        vector_entry_point="dreamgym.dream:DreamVectorEnv",
+        max_episode_steps=spec.max_episode_steps,
+        kwargs={"game": spec.name, "tau": spec.default_tau, **kwargs},
+    )
+
+
 def make_game(name: str, **kwargs) -> gym.Env:
     """The real game with 64x64x3 uint8 observations and the dream's action space."""
     return get_game(name).make_real(**kwargs)
@@ -286,6 +374,9 @@ __all__ = [
     "GAMES",
     "ENV_IDS",
     "get_game",
+    "register_game",
+    "register_dream_id",
+    "models_root",
     "make_game",
     "resize_frame",
     "DoomTakeCoverEnv",

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from dreamgym._io import atomic_path
 from dreamgym._version import __version__
 from dreamgym.controller import Controller, ControllerConfig, unflatten
+from dreamgym.envs import game_from_config, game_record
 from dreamgym.games import ENV_IDS, GAMES, GameSpec, get_game
 from dreamgym.world_model import WorldModel, atomic_write_text, read_json, read_tensors
 
@@ -96,7 +97,7 @@ def save_controller(
     tensors = {k: v.contiguous() for k, v in unflatten(cfg, params).items()}
     info = {
         "format": FORMAT,
-        "game": spec.name,
+        **game_record(spec),
         "in_dim": cfg.in_dim,
         "out_dim": cfg.out_dim,
         "bias": cfg.bias,
@@ -131,10 +132,10 @@ def read_controller(folder: str | os.PathLike, game: str | None = None) -> tuple
             raise ControllerError(f"{cfg_path}: missing key {key!r}")
     if info["format"] != FORMAT:
         raise ControllerError(f"{cfg_path}: format {info['format']} is not {FORMAT}")
-    if info["game"] not in GAMES:
-        raise ControllerError(
-            f"{cfg_path}: key 'game' is {info['game']!r}, expected one of {sorted(GAMES)}"
-        )
+    try:
+        game_from_config(info, str(cfg_path))
+    except ValueError as e:
+        raise ControllerError(str(e)) from None
     if game is not None and info["game"] != game:
         raise ControllerError(f"{folder} holds a {info['game']} controller, not a {game} one")
     hidden = info.get("hidden", 0)
@@ -180,7 +181,8 @@ class ControllerPolicy:
     """A trained controller as a function from observations to env actions.
 
     ``policy(obs)``: obs (D,) -> action (A,), or (B, D) -> (B, A), float32 numpy,
-    where D is the dream's observation size ([z, h] or [z, c, h]).
+    where D is the dream's observation size ([z, h] or [z, c, h]); for a discrete game,
+    the action's index: (D,) -> () or (B, D) -> (B,), int64 (the argmax of C's outputs).
     """
 
     def __init__(self, controller: Controller, game: str | GameSpec, info: dict):
@@ -198,7 +200,8 @@ class ControllerPolicy:
         return self.controller.get_flat().numpy()
 
     def __call__(self, obs) -> np.ndarray:
-        return self.game.controller_to_action(torch.from_numpy(self.outputs(obs))).numpy()
+        action = self.game.controller_to_action(torch.from_numpy(self.outputs(obs)))
+        return self.game.env_action(action).numpy()
 
     @torch.no_grad()
     def outputs(self, obs) -> np.ndarray:
@@ -228,11 +231,21 @@ def _game_from_name(name: str) -> GameSpec | None:
     return GAMES[ENV_IDS[name]] if name in ENV_IDS else None
 
 
+def _registered_folder(dream_id: str) -> Path | None:
+    """The world-model folder ``dreamgym.register`` gave ``dream_id``, if it gave one."""
+    import gymnasium as gym
+
+    if dream_id not in gym.registry:
+        return None
+    folder = gym.spec(dream_id).kwargs.get("world_model")
+    return Path(folder) if isinstance(folder, str | os.PathLike) else None
+
+
 def load_controller(path_or_game: str | os.PathLike) -> ControllerPolicy:
     """A policy from a controller folder (or its ``controller.json``), or a game's shipped one.
 
     A game name (``doom_take_cover``) or dream id means the controller shipped in
-    ``models/<game>/``.
+    ``models/<game>/``, or, for a dream id ``dreamgym.register`` made, the one in its folder.
     """
     path = Path(path_or_game)
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -246,7 +259,7 @@ def load_controller(path_or_game: str | os.PathLike) -> ControllerPolicy:
             )
         from dreamgym.shipped import shipped_dir
 
-        path = shipped_dir(spec)
+        path = _registered_folder(str(path_or_game)) or shipped_dir(spec)
         if not (path / CONFIG_FILE).is_file():
             raise ControllerError(
                 f"no controller ships for {spec.name} yet ({path / CONFIG_FILE} is missing). "

@@ -17,7 +17,7 @@ import torch
 
 from dreamgym import dream_core as dc
 from dreamgym.controller import ControllerConfig, batched_forward
-from dreamgym.games import get_game
+from dreamgym.envs import game_from_config
 from dreamgym.mdnrnn import LSTMState
 from dreamgym.policy import controller_config
 from dreamgym.pools import check_backend, open_pool
@@ -250,7 +250,7 @@ def play_episode(
         while t < max_steps:
             x = torch.as_tensor(np.asarray(obs, np.float32), device="cpu").view(1, 1, -1)
             action = wm.game.controller_to_action(batched_forward(cfg, p, x)[0, 0])
-            obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            obs, reward, terminated, truncated, _ = env.step(wm.game.env_action(action).numpy())
             total, t = total + float(reward), t + 1
             if terminated or truncated:
                 break
@@ -299,7 +299,7 @@ class RealEvaluator:
             raise ValueError(f"workers: expected an integer >= 1, got {workers}")
         check_backend(backend, ray_address)
         self.wm_dir = Path(wm_dir)
-        self.spec = get_game(read_json(self.wm_dir / WM_CONFIG)["game"])
+        self.spec = game_from_config(read_json(self.wm_dir / WM_CONFIG), str(self.wm_dir))
         self.max_steps = max_steps or self.spec.max_episode_steps
         self.workers = workers
         self.steps = 0

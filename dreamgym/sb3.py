@@ -71,8 +71,8 @@ class DreamSB3VecEnv(VecEnv):
         self._actions: np.ndarray | None = None
         space = env.single_action_space
         self._to_action = None
-        if actions == "controller":  # the agent acts in C's tanh space; the game maps it
-            game = get_game(env.game)
+        game = get_game(env.game)
+        if actions == "controller" and not game.discrete:  # C's tanh space; the game maps it
             space = spaces.Box(-1.0, 1.0, (controller_outputs(game, outputs),), np.float32)
             self._to_action = game.controller_to_action
         super().__init__(env.num_envs, env.single_observation_space, space)
@@ -151,7 +151,8 @@ def as_vec_env(env: gym.vector.VectorEnv, actions: str = "env", outputs: int = 0
     ``Box(-1, 1, (outputs,))`` (``outputs`` 0: the paper's number for the game),
     and the game maps its actions as it maps C's (``GameSpec.controller_to_action``);
     values outside [-1, 1] are clipped first. ``"env"`` (default): the dream's own
-    action space.
+    action space. A discrete game's dream gives SB3 its ``Discrete(n)`` either way (C's
+    n outputs are the logits whose argmax it plays).
     """
     native = env.unwrapped
     if not isinstance(native, DreamVectorEnv):

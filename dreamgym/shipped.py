@@ -15,17 +15,12 @@ from pathlib import Path
 
 import torch
 
-from dreamgym.games import GameSpec, get_game
+from dreamgym.games import GameSpec, get_game, models_root
 from dreamgym.world_model import CONFIG_FILE, WorldModel, WorldModelError
 
 
 def _models_root() -> Path:
-    # dreamgym.models has no __init__.py: importlib.resources would hand back a
-    # MultiplexedPath, whose str() is not a path. Look for the folder directly.
-    installed = Path(__file__).resolve().parent / "models"  # a regular install
-    if installed.is_dir():
-        return installed
-    return Path(__file__).resolve().parent.parent / "models"  # editable install: the repo's
+    return models_root()
 
 
 def shipped_dir(game: str | GameSpec) -> Path:
@@ -38,7 +33,7 @@ def training_instructions(game: str | GameSpec) -> str:
     spec = get_game(game)
     name, run = spec.name, spec.run_dir or f"runs/{spec.name}"
     return (
-        f"    dreamgym pipeline {name} --preset cpu --run {run}\n"
+        f"    dreamgym pipeline {spec.source or name} --preset cpu --run {run}\n"
         f"    dreamgym export {run} models/{name}\n"
     )
 
@@ -97,4 +92,4 @@ def load_world_model(
     )
 
 
-__all__ = ["shipped_dir", "load_world_model", "training_instructions", "same_device"]
+__all__ = ["models_root", "shipped_dir", "load_world_model", "training_instructions", "same_device"]

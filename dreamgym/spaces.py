@@ -85,6 +85,36 @@ def check_action(action: Any, space: spaces.Box, low: np.ndarray, high: np.ndarr
     return a
 
 
+def check_discrete_action(action: Any, space: spaces.Space, n: int) -> np.ndarray:
+    """``action`` as an int64 array of ``space.shape`` (``()`` for one dream) with values in
+    [0, n), or a clear error (the actions of a ``Discrete(n)`` game)."""
+    try:
+        a = np.asarray(action)
+    except (ValueError, TypeError):
+        raise TypeError(
+            f"action: expected an integer in [0, {n}) for {space}, got {type(action).__name__}"
+        ) from None
+    if a.shape != space.shape:
+        raise ValueError(f"action: expected shape {space.shape} for {space}, got shape {a.shape}")
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"action: expected integers in [0, {n}) for {space}, got dtype {a.dtype}")
+    if ((a < 0) | (a >= n)).any():
+        raise ValueError(
+            f"action: out of range; expected integers in [0, {n}) for {space}, got min "
+            f"{a.min()}, max {a.max()}"
+        )
+    return a.astype(np.int64)
+
+
+def check_game_action(action: Any, space: spaces.Space, game) -> np.ndarray:
+    """An env action of ``game`` checked against ``space`` (one action, or a batch):
+    float32 in the Box, or int64 indices of a discrete game."""
+    if game.discrete:
+        return check_discrete_action(action, space, game.discrete)
+    low, high = game.action_space.low, game.action_space.high
+    return check_action(action, space, low, high)
+
+
 def latent_space(wm: WorldModel, max_episode_steps: int) -> spaces.Box:
     """The latent observation's Box: z in +-Z_BOUND, c in +-T, h in +-1.
 
@@ -115,5 +145,6 @@ def observation_space(wm: WorldModel, obs_mode: str, max_episode_steps: int) -> 
 
 __all__ = [
     "OBS_MODES", "PIXELS", "STARTS", "check_tau", "check_choice", "check_positive_int",
-    "check_action", "latent_space", "observation_space",
+    "check_action", "check_discrete_action", "check_game_action", "latent_space",
+    "observation_space",
 ]  # fmt: skip

@@ -164,11 +164,11 @@ def load_agent_for(
 ) -> Agent:
     """A saved agent (SB3 zip or controller folder) loaded on the spaces of ``dream_id``'s
     dream in the agent's own ``obs_mode`` (given: it must agree); see ``load_agent``."""
-    spec = game_of(dream_id)
+    spec, registered = game_of(dream_id)
     mode = obs_mode_of(agent)
     if obs_mode is not None and check_choice("obs_mode", obs_mode, OBS_MODES) != mode:
         raise ValueError(f"obs_mode: {agent} observes {mode}, not {obs_mode}")
-    wm = load_world_model(spec, world_model, "cpu")
+    wm = load_world_model(spec, world_model or registered.get("world_model"), "cpu")
     env = gym.make(spec.dream_id, world_model=wm, obs_mode=mode, max_episode_steps=max_steps)
     return load_agent(agent, env.observation_space, env.action_space, algo, trust)
 
@@ -250,9 +250,9 @@ def _score_transfer(
     agent, dream_id, episodes, seed, world_model, tau, obs_mode, pixels, max_steps, starts,
     dropout, workers, algo, trust, batched, progress, device,
 ) -> dict[str, Any]:  # fmt: skip
-    spec = game_of(dream_id)
+    spec, registered = game_of(dream_id)
     episodes = check_positive_int("episodes", episodes)
-    wm = load_world_model(spec, world_model, device)
+    wm = load_world_model(spec, world_model or registered.get("world_model"), device)
     limit = check_positive_int("max_steps", max_steps or spec.max_episode_steps)
     policy, mode = _load(agent, spec, wm, limit, obs_mode, algo, trust)
     saved = policy if isinstance(policy, Agent) else None

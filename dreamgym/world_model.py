@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from dreamgym._io import atomic_path
 from dreamgym._version import __version__
+from dreamgym.envs import game_from_config, game_record
 from dreamgym.games import GameSpec, get_game
 from dreamgym.mdnrnn import MDNRNN, LSTMState, MDNRNNConfig
 from dreamgym.starts import RealStarts
@@ -184,7 +185,7 @@ class WorldModel:
         return {
             "format": FORMAT,
             "dreamgym_version": __version__,
-            "game": self.game.name,
+            **game_record(self.game),
             "vae": self.vae.config.to_dict(),
             "mdnrnn": self.mdnrnn.config.to_dict(),
             "members": len(self.members),
@@ -222,6 +223,10 @@ class WorldModel:
                 raise WorldModelError(f"{cfg_path}: missing key {key!r}")
         if cfg["format"] != FORMAT:
             raise WorldModelError(f"{cfg_path}: format {cfg['format']} is not {FORMAT}")
+        try:
+            spec = game_from_config(cfg, str(cfg_path))
+        except ValueError as e:
+            raise WorldModelError(str(e)) from None
         if game is not None and cfg["game"] != get_game(game).name:
             raise WorldModelError(
                 f"{cfg_path}: key 'game' is {cfg['game']!r}, expected {get_game(game).name!r}"
@@ -230,7 +235,6 @@ class WorldModel:
         if isinstance(members, bool) or not isinstance(members, int) or members < 1:
             raise WorldModelError(f"{cfg_path}: key 'members' must be an integer >= 1")
         try:
-            spec = get_game(cfg["game"])
             vae = ConvVAE(VAEConfig(**cfg["vae"]))
             mdns = [MDNRNN(MDNRNNConfig(**cfg["mdnrnn"])) for _ in range(members)]
         except (TypeError, ValueError) as e:

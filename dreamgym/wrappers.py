@@ -25,8 +25,8 @@ from dreamgym.shipped import load_world_model
 from dreamgym.spaces import (
     OBS_MODES,
     PIXELS,
-    check_action,
     check_choice,
+    check_game_action,
     check_positive_int,
     latent_space,
 )
@@ -87,13 +87,13 @@ class LatentObservation(gym.Wrapper):
 
     @torch.no_grad()
     def step(self, action: Any):
-        space = self.action_space
-        a = check_action(action, space, space.low, space.high)
+        wm = self.world_model
+        a = check_game_action(action, self.action_space, wm.game)
         if self._state is None:
             raise gym.error.ResetNeeded("step: call reset() before the first step()")
-        frame, reward, terminated, truncated, info = self.env.step(a)
-        wm = self.world_model
-        action = torch.as_tensor(a, dtype=torch.float32, device=wm.device)[None]
+        frame, reward, terminated, truncated, info = self.env.step(a.item() if a.ndim == 0 else a)
+        # (1, A) as M reads it; a discrete action is its index, (1, 1)
+        action = torch.as_tensor(a, dtype=torch.float32, device=wm.device).reshape(1, -1)
         lstm = core.follow(wm, self._state.lstm, self._state.z, action)
         self._state = core.DreamState(self._encode(frame), lstm)
         return self._observe(), reward, terminated, truncated, info
@@ -122,15 +122,13 @@ class PixelObservation(LatentObservation):
         return tensor_to_frames(self.world_model.vae.decode(self._state.z))[0]
 
 
-def game_of(dream_id: str) -> GameSpec:
-    """The game behind a registered dream id (aliases included)."""
-    try:
-        kwargs = gym.spec(dream_id).kwargs
-    except gym.error.Error:
-        kwargs = {}
-    if not isinstance(dream_id, str) or "game" not in kwargs or dream_id not in ENV_IDS:
+def game_of(dream_id: str) -> tuple[GameSpec, dict]:
+    """The game behind a dream id (aliases included), and the keyword arguments its
+    Gymnasium registration gives (``dreamgym.register`` gives the ``world_model`` folder)."""
+    if not isinstance(dream_id, str) or dream_id not in ENV_IDS:
         raise ValueError(f"dream_id: expected one of {sorted(ENV_IDS)}, got {dream_id!r}")
-    return get_game(kwargs["game"])
+    kwargs = gym.spec(dream_id).kwargs if dream_id in gym.registry else {}
+    return get_game(ENV_IDS[dream_id]), kwargs
 
 
 def make_real(
@@ -164,7 +162,8 @@ def make_real(
     True
     ```
     """
-    spec = game_of(dream_id)
+    spec, registered = game_of(dream_id)
+    world_model = registered.get("world_model") if world_model is None else world_model
     check_choice("obs_mode", obs_mode, OBS_MODES)
     check_choice("pixels", pixels, PIXELS)
     if obs_mode == "latent" and pixels != "reconstructed":
@@ -196,10 +195,11 @@ def make_real_vec(
     go to ``AsyncVectorEnv`` (e.g. ``autoreset_mode``, ``context``).
     """
     num_envs = check_positive_int("num_envs", num_envs)
-    spec = game_of(dream_id)
+    spec, registered = game_of(dream_id)
     if kwargs.pop("device", None) not in (None, "cpu"):
         raise ValueError("device: the workers of make_real_vec run V and M on the CPU")
-    kwargs["world_model"] = load_world_model(spec, kwargs.get("world_model"), "cpu")
+    folder = kwargs.get("world_model") or registered.get("world_model")
+    kwargs["world_model"] = load_world_model(spec, folder, "cpu")
     fn = functools.partial(_worker_env, dream_id, kwargs)
     return gym.vector.AsyncVectorEnv([fn] * num_envs, **(vector_kwargs or {}))
 

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dreamgym import data
-from dreamgym.games import get_game
+from dreamgym.games import GameSpec, get_game
 from dreamgym.pools import check_backend, open_pool
 from dreamgym.train.common import WORLD_MODEL_DIR, check_options, open_run, save_config
 from dreamgym.train.policies import (
@@ -33,7 +33,8 @@ class CollectConfig:
     """Settings of the ``collect`` stage: real episodes written as shards to the run."""
 
     game: str
-    """Game name (``doom_take_cover`` or ``car_racing``)."""
+    """Game: a name (``doom_take_cover``, ``car_racing``, a registered game), a Gymnasium id
+    with pixels (``MiniGrid-Empty-5x5-v0``), or ``module:object`` naming a ``GameSpec``."""
     episodes: int = 100
     """Kept episodes wanted in the run directory (a rerun tops up to this)."""
     workers: int = 2
@@ -82,7 +83,7 @@ _env = None  # one real game per worker process
 _controller = None  # the controller that drives it (with ``controller``)
 
 
-def _init_worker(game: str, max_steps: int, world_model=None, controller=None) -> None:
+def _init_worker(game: str | GameSpec, max_steps: int, world_model=None, controller=None) -> None:
     """Make this worker's game (``world_model``: a folder or ``WorldModel``, to read
     [z, h]) and load its ``controller`` (a folder or a loaded policy)."""
     global _env, _controller
@@ -129,14 +130,19 @@ def _play(spec, seed: int, config: CollectConfig) -> dict:
         done = term or trunc
     return {
         "frames": np.stack(frames),
-        "actions": np.asarray(actions, np.float32).reshape(len(frames), spec.action_dim),
+        "actions": np.asarray(actions, np.float32).reshape(len(frames), spec.env_action_dim),
         "rewards": np.asarray(rewards, np.float32),
         "terminated": np.asarray(terms, bool),
     }
 
 
 def _rollout(
-    game: str, index: int, seed: int, folder: str | None, min_frames: int, config: CollectConfig
+    game: str | GameSpec,
+    index: int,
+    seed: int,
+    folder: str | None,
+    min_frames: int,
+    config: CollectConfig,
 ) -> dict:
     """Play one episode and write it (unless dropped) into ``folder``; its manifest row.
 
@@ -184,7 +190,7 @@ def _check(config: CollectConfig, game: str, run_dir: Path) -> str | None:
     return world_model
 
 
-def _initargs(config: CollectConfig, game: str, max_steps: int, world_model: str | None):
+def _initargs(config: CollectConfig, game: str | GameSpec, max_steps: int, world_model: str | None):
     """The workers' ``_init_worker`` arguments: folders for local workers; for Ray actors,
     which may run on other machines, the loaded world model and controller."""
     if config.backend == "local":
@@ -206,17 +212,18 @@ def run(config: CollectConfig, run_dir) -> Path:
     for problem in data.reconcile(run_dir):
         print(f"collect: {problem}; set aside (*.bad), a new episode replaces it", flush=True)
     save_config(run_dir / "collect.json", config)
-    min_frames = DEFAULT_MIN_FRAMES[game] if config.min_frames is None else config.min_frames
+    min_frames = DEFAULT_MIN_FRAMES.get(game, 0) if config.min_frames is None else config.min_frames
     max_steps = config.max_steps or spec.max_episode_steps
     tally = _Tally(data.read_manifest(run_dir))
     if tally.kept >= config.episodes:
         return run_dir
     bar = tqdm(total=config.episodes, initial=tally.kept, desc=f"collect {game}", unit="ep")
-    init = _initargs(config, game, max_steps, world_model)
+    game_ref = spec if spec.source else game  # a user's game travels as its spec
+    init = _initargs(config, game_ref, max_steps, world_model)
     folder = str(run_dir) if config.backend == "local" else None  # Ray: written here
     with open_pool(config.backend, config.workers, _init_worker, init,
                    ray_address=config.ray_address) as pool:  # fmt: skip
-        _collect(pool, run_dir, config, (game, folder, min_frames), tally, bar)
+        _collect(pool, run_dir, config, (game_ref, folder, min_frames), tally, bar)
     bar.close()
     return run_dir
 

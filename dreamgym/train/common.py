@@ -16,7 +16,8 @@ from safetensors.numpy import save_file
 
 from dreamgym._io import atomic_path
 from dreamgym._version import __version__
-from dreamgym.games import get_game
+from dreamgym.envs import game_from_config, game_record, resolve_game
+from dreamgym.games import GameSpec
 from dreamgym.world_model import atomic_write_text, read_json
 
 # ---------------------------------------------------------------- a run's layout
@@ -66,10 +67,12 @@ def world_model_dest(run_dir: Path) -> Path:
     return dest
 
 
-def open_run(run_dir: str | os.PathLike, game: str | None = None) -> tuple[Path, str]:
+def open_run(run_dir: str | os.PathLike, game: str | GameSpec | None = None) -> tuple[Path, str]:
     """Create or open a run directory; return (path, game name).
 
-    A new directory needs ``game``; an existing one must match it.
+    A new directory needs ``game`` (a name, a Gymnasium id, ``module:object`` or a
+    ``GameSpec``; ``run.json`` records its source, so a user's game is found again in
+    a fresh process); an existing one must match it.
     """
     run_dir = Path(run_dir)
     meta_path = run_dir / RUN_FILE
@@ -82,19 +85,20 @@ def open_run(run_dir: str | os.PathLike, game: str | None = None) -> tuple[Path,
                 f"{meta_path}: unreadable ({type(e).__name__}: {e}); restore it: it holds "
                 '{"game": "<game name>"}'
             ) from None
-        if game is not None and meta["game"] != get_game(game).name:
+        if game is not None and meta["game"] != resolve_game(game).name:
             raise RunDirError(
                 f"{run_dir}: this run directory is for {meta['game']!r}, not {game!r}; "
                 "pass another --run directory"
             )
+        game_from_config(meta, str(meta_path))  # a user's game: registered in this process
         return run_dir, meta["game"]
     if game is None:
         raise RunDirError(f"{run_dir}: not a dreamgym run directory (no {RUN_FILE}); run collect")
-    name = get_game(game).name
+    spec = resolve_game(game)
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"game": name, "dreamgym_version": __version__, "created": time.time()}
+    meta = {**game_record(spec), "dreamgym_version": __version__, "created": time.time()}
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
-    return run_dir, name
+    return run_dir, spec.name
 
 
 def save_config(path: Path, config) -> None:

@@ -99,13 +99,15 @@ def _source_path(source) -> Path:
     """``source`` as a path; a game name means its shipped model folder."""
     path = Path(source)
     if not path.exists():
-        from dreamgym.games import GAMES
-
-        if str(source) not in GAMES:
-            raise FileNotFoundError(f"{source}: no such run directory or model folder")
+        from dreamgym.games import GAMES, models_root
         from dreamgym.shipped import shipped_dir
 
-        path = shipped_dir(source)
+        if str(source) in GAMES:
+            path = shipped_dir(source)
+        elif (models_root() / str(source)).is_dir():  # a shipped game not registered yet
+            path = models_root() / str(source)
+        else:
+            raise FileNotFoundError(f"{source}: no such run directory or model folder")
     return path
 
 

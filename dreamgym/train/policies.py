@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -197,6 +197,8 @@ def noisy_controller(
     never brakes.
     """
     check_noise_space(space)
+    if spec.discrete:
+        return _noisy_discrete(controller, spec, rng, sigma, space)
     low, high = spec.action_space.low, spec.action_space.high
 
     def act(obs):
@@ -210,16 +212,45 @@ def noisy_controller(
     return act
 
 
+def _noisy_discrete(controller, spec: GameSpec, rng: np.random.Generator, sigma: float, space):
+    """``noisy_controller`` of a discrete game: ``action`` space plays a uniform random action
+    with probability ``sigma`` (at most 1); ``output`` adds the noise to C's outputs before
+    their argmax."""
+
+    def act(obs):
+        if space == "output":
+            y = controller.outputs(obs)
+            return int(np.argmax(y + sigma * rng.standard_normal(y.shape)))
+        if rng.random() < sigma:
+            return int(rng.integers(spec.discrete))
+        return int(controller(obs))
+
+    return act
+
+
+def random_policy(spec: GameSpec, rng: np.random.Generator) -> Callable[[np.ndarray], Any]:
+    """Uniform random actions of any game: an index in [0, n), or a point of the Box."""
+    low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
+
+    def act(obs):
+        if spec.discrete:
+            return int(rng.integers(spec.discrete))
+        return rng.uniform(low, high).astype(np.float32)
+
+    return act
+
+
 COLLECT_POLICIES = {
     "doom_take_cover": ("random",),
     "car_racing": ("track", "fast_track", "drive", "explore"),
 }
-"""Collection policies per game; the first is the default."""
+"""Collection policies per game; the first is the default. Any other game has ``random``
+(``random_policy``)."""
 
 
 def check_collect_policy(spec: GameSpec, name: str | None) -> None:
     """Raise a clear error unless ``name`` is None or one of ``spec``'s collection policies."""
-    names = COLLECT_POLICIES[spec.name]
+    names = COLLECT_POLICIES.get(spec.name, ("random",))
     if name is not None and name not in names:
         raise ValueError(f"policy: {spec.name} has collection policies {names}, got {name!r}")
 
@@ -232,6 +263,8 @@ def make_collect_policy(
     ``env`` is the real game being played; ``drive`` reads its state.
     """
     check_collect_policy(spec, name)
+    if spec.name not in COLLECT_POLICIES:
+        return random_policy(spec, rng)
     if spec.name == "doom_take_cover":
         return doom_random_policy(rng)
     if name in ("drive", "explore"):

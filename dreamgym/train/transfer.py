@@ -14,7 +14,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dreamgym.agents import ALGOS, Agent
-from dreamgym.games import GameSpec, get_game
+from dreamgym.envs import game_from_config
+from dreamgym.games import GameSpec
 from dreamgym.reports import plot_transfer, read_report, write_report
 from dreamgym.spaces import PIXELS, check_choice
 from dreamgym.transfer import load_agent_for, score_transfer
@@ -59,7 +60,7 @@ def run_agents(config, wm_dir: Path) -> list[Path]:
     Returns the reports' paths (the plot's last).
     """
     _check(config)
-    spec = get_game(read_json(wm_dir / WM_CONFIG)["game"])
+    spec = game_from_config(read_json(wm_dir / WM_CONFIG), str(wm_dir / WM_CONFIG))
     earlier = [read_report(r) for r in config.reports]
     agents = [
         load_agent_for(a, spec.dream_id, wm_dir, config.obs_mode, config.max_steps,
