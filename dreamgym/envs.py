@@ -21,6 +21,7 @@ rebuild a user's game from its files.
 
 from __future__ import annotations
 
+import copyreg
 import functools
 import importlib
 import json
@@ -377,3 +378,13 @@ __all__ = [
     "PixelFrames", "make_pixel_game", "game_spec", "resolve_game", "game_from_config",
     "game_record", "random_returns", "argmax_action", "one_hot_action", "scale_action", "is_image",
 ]  # fmt: skip
+
+
+def _reduce_spec(spec: GameSpec):
+    """Pickle a user's game as its source, so a worker process rebuilds and registers it."""
+    if spec.source is None:
+        return spec.__reduce_ex__(2)
+    return (resolve_game, (spec.source,))
+
+
+copyreg.pickle(GameSpec, _reduce_spec)

@@ -221,15 +221,9 @@ class GameSpec:
     source: str | None = None
     """How a fresh process rebuilds this spec (``dreamgym.envs.resolve_game``): a Gymnasium
     id or ``module:object``. Saved runs and folders record it beside the name; None for
-    the games that ship with dreamgym."""
-
-    def __reduce_ex__(self, protocol):
-        # A user's game travels to worker processes as its source, and is registered there.
-        if self.source is None:
-            return super().__reduce_ex__(protocol)
-        from dreamgym.envs import resolve_game
-
-        return (resolve_game, (self.source,))
+    the games that ship with dreamgym. A spec with a source pickles as its source
+    (``dreamgym.envs`` registers that with ``copyreg``), so worker processes rebuild
+    and register it."""
 
     def replace(self, **changes) -> GameSpec:
         """A copy with ``changes`` (``dataclasses.replace``)."""
