@@ -85,10 +85,17 @@ def read_report(report: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
     return report
 
 
+def score_text(*values: float, scale: float | None = None) -> list[str]:
+    """``values`` as printed in tables: one decimal, or three where ``scale`` (default: the
+    largest magnitude) is below 10 (returns of 0-1, as in MiniGrid)."""
+    scale = max(abs(v) for v in values) if scale is None else scale
+    return [f"{v:.1f}" if scale >= 10 else f"{v:.3f}" for v in values]
+
+
 def _interval(part: dict[str, Any]) -> str:
     ci = part.get("ci95")
-    text = f"{part['mean']:.1f} ± {part['std']:.1f}"
-    return text + (f"  (95% CI {ci[0]:.1f} to {ci[1]:.1f})" if ci else "")
+    mean, std, *bounds = score_text(part["mean"], part["std"], *(ci or []))
+    return f"{mean} ± {std}" + (f"  (95% CI {bounds[0]} to {bounds[1]})" if ci else "")
 
 
 def format_transfer(report: dict[str, Any] | str | os.PathLike) -> str:

@@ -22,7 +22,7 @@ from dreamgym._version import __version__
 from dreamgym.games import get_game
 from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
 from dreamgym.pools import check_backend
-from dreamgym.reports import format_transfer, summary
+from dreamgym.reports import format_transfer, score_text, summary
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
 from dreamgym.spaces import STARTS
 from dreamgym.train.common import WORLD_MODEL_DIR, check_options, set_threads, stage_folders
@@ -291,19 +291,20 @@ def format_table(result: dict | str | Path) -> str:
     where = "real game" if result["mode"] == "real" else f"dream, tau {result['tau']:g}"
     if result.get("starts") == "real":
         where += ", real starts"
+    scale = max(abs(result["min"]), abs(result["max"]))
     rows = [
         ("game", result["game"]),
         ("scored in", where),
         ("controller", result["controller"]),
         ("trained at tau", "-" if result.get("trained_tau") is None else result["trained_tau"]),
         ("episodes", result["episodes"]),
-        ("mean ± std", f"{result['mean']:.1f} ± {result['std']:.1f}"),
+        ("mean ± std", "{} ± {}".format(*score_text(result["mean"], result["std"], scale=scale))),
         *(
-            [("95% CI of the mean", "{:.1f} to {:.1f}".format(*result["ci95"]))]
+            [("95% CI of the mean", "{} to {}".format(*score_text(*result["ci95"], scale=scale)))]
             if result.get("ci95")
             else []
         ),
-        ("min / max", f"{result['min']:.1f} / {result['max']:.1f}"),
+        ("min / max", "{} / {}".format(*score_text(result["min"], result["max"], scale=scale))),
         ("wall time", f"{result['wall_seconds']:.1f} s"),
     ]
     width = max(len(k) for k, _ in rows)
