@@ -196,6 +196,24 @@ def test_sb3_sees_a_discrete_action_space(registry, tmp_path):
         venv.step(np.array([0, 2]))
 
 
+
+def test_a_discrete_sb3_agent_is_scored_in_dreams_and_the_real_game(registry, tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3 import PPO
+
+    from dreamgym.sb3 import as_vec_env
+    from dreamgym.transfer import score_transfer
+
+    folder = tiny_folder(tmp_path)
+    env_id = dreamgym.register(folder)
+    model = PPO("MlpPolicy", as_vec_env(gym.make_vec(env_id, num_envs=2)), n_steps=8,
+                batch_size=16, seed=0, device="cpu")  # fmt: skip
+    model.save(tmp_path / "agent.zip")
+    report = score_transfer(tmp_path / "agent.zip", env_id, episodes=2, world_model=folder)
+    assert report["algo"] == "ppo" and report["kind"] == "sb3"
+    assert len(report["real"]["returns"]) == 2 and len(report["dream"]["returns"]) == 2
+    assert set(report["real"]["returns"]) <= {0.0, 1.0}  # tiny_catch pays 1 for a catch, else 0
+
 def cli(*args, timeout=600):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
