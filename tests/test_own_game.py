@@ -196,7 +196,6 @@ def test_sb3_sees_a_discrete_action_space(registry, tmp_path):
         venv.step(np.array([0, 2]))
 
 
-
 def test_a_discrete_sb3_agent_is_scored_in_dreams_and_the_real_game(registry, tmp_path):
     pytest.importorskip("stable_baselines3")
     from stable_baselines3 import PPO
@@ -213,6 +212,7 @@ def test_a_discrete_sb3_agent_is_scored_in_dreams_and_the_real_game(registry, tm
     assert report["algo"] == "ppo" and report["kind"] == "sb3"
     assert len(report["real"]["returns"]) == 2 and len(report["dream"]["returns"]) == 2
     assert set(report["real"]["returns"]) <= {0.0, 1.0}  # tiny_catch pays 1 for a catch, else 0
+
 
 def cli(*args, timeout=600):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
