@@ -45,11 +45,11 @@ REAL = {
 }
 RECIPES = {  # SB3's defaults except these; measured in docs/agents.md
     "DreamDoom-v0": dict(
-        num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=0.0,
+        num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=0.0, ent_coef=0.0,
         timesteps=2_000_000, starts="first", max_episode_steps=None,
     ),
     "DreamCarRacing-v0": dict(
-        num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=-1.0,
+        num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=-1.0, ent_coef=0.0,
         timesteps=2_000_000, starts="real", max_episode_steps=250,
     ),
 }  # fmt: skip
@@ -67,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-steps", type=int, help="steps per dream between updates (recipe's)")
     p.add_argument("--batch-size", type=int, help="PPO's minibatch (recipe's)")
     p.add_argument("--n-epochs", type=int, help="PPO's epochs per update (recipe's)")
+    p.add_argument("--ent-coef", type=float, help="entropy bonus (recipe's)")
     p.add_argument("--episodes", type=int, default=20, help="real episodes to score (0: none)")
     p.add_argument("--tau", type=float, default=None, help="dream temperature (default: the id's)")
     p.add_argument("--starts", choices=["first", "real"], help="dream starts (recipe's)")
@@ -132,7 +133,7 @@ def make_model(args, venv, policy_kwargs):
     policy = ControllerActorCritic if args.policy == "controller" else "MlpPolicy"
     return PPO(
         policy, venv, n_steps=args.n_steps, batch_size=args.batch_size,
-        n_epochs=args.n_epochs, **common,
+        n_epochs=args.n_epochs, ent_coef=args.ent_coef, **common,
     )  # fmt: skip
 
 
