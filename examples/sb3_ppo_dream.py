@@ -45,7 +45,7 @@ REAL = {
 }
 RECIPES = {  # SB3's defaults except these; measured in docs/agents.md
     "DreamDoom-v0": dict(
-        num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=0.0, ent_coef=0.0,
+        num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=0.0, ent_coef=0.01,
         timesteps=2_000_000, starts="first", max_episode_steps=None,
     ),
     "DreamCarRacing-v0": dict(
