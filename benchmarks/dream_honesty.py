@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dreamgym.reports import score_text
 from dreamgym.spaces import check_tau
 from dreamgym.train.cross_dream import SIGHTS, cross_dream_returns
 from dreamgym.train.panel import (
@@ -51,8 +52,11 @@ def at_cap(returns: np.ndarray, cap: float | None) -> str:
     return "-" if cap is None else f"{np.mean(returns >= cap):.0%}"
 
 
-def score(mean_std: np.ndarray | None) -> str:
-    return "-" if mean_std is None else f"{mean_std.mean():7.1f} ± {mean_std.std():6.1f}"
+def score(returns: np.ndarray | None) -> str:
+    if returns is None:
+        return "-"
+    mean, std = score_text(returns.mean(), returns.std())  # 3 decimals for returns of 0-1
+    return f"{mean:>7} ± {std:>6}"
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -214,6 +214,27 @@ def test_a_discrete_sb3_agent_is_scored_in_dreams_and_the_real_game(registry, tm
     assert set(report["real"]["returns"]) <= {0.0, 1.0}  # tiny_catch pays 1 for a catch, else 0
 
 
+def test_fixed_policies_of_a_discrete_game_play_dreams_and_the_real_game(registry, tmp_path):
+    """The honesty panel's fixed policies: indices in range, held, and played both ways."""
+    from dreamgym.train.cross_dream import FixedPolicy, cross_dream_returns
+    from dreamgym.train.panel import play_fixed
+
+    wm = WorldModel.load(tiny_folder(tmp_path))
+    spec, rng = wm.game, np.random.default_rng(0)
+    act = FixedPolicy("random", max_hold=2).actor(spec, 4, rng)
+    a = np.stack([act(np.arange(4)) for _ in range(40)])  # (T, 4, 1) action indices
+    assert a.shape == (40, 4, 1) and set(np.unique(a)) == {0.0, 1.0, 2.0}
+    assert FixedPolicy("constant", (2.0,)).actor(spec, 3, rng)(np.arange(3)).tolist() == [[2.0]] * 3
+    for bad in ((3.0,), (1.5,), (0.0, 1.0)):
+        with pytest.raises(ValueError, match="action"):
+            FixedPolicy("constant", bad).actor(spec, 1, rng)
+    for policy in (FixedPolicy("constant", (1.0,)), FixedPolicy("random")):
+        ret, how = cross_dream_returns(wm, policy, 6, 1.0, torch.Generator().manual_seed(0))
+        assert how is None and ret.shape == (6,)
+        real = play_fixed(spec, policy, range(3), spec.max_episode_steps)
+        assert real.shape == (3,) and set(real) <= {0.0, 1.0}
+
+
 def cli(*args, timeout=600):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
@@ -291,3 +312,21 @@ def test_shipped_minigrid_model_loads_and_scores_as_its_report(registry, tmp_pat
     shipped = dreamgym.shipped_dir("minigrid_empty_5x5") / "evaluate_real.json"
     expected = json.loads(shipped.read_text())["returns"][:5]
     assert json.loads(out.read_text())["returns"] == expected
+
+
+def test_minigrid_honesty_panel_replays_its_cached_real_scores(registry, tmp_path):
+    """The discrete game's panel loads (its controllers see through the shipped folder),
+    and a fixed policy replays the real returns cached in ``real_scores.json``."""
+    from dreamgym.train.panel import REAL_SCORES_FILE, RealScores, load_panel, real_returns
+
+    dreamgym.register("minigrid_empty_5x5")
+    panel = Path(__file__).parents[1] / "benchmarks" / "panel" / "minigrid_empty_5x5"
+    spec, entries = load_panel(panel, panel.parents[2])
+    assert spec.discrete == 7 and len(entries) >= 8
+    cache = RealScores(panel / REAL_SCORES_FILE)
+    random = next(e for e in entries if e.name == "random")
+    cached, hit = real_returns(random, spec, cache, 100)
+    assert hit and cached.shape == (100,)
+    fresh = RealScores(tmp_path / REAL_SCORES_FILE)  # nothing cached: play the first 10 seeds again
+    again, hit = real_returns(random, spec, fresh, 10, play=True)
+    assert not hit and np.allclose(again, cached[:10])

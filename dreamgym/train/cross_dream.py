@@ -88,11 +88,16 @@ class FixedPolicy:
             raise ValueError(f"max_hold: expected an integer >= 1, got {self.max_hold}")
 
     def actor(self, spec: GameSpec, n: int, rng: np.random.Generator) -> Callable:
-        """``act(rows)``: (len(rows), A) float32 actions of the n games ``rows`` (int array)."""
-        low, high = spec.action_space.low, spec.action_space.high
+        """``act(rows)``: (len(rows), A) float32 actions of the n games ``rows`` (int array),
+        as dreamgym's tensors hold them (a ``Discrete`` game's: A = 1, the index)."""
+        if spec.discrete:
+            low, high = np.zeros(1, np.float32), np.full(1, spec.discrete - 1, np.float32)
+        else:
+            low, high = spec.action_space.low, spec.action_space.high
         if self.kind == "constant":
             a = np.asarray(self.action, np.float32)
-            if a.shape != low.shape or not ((a >= low) & (a <= high)).all():
+            whole = not spec.discrete or (a.shape == low.shape and a[0] == np.round(a[0]))
+            if a.shape != low.shape or not ((a >= low) & (a <= high)).all() or not whole:
                 raise ValueError(
                     f"action: expected {low.shape[0]} values in {spec.action_space}, "
                     f"got {list(self.action)}"
@@ -101,9 +106,14 @@ class FixedPolicy:
         held = np.zeros((n, len(low)), np.float32)
         left = np.zeros(n, np.int64)
 
+        def draw(k: int) -> np.ndarray:
+            if spec.discrete:
+                return rng.integers(0, spec.discrete, (k, 1)).astype(np.float32)
+            return rng.uniform(low, high, (k, len(low)))
+
         def act(rows: np.ndarray) -> np.ndarray:
             new = rows[left[rows] == 0]
-            held[new] = rng.uniform(low, high, (len(new), len(low)))
+            held[new] = draw(len(new))
             left[new] = rng.integers(1, self.max_hold + 1, len(new))
             left[rows] -= 1
             return held[rows].copy()

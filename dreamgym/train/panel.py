@@ -256,7 +256,9 @@ def play_fixed(spec: GameSpec, policy: FixedPolicy, seeds, max_steps: int) -> np
             env.reset(seed=int(seed))
             total, done = 0.0, False
             while not done:
-                _, r, terminated, truncated, _ = env.step(act(np.zeros(1, np.int64))[0])
+                action = act(np.zeros(1, np.int64))[0]
+                action = int(action[0]) if spec.discrete else action
+                _, r, terminated, truncated, _ = env.step(action)
                 total, done = total + float(r), terminated or truncated
             out.append(total)
     finally:
