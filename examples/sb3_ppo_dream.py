@@ -50,7 +50,7 @@ RECIPES = {  # SB3's defaults except these; measured in docs/agents.md
     ),
     "DreamCarRacing-v0": dict(
         num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=-1.0, ent_coef=0.0,
-        timesteps=2_000_000, starts="real", max_episode_steps=250,
+        timesteps=2_000_000, starts="first", max_episode_steps=None,
     ),
 }  # fmt: skip
 
