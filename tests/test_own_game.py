@@ -70,14 +70,17 @@ def tiny_catch() -> dreamgym.GameSpec:
 
 @pytest.fixture
 def registry():
-    """Leave GAMES, ENV_IDS and Gymnasium's registry as the test found them."""
+    """Leave GAMES, ENV_IDS and Gymnasium's registry as the test found them. Ids that a
+    package registered when a test first imported it (minigrid's) stay: a second
+    import would not register them again."""
     games, ids, gyms = dict(GAMES), dict(ENV_IDS), set(gym.registry)
     yield
     for table, saved in ((GAMES, games), (ENV_IDS, ids)):
         table.clear()
         table.update(saved)
     for env_id in set(gym.registry) - gyms:
-        del gym.registry[env_id]
+        if str(gym.registry[env_id].entry_point).startswith("dreamgym."):
+            del gym.registry[env_id]
 
 
 def tiny_folder(tmp_path: Path) -> Path:
