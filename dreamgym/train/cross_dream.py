@@ -96,8 +96,11 @@ class FixedPolicy:
             low, high = spec.action_space.low, spec.action_space.high
         if self.kind == "constant":
             a = np.asarray(self.action, np.float32)
-            whole = not spec.discrete or (a.shape == low.shape and a[0] == np.round(a[0]))
-            if a.shape != low.shape or not ((a >= low) & (a <= high)).all() or not whole:
+            if (
+                a.shape != low.shape
+                or not ((a >= low) & (a <= high)).all()
+                or (spec.discrete and a[0] != np.round(a[0]))  # an index
+            ):
                 raise ValueError(
                     f"action: expected {low.shape[0]} values in {spec.action_space}, "
                     f"got {list(self.action)}"

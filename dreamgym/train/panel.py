@@ -256,9 +256,8 @@ def play_fixed(spec: GameSpec, policy: FixedPolicy, seeds, max_steps: int) -> np
             env.reset(seed=int(seed))
             total, done = 0.0, False
             while not done:
-                action = act(np.zeros(1, np.int64))[0]
-                action = int(action[0]) if spec.discrete else action
-                _, r, terminated, truncated, _ = env.step(action)
+                action = spec.env_action(torch.from_numpy(act(np.zeros(1, np.int64))[0]))
+                _, r, terminated, truncated, _ = env.step(action.numpy())
                 total, done = total + float(r), terminated or truncated
             out.append(total)
     finally:
