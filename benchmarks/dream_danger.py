@@ -1,10 +1,9 @@
 """How much of Doom's danger survives V and M: fireballs in real frames, in V's
 reconstructions of the same frames, and in dreams, under the same policy.
 
-A fireball in a 64x64 TakeCover frame is a few bright yellow-white pixels; the walls,
-floor and monsters are darker, and a damage flash tints everything red without
-making it bright. So "danger pixels" are those with R + G >= 290, R >= 140, G >= 120
-and B < R. A dream with fewer of them per frame than the real game is an easier game.
+"Danger pixels" are the game's ``danger_pixels`` (``dreamgym.games.doom_fireballs``: a
+fireball in a 64x64 TakeCover frame is a few bright yellow-white pixels). A dream with
+fewer of them per frame than the real game is an easier game.
 
     python benchmarks/dream_danger.py --world-model models/doom_take_cover
     python benchmarks/dream_danger.py --world-model DIR --controller DIR --episodes 20
@@ -23,17 +22,15 @@ import numpy as np
 import torch
 
 import dreamgym
+from dreamgym.games import doom_fireballs
 from dreamgym.shipped import load_world_model
 from dreamgym.vae import frames_to_tensor, tensor_to_frames
 from dreamgym.world_model import WorldModel
 
 
 def danger_pixels(frames: np.ndarray) -> np.ndarray:
-    """(N, 64, 64, 3) uint8 -> (N,) number of fireball-bright pixels in each frame."""
-    f = frames.astype(np.int16)
-    r, g, b = f[..., 0], f[..., 1], f[..., 2]
-    hot = (r + g >= 290) & (r >= 140) & (g >= 120) & (b < r)
-    return hot.reshape(len(frames), -1).sum(axis=1)
+    """(N, 64, 64, 3) uint8 -> (N,) number of fireball pixels in each frame."""
+    return doom_fireballs(frames).reshape(len(frames), -1).sum(axis=1)
 
 
 class HoldPolicy:

@@ -167,6 +167,17 @@ def _doom_action(y: torch.Tensor) -> torch.Tensor:
     return y  # the tanh output is already in Box(-1, 1, (1,))
 
 
+def doom_fireballs(frames: np.ndarray) -> np.ndarray:
+    """(N, 64, 64, 3) uint8 frames -> (N, 64, 64) bool: TakeCover's fireball pixels.
+
+    A fireball is a few bright yellow-white pixels; the walls, floor and monsters are
+    darker, and a damage flash tints everything red without making it bright. So a
+    fireball pixel has R + G >= 290, R >= 140, G >= 120 and B < R."""
+    f = np.asarray(frames).astype(np.int16)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    return (r + g >= 290) & (r >= 140) & (g >= 120) & (b < r)
+
+
 def _car_action(y: torch.Tensor) -> torch.Tensor:
     if y.shape[-1] == 2:  # steer = a0; a1 is one pedal: gas when positive, brake when negative
         return torch.stack([y[..., 0], y[..., 1].clamp(0, 1), (-y[..., 1]).clamp(0, 1)], dim=-1)
@@ -224,6 +235,10 @@ class GameSpec:
     the games that ship with dreamgym. A spec with a source pickles as its source
     (``dreamgym.envs`` registers that with ``copyreg``), so worker processes rebuild
     and register it."""
+    danger_pixels: Callable[[np.ndarray], np.ndarray] | None = None
+    """(N, 64, 64, 3) uint8 frames -> (N, 64, 64) bool: the pixels that show what ends
+    an episode (Doom's fireballs), or None. ``fit-vae --danger-weight`` weighs V's
+    error there more, and ``benchmarks/dream_danger.py`` counts them."""
 
     def replace(self, **changes) -> GameSpec:
         """A copy with ``changes`` (``dataclasses.replace``)."""
@@ -283,6 +298,7 @@ GAMES: dict[str, GameSpec] = {
         default_tau=1.15,  # the paper's best transfer
         render_fps=35,
         run_dir="runs/doom",
+        danger_pixels=doom_fireballs,
     ),
     "car_racing": GameSpec(
         name="car_racing",

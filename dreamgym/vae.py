@@ -88,16 +88,31 @@ def vae_loss(
     mu: torch.Tensor,
     logvar: torch.Tensor,
     kl_tolerance: float = 0.5,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Paper's loss: summed squared error + max(KL, kl_tolerance * Z), averaged over the batch.
 
-    Returns (loss, reconstruction, kl), each a scalar; kl is before the floor.
+    ``weight`` (broadcast to x, e.g. (B, 1, 64, 64)) scales each pixel's squared error
+    in the loss. Returns (loss, reconstruction, kl), each a scalar; the reconstruction
+    is the unweighted error and kl is before the floor.
     """
     B, Z = mu.shape
-    rec = (x - x_hat).pow(2).flatten(1).sum(1)  # (B,)
+    err = (x - x_hat).pow(2)
+    rec = err.flatten(1).sum(1)  # (B,)
+    fit = rec if weight is None else (err * weight).flatten(1).sum(1)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)  # (B,)
     kl_floored = torch.clamp(kl, min=kl_tolerance * Z)
-    return (rec + kl_floored).mean(), rec.mean(), kl.mean()
+    return (fit + kl_floored).mean(), rec.mean(), kl.mean()
+
+
+def danger_weight(
+    frames: np.ndarray, danger_pixels, extra: float, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """(B, 1, 64, 64) weights of V's squared error: 1, and ``1 + extra`` on the pixels
+    ``danger_pixels(frames)`` marks and their 8 neighbours (a far fireball is a pixel or
+    two; its edge counts as much as its centre)."""
+    hot = torch.as_tensor(danger_pixels(frames), device=device).float()[:, None]
+    return 1.0 + extra * torch.nn.functional.max_pool2d(hot, 3, stride=1, padding=1)
 
 
 def frames_to_tensor(frames: np.ndarray | torch.Tensor, device: str | torch.device = "cpu"):
@@ -115,6 +130,7 @@ __all__ = [
     "ConvVAE",
     "VAEConfig",
     "vae_loss",
+    "danger_weight",
     "reparameterize",
     "frames_to_tensor",
     "tensor_to_frames",
