@@ -131,21 +131,19 @@ def run_pipeline(game: str, preset: str, run_dir: str, stages: dict | None = Non
     for name in PIPELINE:
         cls, fn, _ = stages[name]
         entry = cfg.get(name.replace("-", "_"), {})
-        if name == "collect":  # a list: top-ups in order (e.g. one per collection policy)
-            for kwargs in entry if isinstance(entry, list) else [entry]:
-                print(f"== {name}", flush=True)
-                fn(cls(**{**kwargs, "game": game}), run_dir)
-            continue
-        kwargs = dict(entry)
-        print(f"== {name}", flush=True)
-        if name == "evaluate":
-            print(format_table(fn(cls(**kwargs), evolve_dir)), flush=True)
-            continue
-        result = fn(cls(**kwargs), run_dir)
-        if name == "fit-mdnrnn":
-            assemble(run_dir)
-        if name == "evolve":
-            evolve_dir = result
+        # A list runs in order: collect's top-ups (one per collection policy), or phases
+        # of a training stage (fit-vae resumed with another lr or danger weight).
+        for kwargs in entry if isinstance(entry, list) else [entry]:
+            kwargs = {**kwargs, "game": game} if name == "collect" else dict(kwargs)
+            print(f"== {name}", flush=True)
+            if name == "evaluate":
+                print(format_table(fn(cls(**kwargs), evolve_dir)), flush=True)
+                continue
+            result = fn(cls(**kwargs), run_dir)
+            if name == "fit-mdnrnn":
+                assemble(run_dir)
+            if name == "evolve":
+                evolve_dir = result
     return run_dir
 
 

@@ -153,13 +153,42 @@ def test_presets_cover_every_stage():
             for name in PIPELINE:
                 cls, key = stages[name][0], name.replace("-", "_")
                 entries = cfg[key] if isinstance(cfg[key], list) else [cfg[key]]
-                assert entries and (key == "collect" or len(entries) == 1)  # lists: collect only
+                assert entries
                 for kwargs in entries:
                     if key == "collect":
                         kwargs = {**kwargs, "game": game}
                         check_collect_policy(get_game(game), kwargs.get("policy"))
                     cls(**kwargs)  # every field name in the preset is a real config field
     assert Path(__file__).parents[1].joinpath("training", "presets").is_dir()
+
+
+def test_a_list_in_a_preset_runs_its_phases_in_order(tmp_path, monkeypatch):
+    from dreamgym import cli as dg_cli
+    from dreamgym.train import evaluate, export
+
+    calls = []
+
+    def stage(name):
+        def fn(config, where):
+            calls.append((name, config, where))
+            return tmp_path / "evolve-x" if name == "evolve" else where
+
+        return fn
+
+    stages = {name: (dict, stage(name), "") for name in dg_cli.PIPELINE}
+    monkeypatch.setattr(export, "assemble", lambda run_dir: calls.append(("assemble",)))
+    monkeypatch.setattr(evaluate, "format_table", lambda result: "table")
+    preset = tmp_path / "phases.json"
+    phases = [{"epochs": 0.5}, {"epochs": 0.8, "lr": 3e-4, "danger_weight": 10}]
+    top_ups = [{"episodes": 4}, {"episodes": 6, "controller": "c"}]
+    preset.write_text(json.dumps({"collect": top_ups, "fit_vae": phases, "evolve": {}}))
+    dg_cli.run_pipeline("doom_take_cover", str(preset), tmp_path / "run", stages)
+    names = [c[0] for c in calls]
+    assert names == ["collect", "collect", "fit-vae", "fit-vae", "encode", "fit-mdnrnn",
+                     "assemble", "evolve", "evaluate"]  # fmt: skip
+    assert [c[1] for c in calls[:2]] == [{**t, "game": "doom_take_cover"} for t in top_ups]
+    assert [c[1] for c in calls[2:4]] == phases
+    assert calls[-1][2] == tmp_path / "evolve-x"  # evaluate scores what evolve made
 
 
 def test_collect_worker_killed_fails_fast_and_resumes(tmp_path):
