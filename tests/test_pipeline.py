@@ -417,3 +417,29 @@ def test_fit_mdnrnn_trains_an_ensemble_with_dropout(tmp_path):
     assert len(wm.members) == 3
     a, b = (m.state_dict()["head.weight"] for m in wm.members[:2])
     assert not np.allclose(a.numpy(), b.numpy())
+
+
+def test_fit_mdnrnn_starts_from_a_world_models_m(tmp_path):
+    """--init: M starts from another folder's M (the one its V encoded the latents); a V
+    or an M shape other than the run's is refused in one line, with nothing written."""
+    from conftest import tiny_world_model
+
+    run, wm_dirs = tmp_path / "run", [tmp_path / "wm0", tmp_path / "wm1"]
+    cli("collect", "doom_take_cover", "--run", run, "--episodes", "2", "--max-steps", "30",
+        "--min-frames", "0", "--workers", "1")  # fmt: skip
+    for seed, folder in enumerate(wm_dirs):
+        tiny_world_model("doom_take_cover", seed=seed).save(folder)
+    cli("encode", run, "--world-model", wm_dirs[0])
+    args = ("fit-mdnrnn", run, "--batch-size", "2", "--seq-len", "20", "--steps", "2",
+            "--threads", "1", "--lr", "1e-9", "--lr-final", "1e-9")  # fmt: skip
+    for bad, says in (((wm_dirs[1], "--hidden", "16"), "another V"),
+                      ((wm_dirs[0], "--hidden", "8"), "this fit asks for")):  # fmt: skip
+        out = cli(*args, "--init", *bad, check=False)
+        assert out.returncode != 0 and says in out.stderr.strip().splitlines()[-1]
+        assert not (run / "mdnrnn").exists()
+    cli(*args, "--init", wm_dirs[0], "--hidden", "16", "--dropout", "0.1")
+    fitted, start = WorldModel.load(run / "world_model"), WorldModel.load(wm_dirs[0])
+    assert fitted.dropout == 0.1
+    for key, value in start.mdnrnn.state_dict().items():
+        np.testing.assert_allclose(fitted.mdnrnn.state_dict()[key].numpy(), value.numpy(),
+                                   atol=1e-6, err_msg=key)  # fmt: skip

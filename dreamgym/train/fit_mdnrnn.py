@@ -7,6 +7,7 @@ noise rather than its means. Checkpoints atomically; a rerun resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, fields
@@ -51,6 +52,7 @@ from dreamgym.train.common import (
     world_model_dest,
 )
 from dreamgym.train.encode import load_latents
+from dreamgym.world_model import WorldModel, vae_digest
 
 
 @dataclass
@@ -97,6 +99,11 @@ class FitMDNRNNConfig:
     """Steps between the starts of open-loop predictions in a training sequence."""
     open_loop_weight: float = 1.0
     """Weight of the open-loop losses against the one-step ones."""
+    init: str | None = None
+    """A world-model folder whose M (member 0) every member starts from, instead of random
+    weights (a fresh start only: a checkpoint resumes). The paper's iteration can then
+    refit M on new data without changing what a controller reads in h. Its V must be the
+    one the latents were encoded with (``encode --world-model``), its M of this shape."""
     checkpoint_every: int = 100
     """Steps between atomic checkpoints."""
     seed: int = 0
@@ -271,9 +278,26 @@ def run(config: FitMDNRNNConfig, run_dir) -> Path:
         z_dim=lat["mu"].shape[1], action_dim=spec.action_dim, hidden=config.hidden or spec.hidden,
         n_mix=config.n_mix, reward_head=spec.models_reward, dropout=config.dropout,
     )  # fmt: skip
+    init = _init_weights(config.init, mcfg, spec.name, vae_id) if config.init else None
     for k in range(config.members):
-        _fit_member(config, run_dir, k, mcfg, lat, spec, vae_id, rows)
+        _fit_member(config, run_dir, k, mcfg, lat, spec, vae_id, rows, init)
     return run_dir / MDN_DIR
+
+
+def _init_weights(folder: str, mcfg: MDNRNNConfig, game: str, vae_id: str | None) -> dict:
+    """The weights of ``folder``'s M (member 0), if it fits this run's latents and M's shape."""
+    wm = WorldModel.load(folder, game)
+    if vae_id != vae_digest(folder):
+        raise ValueError(
+            f"init: {folder} has another V than the one the run's latents were encoded with; "
+            f"encode with --world-model {folder} first"
+        )
+    theirs = dataclasses.replace(wm.mdnrnn.config, dropout=mcfg.dropout)
+    if theirs != mcfg:
+        raise ValueError(
+            f"init: {folder}'s M is {theirs.to_dict()}, this fit asks for {mcfg.to_dict()}"
+        )
+    return wm.mdnrnn.state_dict()
 
 
 class _Member:
@@ -289,20 +313,22 @@ class _Member:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: math.exp(decay * s))
         self.step = 0
 
-    def resume(self, vae_id, rows) -> None:
-        """Continue from the checkpoint, if any (refused if M's shape, V or the latents changed)."""
+    def resume(self, vae_id, rows) -> bool:
+        """Continue from the checkpoint, if any (refused if M's shape, V or the latents changed);
+        whether there was one."""
         inputs = {} if vae_id is None else {"vae": vae_id}
         keys = [f.name for f in fields(self.mcfg)]
         found = search.resume(self.out, self.mcfg, keys, CHECKPOINT, "fit-mdnrnn", inputs,
                               rows if vae_id is not None else None)  # fmt: skip
         if found is None:
-            return
+            return False
         tensors, values = found
         self.m.load_state_dict(module_state("model", tensors))
         self.opt.load_state_dict(optimizer_state(tensors, values))
         self.sched.load_state_dict(values["scheduler"])
         self.sched.base_lrs = [self.config.lr]  # the learning rates asked for now
         self.step = values["step"]
+        return True
 
     def checkpoint(self) -> None:
         check_weights(self.m, "fit-mdnrnn", self.step, self.ckpt_path)
@@ -344,10 +370,12 @@ class _Member:
 
 
 def _fit_member(config: FitMDNRNNConfig, run_dir: Path, k: int, mcfg: MDNRNNConfig, lat: dict,
-                spec, vae_id, rows) -> Path:  # fmt: skip
-    """Train member k of the ensemble (resuming its checkpoint) to ``config.steps``."""
+                spec, vae_id, rows, init: dict | None) -> Path:  # fmt: skip
+    """Train member k of the ensemble (resuming its checkpoint, else from ``init``'s
+    weights, if any) to ``config.steps``."""
     member = _Member(config, run_dir, k, mcfg, spec.name)
-    member.resume(vae_id, rows)
+    if not member.resume(vae_id, rows) and init is not None:
+        member.m.load_state_dict(init)
     out, step = member.out, member.step
     out.mkdir(exist_ok=True)
     if k == 0:
