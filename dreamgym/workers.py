@@ -4,6 +4,9 @@ A game process a worker starts (ViZDoom's engine) inherits the worker's pipes, s
 when a worker is killed the standard pool does not notice and waits forever.
 ``GamePool`` polls its workers' liveness instead: a dead worker raises
 ``WorkerDiedError`` within ``poll`` seconds, and the games left behind are killed.
+The other way round, a worker whose parent is gone (killed by a signal that gave it
+no time to close the pool) kills its games and exits within a second, so no
+orphan goes on playing.
 
 ``open_pool`` picks the backend: ``local`` (``GamePool``) or ``ray``
 (``dreamgym.ray_pool.RayPool``, the same interface on a Ray cluster; ``dreamgym.pools``
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -47,6 +52,25 @@ def _descendants(pid: int) -> dict[int, str]:
     return found
 
 
+def _start_worker(parent: int, initializer, initargs) -> None:
+    """A pool worker's set-up: watch the parent, then the caller's initializer."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _exit_with_parent(parent: int, poll: float = 1.0) -> None:
+    """Once ``parent`` is gone (this process re-parented), kill this worker's games and exit."""
+    while os.getppid() == parent:
+        time.sleep(poll)
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    os._exit(1)
+
+
 class WorkerDiedError(RuntimeError):
     """A real-game worker process died (killed, out of memory) or could not start."""
 
@@ -63,8 +87,8 @@ class GamePool:
         self._pool = ProcessPoolExecutor(
             workers,
             mp_context=get_context("spawn"),  # no fork of a process with torch threads
-            initializer=initializer,
-            initargs=initargs,
+            initializer=_start_worker,
+            initargs=(os.getpid(), initializer, initargs),
         )
 
     def submit(self, fn, *args) -> Future:

@@ -443,3 +443,25 @@ def test_fit_mdnrnn_starts_from_a_world_models_m(tmp_path):
     for key, value in start.mdnrnn.state_dict().items():
         np.testing.assert_allclose(fitted.mdnrnn.state_dict()[key].numpy(), value.numpy(),
                                    atol=1e-6, err_msg=key)  # fmt: skip
+
+
+def test_collect_workers_exit_when_the_collect_process_is_killed(tmp_path):
+    """SIGKILL of collect (no chance to close its pool): its workers and their games exit
+    on their own within seconds, instead of playing on as orphans."""
+    from dreamgym.workers import _descendants
+
+    run = tmp_path / "run"
+    proc = start("collect", "doom_take_cover", "--run", run, "--workers", "2", "--min-frames",
+                 "0", "--episodes", "400", "--max-steps", "60")  # fmt: skip
+    wait_for(lambda: len(data.read_manifest(run)) >= 2, proc)
+    left = _descendants(proc.pid)
+    assert any(b"spawn_main" in _cmdline(p) for p in left), "no collect worker found"
+    os.kill(proc.pid, signal.SIGKILL)  # collect alone, not its process group
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_cmdline(p) for p in left):
+        time.sleep(0.2)
+    orphans = [p for p in left if _cmdline(p)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "workers or games outlived collect"
