@@ -274,6 +274,20 @@ def test_encode_after_more_collection_encodes_only_the_new_episodes(tmp_path):
         np.testing.assert_allclose(again[key], grown[key], atol=1e-5)
 
 
+def _run_encoded_by_a_world_model(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A tiny Doom run and two tiny world-model folders (other Vs); the run's frames
+    are encoded with the first one's V."""
+    from conftest import tiny_world_model
+
+    run, wm_dirs = tmp_path / "run", [tmp_path / "wm0", tmp_path / "wm1"]
+    cli("collect", "doom_take_cover", "--run", run, "--episodes", "2", "--max-steps", "30",
+        "--min-frames", "0", "--workers", "1")  # fmt: skip
+    for seed, folder in enumerate(wm_dirs):
+        tiny_world_model("doom_take_cover", seed=seed).save(folder)
+    cli("encode", run, "--world-model", wm_dirs[0])
+    return run, wm_dirs
+
+
 def test_encode_with_a_world_models_v(tmp_path):
     """--world-model encodes with an exported V (no fit-vae in the run); the file
     records it, so a rerun with the same V keeps it and another V re-encodes."""
@@ -283,12 +297,7 @@ def test_encode_with_a_world_models_v(tmp_path):
     from dreamgym.train.encode import load_latents
     from dreamgym.vae import frames_to_tensor
 
-    run, wm_dirs = tmp_path / "run", [tmp_path / "wm0", tmp_path / "wm1"]
-    cli("collect", "doom_take_cover", "--run", run, "--episodes", "2", "--max-steps", "30",
-        "--min-frames", "0", "--workers", "1")  # fmt: skip
-    for seed, folder in enumerate(wm_dirs):
-        tiny_world_model("doom_take_cover", seed=seed).save(folder)
-    cli("encode", run, "--world-model", wm_dirs[0])
+    run, wm_dirs = _run_encoded_by_a_world_model(tmp_path)
     first = load_latents(run)
     wm = WorldModel.load(wm_dirs[0])
     frames = np.concatenate([data.read_episode(p)["frames"] for p in data.kept_episodes(run)])
@@ -422,14 +431,7 @@ def test_fit_mdnrnn_trains_an_ensemble_with_dropout(tmp_path):
 def test_fit_mdnrnn_starts_from_a_world_models_m(tmp_path):
     """--init: M starts from another folder's M (the one its V encoded the latents); a V
     or an M shape other than the run's is refused in one line, with nothing written."""
-    from conftest import tiny_world_model
-
-    run, wm_dirs = tmp_path / "run", [tmp_path / "wm0", tmp_path / "wm1"]
-    cli("collect", "doom_take_cover", "--run", run, "--episodes", "2", "--max-steps", "30",
-        "--min-frames", "0", "--workers", "1")  # fmt: skip
-    for seed, folder in enumerate(wm_dirs):
-        tiny_world_model("doom_take_cover", seed=seed).save(folder)
-    cli("encode", run, "--world-model", wm_dirs[0])
+    run, wm_dirs = _run_encoded_by_a_world_model(tmp_path)
     args = ("fit-mdnrnn", run, "--batch-size", "2", "--seq-len", "20", "--steps", "2",
             "--threads", "1", "--lr", "1e-9", "--lr-final", "1e-9")  # fmt: skip
     for bad, says in (((wm_dirs[1], "--hidden", "16"), "another V"),
