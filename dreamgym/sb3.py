@@ -49,7 +49,7 @@ from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.dream import DreamVectorEnv
 from dreamgym.games import get_game
 from dreamgym.policy import controller_outputs, save_controller
-from dreamgym.rollouts import DreamEvaluator
+from dreamgym.rollouts import DreamEvaluator, dream_rollouts
 
 require("stable_baselines3", "sb3")
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
@@ -309,6 +309,13 @@ class DreamCheckpoint(BaseCallback):
     scores its candidates. The best so far is written to ``folder`` as a controller
     folder (``dream_score`` and ``timesteps`` in its ``controller.json``), so a
     killed run keeps its best C; each check is a row of ``folder/metrics.jsonl``.
+
+    ``held_out``: other world models with the same V (``evolve.load_worlds``) whose
+    dreams pick the best instead: each check also plays C in ``trials`` dreams of
+    each, from its first frames to the game's episode length, C reading
+    ``world_model``'s M as it does in the real game, and C is kept by the worst of
+    those means (``held_out_score``). An exploit of the training dream's errors is
+    paid there only as far as the other Ms share them.
     """
 
     def __init__(
@@ -323,6 +330,7 @@ class DreamCheckpoint(BaseCallback):
         seed: int = 0,
         meta: dict | None = None,
         verbose: int = 1,
+        held_out: Sequence = (),
     ):
         super().__init__(verbose)
         if every < 1 or trials < 1:
@@ -334,6 +342,7 @@ class DreamCheckpoint(BaseCallback):
         self.evaluator = DreamEvaluator(
             world_model, tau, max_steps, starts=world_model.starts if starts == "real" else None
         )
+        self.held_out = tuple(held_out)
         self.best = -np.inf
         self._next, self._checked = 0, -1
 
@@ -354,7 +363,8 @@ class DreamCheckpoint(BaseCallback):
             self.check()
 
     def check(self) -> float:
-        """Score the actor now; returns its mean dream return."""
+        """Score the actor now; returns the score C is kept by (its mean dream return,
+        or its held-out score)."""
         policy = _check_policy(self.model.policy)
         self.evaluator.controller = policy.controller_config
         returns = self.evaluator.returns(policy.controller_params()[None], self.trials, self.seed)
@@ -362,19 +372,37 @@ class DreamCheckpoint(BaseCallback):
         self._checked = self.num_timesteps
         row = {"timesteps": int(self.num_timesteps), "dream_score": score}
         row["dream_std"] = float(returns.std())
-        kept = score > self.best
+        if self.held_out:
+            row["held_out_score"] = self._held_out_score(policy)
+        choice = row.get("held_out_score", score)
+        kept = choice > self.best
         if kept:
-            self.best = score
+            self.best = choice
             meta = {**self.meta, **row, "tau": self.evaluator.tau, "trials": self.trials}
             save_policy_controller(policy, self.folder, self.wm.game.name, meta)
         self.folder.mkdir(parents=True, exist_ok=True)
         log_metrics(self.folder / METRICS_FILE, **row, kept=kept)
         if self.verbose:
+            held = f", held out {row['held_out_score']:.1f}" if self.held_out else ""
             print(
                 f"dream check at {row['timesteps']:,} steps: {score:.1f} +- {row['dream_std']:.1f}"
-                f" over {self.trials} dreams{' (best, saved)' if kept else ''}"
+                f" over {self.trials} dreams{held}{' (best, saved)' if kept else ''}"
             )
-        return score
+        return choice
+
+    def _held_out_score(self, policy: ControllerActorCritic) -> float:
+        """The worst mean return of C over the held-out world models' dreams."""
+        params = policy.controller_params()[None]
+        means = []
+        for world in self.held_out:
+            g = torch.Generator(device=self.wm.device).manual_seed(int(self.seed))
+            returns, steps = dream_rollouts(
+                self.wm, params, self.trials, self.evaluator.tau, g, world=world,
+                controller=policy.controller_config,
+            )  # fmt: skip
+            self.evaluator.steps += steps
+            means.append(float(returns.mean()))
+        return min(means)
 
 
 def _check_policy(policy) -> ControllerActorCritic:

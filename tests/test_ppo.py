@@ -74,6 +74,44 @@ def test_ppo_starts_from_a_controller_and_a_rerun_continues(tmp_path):
         ppo.run(tiny_ppo(init=str(start), timesteps=2048), run_dir)
 
 
+def test_ppo_keeps_the_c_held_out_dreams_score_best(tmp_path):
+    """check_worlds: each check also scores C in another M's first-frame dreams (C reading
+    the run's M) and keeps C by that score; a world model with another V is refused."""
+    from test_evolve import tiny_world
+
+    from dreamgym.rollouts import dream_rollouts
+
+    run_dir = make_run(tmp_path / "run")
+    wm = WorldModel.load(run_dir / "world_model")
+    harsh = tiny_world(danger=0.3)
+    harsh.vae.load_state_dict(wm.vae.state_dict())  # an M of the same V
+    harsh_dir = harsh.save(tmp_path / "harsh")
+    config = tiny_ppo(timesteps=768, log_std_init=0.0, check_worlds=(str(harsh_dir),))
+    out = ppo.run(config, run_dir)
+    assert out.name == ppo.folder_name(config) != ppo.folder_name(tiny_ppo(timesteps=768))
+    log = rows(out)
+    assert all("held_out_score" in r for r in log)
+    best = max(log, key=lambda r: r["held_out_score"])
+    assert [r["kept"] for r in log] == [
+        r["held_out_score"] > max([-np.inf] + [q["held_out_score"] for q in log[:i]])
+        for i, r in enumerate(log)
+    ]
+    c = load_controller(out)
+    assert c.info["held_out_score"] == best["held_out_score"]
+    assert c.info["timesteps"] == best["timesteps"]
+    g = torch.Generator().manual_seed(0)
+    again, _ = dream_rollouts(
+        wm, c.params[None], 16, 1.0, g, world=harsh, controller=c.controller.config
+    )
+    assert again.mean().item() == pytest.approx(best["held_out_score"])
+    _, values = load_checkpoint(out / ppo.CHECKPOINT)
+    assert values["best"] == best["held_out_score"]
+    stranger = tiny_world().save(tmp_path / "stranger")  # a freshly initialised V
+    with pytest.raises(ValueError, match="check_worlds: .* has another V"):
+        ppo.train(tiny_ppo(check_worlds=(str(stranger),)), run_dir / "world_model", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 KILL_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[2])

@@ -172,8 +172,9 @@ def _check(config: EvolveConfig) -> None:
         raise ValueError("real_starts: dreams of the run's own M only, not with real or ensemble")
 
 
-def load_worlds(wm: WorldModel, folders, device) -> list[WorldModel]:
-    """The ensemble's world models, each checked to share ``wm``'s game and V."""
+def load_worlds(wm: WorldModel, folders, device, option: str = "ensemble") -> list[WorldModel]:
+    """The world models in ``folders``, each checked to share ``wm``'s game and V
+    (``option``: the setting that named them, for the error)."""
     worlds = []
     for folder in folders:
         other = WorldModel.load(folder, game=wm.game.name, device=device)
@@ -183,8 +184,8 @@ def load_worlds(wm: WorldModel, folders, device) -> list[WorldModel]:
         )
         if not same_v:
             raise ValueError(
-                f"ensemble: {folder} has another V; its z would mean something else to the "
-                "controller, so every model of the ensemble must share the run's V"
+                f"{option}: {folder} has another V; its z would mean something else to the "
+                "controller, so every one of these world models must share the run's V"
             )
         worlds.append(other)
     return worlds

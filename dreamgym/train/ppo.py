@@ -5,7 +5,8 @@ action is ``tanh(W [z, h] + b)``), so the result is an ordinary controller folde
 that ``evaluate``, ``export`` and ``load_controller`` take. It can start from a
 controller CMA-ES trained (``--init``): PPO then refines it with gradients, which
 CMA-ES cannot afford for long. Every ``check_every`` steps the C is scored on the
-same ``check_trials`` dreams, and the best so far is the stage's controller. Only
+same ``check_trials`` dreams, and the best so far is the stage's controller; with
+``check_worlds``, dreams of other world models (held-out dreams) pick it. Only
 dreams train and select it. The folder is ``ppo-<id>/`` (``folder_name``; ``out``
 names another), with the config in ``ppo.json`` and a row per check in
 ``metrics.jsonl``.
@@ -38,7 +39,7 @@ from dreamgym.train.common import (
     save_checkpoint,
     set_threads,
 )  # fmt: skip
-from dreamgym.train.evolve import INPUTS, input_mask
+from dreamgym.train.evolve import INPUTS, input_mask, load_worlds
 from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel
 
@@ -48,6 +49,7 @@ STARTS = ("first", "real")
 RESUME_KEYS = (
     "init", "num_envs", "tau", "starts", "max_steps", "learning_rate", "log_std_init", "n_steps",
     "batch_size", "n_epochs", "gamma", "hidden", "outputs", "inputs", "check_trials", "seed",
+    "check_worlds",
 )  # fmt: skip
 """Config fields a resumed run must share with the run it continues."""
 
@@ -94,6 +96,10 @@ class PPOConfig:
     """Steps between scores of the deterministic C (each one also checkpoints)."""
     check_trials: int = 256
     """Dreams per score: the same dreams every time."""
+    check_worlds: tuple[str, ...] = ()
+    """World-model folders with the run's V whose dreams pick C instead (held-out dreams):
+    each check also plays C in ``check_trials`` of each one's first-frame dreams, C
+    reading the run's M, and keeps C by the worst of those means."""
     seed: int = 0
     """Seed of PPO, and of the dreams it trains in."""
     device: str = "cpu"
@@ -164,8 +170,11 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
         "starts": config.starts, "max_steps": config.max_steps, "seed": config.seed,
         "inputs": config.inputs,
     }  # fmt: skip
-    checker = _checks(config, wm, out, meta)
+    held_out = load_worlds(wm, config.check_worlds, config.device, "check_worlds")
+    checker = _checks(config, wm, out, meta, held_out)
     inputs = {"world_model": provenance.file_digest(wm_dir / WM_WEIGHTS)}
+    for k, folder in enumerate(config.check_worlds):
+        inputs[f"check_world{k}"] = provenance.file_digest(Path(folder) / WM_WEIGHTS)
     checkpoint = search.resume(out, config, RESUME_KEYS, CHECKPOINT, "ppo", inputs)
     done = 0
     if checkpoint is not None:
@@ -222,7 +231,7 @@ def _model(config: PPOConfig, wm: WorldModel):
     return model
 
 
-def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict):
+def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict, held_out=()):
     """A ``DreamCheckpoint`` that also checkpoints the run, shows progress and keeps the
     wall-time budget (defined here: SB3 is an optional dependency)."""
     from dreamgym.sb3 import DreamCheckpoint
@@ -231,7 +240,7 @@ def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict):
         def __init__(self):
             super().__init__(
                 wm, out, config.check_every, config.check_trials, config.tau,
-                config.max_steps, config.starts, 0, meta, verbose=0,
+                config.max_steps, config.starts, 0, meta, verbose=0, held_out=held_out,
             )  # fmt: skip
             self.bar = tqdm(total=config.timesteps, desc=f"ppo tau={config.tau:g}",
                             unit="step", unit_scale=True)  # fmt: skip
@@ -258,7 +267,8 @@ def _checks(config: PPOConfig, wm: WorldModel, out: Path, meta: dict):
             values |= {"timesteps": int(self.num_timesteps), "best": self.best,
                        "config": asdict(config)}  # fmt: skip
             save_checkpoint(out / CHECKPOINT, arrays, values)
-            postfix = {"dream": f"{score:.1f}", "best": f"{self.best:.1f}"}
+            postfix = {"held out" if held_out else "dream": f"{score:.1f}",
+                       "best": f"{self.best:.1f}"}  # fmt: skip
             self.bar.set_postfix(postfix | ({"left": self.budget.left()} if config.seconds else {}))
             return score
 
