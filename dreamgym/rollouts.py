@@ -162,10 +162,12 @@ class DreamEvaluator:
     only what the other Ms grant it. ``members``: for a world model that is itself an
     ensemble, ``"min"`` scores every controller in each member's dreams and keeps the
     worst member's mean in the same way; ``"sample"`` (each dream draws its member)
-    or an int (one member) play it once. ``controller``: the controller the scored
-    parameters make (None: the paper's linear C). ``starts``: dreams start from these
-    real states (``RealStarts``) instead of real first frames. ``dropout``: the rate
-    of M's dropout in every dream (None: the rate M was trained with; 0: none).
+    or an int (one member) play it once; None plays none of ``wm``'s own dreams,
+    only ``worlds``' (held-out dreams: C still reads ``wm``'s M). ``controller``: the
+    controller the scored parameters make (None: the paper's linear C). ``starts``:
+    dreams start from these real states (``RealStarts``) instead of real first frames.
+    ``dropout``: the rate of M's dropout in every dream (None: the rate M was trained
+    with; 0: none).
     """
 
     def __init__(
@@ -176,13 +178,17 @@ class DreamEvaluator:
         worlds=(),
         controller: ControllerConfig | None = None,
         starts: RealStarts | None = None,
-        members: str | int = "min",
+        members: str | int | None = "min",
         dropout: float | None = None,
     ):
         self.wm, self.tau, self.max_steps = wm, check_tau(tau), max_steps
         self.controller, self.starts = controller, starts
         self.dropout = dc.check_dropout(dropout)
-        if members == "min":
+        if members is None:
+            if not worlds:
+                raise ValueError("members=None: no dreams to play; give worlds")
+            own = []
+        elif members == "min":
             own = [(None, k) for k in range(len(wm.members))]
         else:
             own = [(None, dc.check_members(wm, members))]

@@ -49,7 +49,7 @@ from dreamgym.controller import ControllerConfig, unflatten
 from dreamgym.dream import DreamVectorEnv
 from dreamgym.games import get_game
 from dreamgym.policy import controller_outputs, save_controller
-from dreamgym.rollouts import DreamEvaluator, dream_rollouts
+from dreamgym.rollouts import DreamEvaluator
 
 require("stable_baselines3", "sb3")
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
@@ -342,7 +342,9 @@ class DreamCheckpoint(BaseCallback):
         self.evaluator = DreamEvaluator(
             world_model, tau, max_steps, starts=world_model.starts if starts == "real" else None
         )
-        self.held_out = tuple(held_out)
+        self.held_out = (
+            DreamEvaluator(world_model, tau, worlds=held_out, members=None) if held_out else None
+        )
         self.best = -np.inf
         self._next, self._checked = 0, -1
 
@@ -372,8 +374,10 @@ class DreamCheckpoint(BaseCallback):
         self._checked = self.num_timesteps
         row = {"timesteps": int(self.num_timesteps), "dream_score": score}
         row["dream_std"] = float(returns.std())
-        if self.held_out:
-            row["held_out_score"] = self._held_out_score(policy)
+        if self.held_out is not None:
+            self.held_out.controller = policy.controller_config
+            held = self.held_out.returns(policy.controller_params()[None], self.trials, self.seed)
+            row["held_out_score"] = float(self.held_out.fitness(held)[0])
         choice = row.get("held_out_score", score)
         kept = choice > self.best
         if kept:
@@ -383,26 +387,12 @@ class DreamCheckpoint(BaseCallback):
         self.folder.mkdir(parents=True, exist_ok=True)
         log_metrics(self.folder / METRICS_FILE, **row, kept=kept)
         if self.verbose:
-            held = f", held out {row['held_out_score']:.1f}" if self.held_out else ""
+            held = f", held out {row['held_out_score']:.1f}" if "held_out_score" in row else ""
             print(
                 f"dream check at {row['timesteps']:,} steps: {score:.1f} +- {row['dream_std']:.1f}"
                 f" over {self.trials} dreams{held}{' (best, saved)' if kept else ''}"
             )
         return choice
-
-    def _held_out_score(self, policy: ControllerActorCritic) -> float:
-        """The worst mean return of C over the held-out world models' dreams."""
-        params = policy.controller_params()[None]
-        means = []
-        for world in self.held_out:
-            g = torch.Generator(device=self.wm.device).manual_seed(int(self.seed))
-            returns, steps = dream_rollouts(
-                self.wm, params, self.trials, self.evaluator.tau, g, world=world,
-                controller=policy.controller_config,
-            )  # fmt: skip
-            self.evaluator.steps += steps
-            means.append(float(returns.mean()))
-        return min(means)
 
 
 def _check_policy(policy) -> ControllerActorCritic:

@@ -198,6 +198,10 @@ def test_an_ensemble_scores_each_controller_by_its_worst_model():
     np.testing.assert_array_equal(r[:, 6:], in_harsh.numpy())
     assert r[:, 6:].mean() < r[:, :6].mean()  # harsh kills sooner
     np.testing.assert_array_equal(ev.fitness(r), np.minimum(own.mean(1), r[:, 6:].mean(1)))
+    held_out = DreamEvaluator(wm, tau=1.0, max_steps=40, worlds=[harsh], members=None)
+    np.testing.assert_array_equal(held_out.returns(params, 6, seed=9), r[:, 6:])  # C reads wm's M
+    with pytest.raises(ValueError, match="members=None"):
+        DreamEvaluator(wm, tau=1.0, members=None)
 
 
 # ---------------------------------------------------------------- the stage
