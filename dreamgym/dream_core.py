@@ -73,11 +73,45 @@ def first_frames(wm: WorldModel, n: int, generator: torch.Generator) -> DreamSta
     return DreamState(z, wm.mdnrnn.initial_state(n, device=dev))
 
 
-def from_bank(bank: RealStarts, n: int, generator: torch.Generator) -> DreamState:
-    """n dream states from random rows of a bank of real states, z drawn from V's posterior."""
+@torch.no_grad()
+def from_bank(
+    wm: WorldModel,
+    bank: RealStarts,
+    n: int,
+    generator: torch.Generator,
+    dropout: float | None = None,
+    members: str | int = "sample",
+) -> DreamState:
+    """n fresh dreams from random rows of a bank of real states, z drawn from V's
+    posterior, with their dropout masks and members (``vary``). A dream that member k
+    of an ensemble plays starts from k's state at its row; the controller reads member
+    0's (``check_bank``)."""
+    check_bank(wm, bank, members)
     idx = torch.randint(0, len(bank), (n,), generator=generator, device=bank.mu.device)
     rows = bank._map(lambda t: t[idx])
-    return DreamState(posterior_sample(rows.mu, rows.logvar, generator), rows.lstm)
+    z = posterior_sample(rows.mu, rows.logvar, generator)
+    state = vary(wm, DreamState(z, rows.lstm), generator, dropout, members)
+    if state.member is None or not rows.ensemble:
+        return state
+    h, c = rows.lstm.h.clone(), rows.lstm.c.clone()
+    for k, other in enumerate(rows.ensemble, 1):
+        pick = state.member == k
+        h[pick], c[pick] = other.h[pick], other.c[pick]
+    return state._replace(lstm=LSTMState(h, c))
+
+
+def check_bank(wm: WorldModel, bank: RealStarts, members: str | int) -> None:
+    """Refuse a bank that cannot start the dreams of ``wm``'s ensemble ``members`` plays:
+    one that holds member 0's states only (banks of one M, and those written before
+    ensembles had banks), unless every dream is member 0's."""
+    k = len(wm.members)
+    if k == 1 or members == 0 or len(bank.ensemble) == k - 1:
+        return
+    raise ValueError(
+        f"starts='real' with an ensemble of {k} Ms: the bank holds the states of "
+        f"{len(bank.members)}; build it with every member "
+        "(RealStarts.from_latents(wm.members, ...), what assemble does) or use members=0"
+    )
 
 
 def check_members(wm: WorldModel, members: str | int) -> str | int:

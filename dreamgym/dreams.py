@@ -70,11 +70,8 @@ class Dreams:
         self.starts = starts
         self.dropout = core.check_dropout(dropout)
         self.members = core.check_members(self.wm, members)
-        if starts == "real" and len(self.wm.members) > 1 and self.members != 0:
-            raise ValueError(
-                "starts='real' with an ensemble: the bank holds member 0's states only; "
-                "use members=0 or starts='first'"
-            )
+        if starts == "real":
+            core.check_bank(self.wm, self.wm.starts, self.members)
         self.observation_space = observation_space(self.wm, obs_mode, self.max_episode_steps)
         self.action_space = spec.action_space
         self.generator = torch.Generator(device=self.wm.device)
@@ -97,9 +94,10 @@ class Dreams:
     def fresh(self, n: int) -> core.DreamState:
         """n new dream states: from real first frames, or from the bank of real states."""
         if self.starts == "real":
-            state = core.from_bank(self.wm.starts, n, self.generator)
-        else:
-            state = core.first_frames(self.wm, n, self.generator)
+            return core.from_bank(
+                self.wm, self.wm.starts, n, self.generator, self.dropout, self.members
+            )
+        state = core.first_frames(self.wm, n, self.generator)
         return core.vary(self.wm, state, self.generator, self.dropout, self.members)
 
     def restart(self, rows: np.ndarray | None = None) -> None:

@@ -87,7 +87,7 @@ def dream_rollouts(
     if starts is None:
         start = dc.initial_state(sim, trials, generator, dropout, members)
     else:
-        start = dc.vary(sim, dc.from_bank(starts, trials, generator), generator, dropout, members)
+        start = dc.from_bank(sim, starts, trials, generator, dropout, members)
     state = dc.select(start, torch.arange(trials, device=wm.device).repeat(P))
     own = None if world is None else wm.mdnrnn.initial_state(N, device=wm.device)
 

@@ -23,7 +23,7 @@ from dreamgym._version import __version__
 from dreamgym.envs import game_from_config, game_record
 from dreamgym.games import GameSpec, get_game
 from dreamgym.mdnrnn import MDNRNN, LSTMState, MDNRNNConfig
-from dreamgym.starts import RealStarts
+from dreamgym.starts import MEMBER_KEY, RealStarts
 from dreamgym.vae import ConvVAE, VAEConfig
 
 STARTS_PREFIX = "starts."
@@ -262,13 +262,17 @@ class WorldModel:
                     f"{w_path}: key {key!r} has shape {tuple(tensors[key].shape)}, "
                     f"expected (N, {vae.z_dim})"
                 )
-        starts = _load_starts(tensors, vae.z_dim, mdn.config.hidden, w_path)
+        starts = _load_starts(tensors, vae.z_dim, mdn.config.hidden, w_path, members)
         wm = cls(spec, vae, mdn, tensors["z0.mu"], tensors["z0.logvar"], starts, mdns[1:])
         return wm.to(device)
 
 
-def _load_starts(tensors: dict, z_dim: int, hidden: int, path: Path) -> RealStarts | None:
-    """The bank of real states, if the file has one (folders from before it have not)."""
+def _load_starts(
+    tensors: dict, z_dim: int, hidden: int, path: Path, members: int = 1
+) -> RealStarts | None:
+    """The bank of real states, if the file has one (folders from before it have not):
+    member 0's states, and every other member's if it holds any (banks written before
+    ensembles had them hold member 0's alone)."""
     widths = {"mu": z_dim, "logvar": z_dim, "h": hidden, "c": hidden}
     found = {k: tensors.get(STARTS_PREFIX + k) for k in widths}
     if all(v is None for v in found.values()):
@@ -283,7 +287,21 @@ def _load_starts(tensors: dict, z_dim: int, hidden: int, path: Path) -> RealStar
                 f"{path}: key {STARTS_PREFIX + k!r} has shape {tuple(v.shape)}, "
                 f"expected ({rows}, {width})"
             )
-    return RealStarts(found["mu"], found["logvar"], LSTMState(found["h"], found["c"]))
+    keys = [f"{STARTS_PREFIX}{MEMBER_KEY}{k}.{x}" for k in range(1, members) for x in "hc"]
+    extra = sorted(k for k in tensors if k.startswith(STARTS_PREFIX + MEMBER_KEY) and k not in keys)
+    if extra:
+        raise WorldModelError(f"{path}: key {extra[0]!r} names no member of this world model")
+    held = [k for k in keys if k in tensors]
+    if held and len(held) < len(keys):
+        missing = next(k for k in keys if k not in tensors)
+        raise WorldModelError(f"{path}: missing key {missing!r}")
+    for k in held:
+        if (shape := tuple(tensors[k].shape)) != (rows, hidden):
+            raise WorldModelError(
+                f"{path}: key {k!r} has shape {shape}, expected ({rows}, {hidden})"
+            )
+    others = [LSTMState(tensors[h], tensors[c]) for h, c in zip(held[::2], held[1::2], strict=True)]
+    return RealStarts(found["mu"], found["logvar"], LSTMState(found["h"], found["c"]), others)
 
 
 __all__ = ["WorldModel", "WorldModelError", "vae_digest"]

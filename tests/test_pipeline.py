@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from dreamgym import data
 from dreamgym.games import get_game
@@ -426,6 +428,11 @@ def test_fit_mdnrnn_trains_an_ensemble_with_dropout(tmp_path):
     assert len(wm.members) == 3
     a, b = (m.state_dict()["head.weight"] for m in wm.members[:2])
     assert not np.allclose(a.numpy(), b.numpy())
+    assert len(wm.starts.members) == 3  # the bank holds every member's state at each start
+    assert not torch.equal(wm.starts.members[1].h, wm.starts.members[2].h)
+    obs, _ = gym.make("DreamDoom-v0", world_model=wm, starts="real").reset(seed=0)
+    H = wm.mdnrnn.config.hidden
+    assert any(np.array_equal(obs[-H:], h) for h in wm.starts.lstm.h.numpy())  # C reads member 0
 
 
 def test_fit_mdnrnn_starts_from_a_world_models_m(tmp_path):

@@ -83,7 +83,7 @@ def test_dreams_from_real_starts_begin_in_the_bank_and_are_reproducible():
     wm = tiny_world_model("car_racing", done_bias=-50.0)  # dreams that never end
     bank = RealStarts.from_latents(wm.mdnrnn, wm.game.executed_action, fake_latents(), every=5)
     g = torch.Generator().manual_seed(3)
-    state = dc.from_bank(bank, 64, g)
+    state = dc.from_bank(wm, bank, 64, g)
     rows = [int(torch.argmin((bank.mu - state.z[i]).square().sum(1))) for i in range(64)]
     assert len(set(rows)) == len(bank)  # every row drawn, each one exactly
     torch.testing.assert_close(state.lstm.h, bank.lstm.h[rows])
@@ -192,3 +192,55 @@ def test_evaluate_scores_a_controller_in_dreams_from_the_folders_bank(tmp_path):
     assert first["starts"] == "first" and first["returns"] != report["returns"]
     with pytest.raises(ValueError, match="starts"):
         evaluate_run(replace(cfg, dream=False), run_dir)
+
+
+def car_ensemble() -> WorldModel:
+    """A tiny CarRacing world model of two Ms whose dreams never end."""
+    wm = tiny_world_model("car_racing", done_bias=-50.0)
+    other = tiny_world_model("car_racing", seed=1, done_bias=-50.0).mdnrnn
+    return WorldModel(wm.game, wm.vae, wm.mdnrnn, wm.z0_mu, wm.z0_logvar, ensemble=[other])
+
+
+def test_an_ensembles_bank_starts_each_dream_from_its_members_state(tmp_path):
+    wm = car_ensemble()
+    lat = fake_latents()
+    bank = RealStarts.from_latents(wm.members, wm.game.executed_action, lat, every=5)
+    for k, m in enumerate(wm.members):  # each member read the same episodes up to each start
+        alone = RealStarts.from_latents(m, wm.game.executed_action, lat, every=5)
+        torch.testing.assert_close(bank.members[k].h, alone.lstm.h)
+        torch.testing.assert_close(bank.members[k].c, alone.lstm.c)
+    wm.starts = bank
+    loaded = WorldModel.load(wm.save(tmp_path / "wm"))
+    for key, value in bank.tensors("").items():
+        assert torch.equal(loaded.starts.tensors("")[key], value)
+    state = dc.from_bank(loaded, loaded.starts, 64, torch.Generator().manual_seed(0))
+    assert set(state.member.tolist()) == {0, 1}
+    for i in range(64):
+        r = int(torch.argmin((bank.mu - state.z[i]).square().sum(1)))
+        k = int(state.member[i])
+        assert torch.equal(state.lstm.h[i], bank.members[k].h[r])  # the member's own state
+        assert torch.equal(state.reader.h[i], bank.lstm.h[r])  # what the controller reads
+    H = wm.mdnrnn.config.hidden
+    venv = DreamVectorEnv(16, "car_racing", world_model=loaded, starts="real")
+    obs, _ = venv.reset(seed=0)
+    assert all(np.abs(bank.lstm.h.numpy() - o[-H:]).sum(1).min() == 0 for o in obs)
+
+
+def test_a_bank_of_member_0_alone_refuses_the_other_members_dreams(tmp_path):
+    wm = car_ensemble()
+    wm.starts = RealStarts.from_latents(wm.mdnrnn, wm.game.executed_action, fake_latents(), 5)
+    for members in ("sample", 1):
+        with pytest.raises(ValueError, match="holds the states of 1; build it with every member"):
+            gym.make("DreamCarRacing-v0", world_model=wm, starts="real", members=members)
+    gym.make("DreamCarRacing-v0", world_model=wm, starts="real", members=0).reset(seed=0)
+    params = np.zeros((2, controller_config(wm).num_params))
+    with pytest.raises(ValueError, match="every member"):  # evolve's ensemble scoring
+        DreamEvaluator(wm, 1.0, max_steps=4, starts=wm.starts).returns(params, 2, seed=0)
+    # a folder whose bank holds some members' states but not all names the missing key
+    wm.starts = RealStarts.from_latents(wm.members, wm.game.executed_action, fake_latents(), 5)
+    wm.save(tmp_path / "wm")
+    tensors = load_file(tmp_path / "wm" / "weights.safetensors")
+    del tensors["starts.members.1.c"]
+    save_file(tensors, tmp_path / "wm" / "weights.safetensors")
+    with pytest.raises(WorldModelError, match="starts.members.1.c"):
+        WorldModel.load(tmp_path / "wm")

@@ -222,7 +222,7 @@ def _real_starts(config: EvolveConfig, wm: WorldModel, run_dir: Path) -> RealSta
             "are the run's own encoded episodes)"
         )
     starts = RealStarts.from_latents(
-        wm.mdnrnn, wm.game.executed_action, load_latents(run_dir), config.real_starts
+        wm.members, wm.game.executed_action, load_latents(run_dir), config.real_starts
     )
     print(f"real starts: {len(starts):,} states, every {config.real_starts}th frame", flush=True)
     return starts

@@ -80,7 +80,7 @@ def assemble(run_dir) -> Path:
         ensemble=ms[1:],
     )
     wm.starts = RealStarts.from_latents(
-        wm.mdnrnn, wm.game.executed_action, lat, STARTS_EVERY
+        wm.members, wm.game.executed_action, lat, STARTS_EVERY
     ).subset(STARTS_SIZE, seed=0)
     (dest / provenance.INPUTS_FILE).unlink(missing_ok=True)  # no record for a half-written one
     wm.save(dest)
