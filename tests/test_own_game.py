@@ -236,6 +236,13 @@ def test_fixed_policies_of_a_discrete_game_play_dreams_and_the_real_game(registr
         assert how is None and ret.shape == (6,)
         real = play_fixed(spec, policy, range(3), spec.max_episode_steps)
         assert real.shape == (3,) and set(real) <= {0.0, 1.0}
+    # worker processes play the same episodes, each seed's own (the random policy's holds too)
+    policy, seen = FixedPolicy("random", max_hold=3), []
+    alone = play_fixed(spec, policy, range(10, 18), spec.max_episode_steps)
+    pooled = play_fixed(spec, policy, range(10, 18), spec.max_episode_steps, workers=2,
+                        progress=seen.append)  # fmt: skip
+    np.testing.assert_array_equal(pooled, alone)
+    assert seen == [1] * 8
 
 
 def cli(*args, timeout=600):

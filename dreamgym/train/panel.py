@@ -245,24 +245,75 @@ def import_report(
     return key
 
 
-def play_fixed(spec: GameSpec, policy: FixedPolicy, seeds, max_steps: int) -> np.ndarray:
+def play_fixed(
+    spec: GameSpec,
+    policy: FixedPolicy,
+    seeds,
+    max_steps: int,
+    workers: int = 1,
+    backend: str = "local",
+    ray_address: str | None = None,
+    progress=None,
+) -> np.ndarray:
     """Real returns of a fixed policy, one episode per game seed; episode i's random
-    actions come from ``np.random.default_rng(seed)``."""
-    env = spec.make_real(max_episode_steps=max_steps)
-    out = []
+    actions come from ``np.random.default_rng(seed)``, so the returns are the same
+    however many ``workers`` play them (more than one: worker processes, or Ray actors
+    with ``backend="ray"``, as ``RealEvaluator``'s). ``progress(k)`` is called as
+    episodes end."""
+    seeds = [int(s) for s in seeds]
+    if workers == 1 and backend == "local":
+        env = spec.make_real(max_episode_steps=max_steps)
+        try:
+            out = []
+            for seed in seeds:
+                out.append(_play_fixed_episode(spec, env, policy, seed))
+                if progress is not None:
+                    progress(1)
+            return np.array(out)
+        finally:
+            env.close()
+    from dreamgym.pools import open_pool
+
+    out = np.zeros(len(seeds))
+    pool = open_pool(backend, workers, _init_fixed, (spec, max_steps), ray_address=ray_address)
     try:
-        for seed in seeds:
-            act = policy.actor(spec, 1, np.random.default_rng(int(seed)))
-            env.reset(seed=int(seed))
-            total, done = 0.0, False
-            while not done:
-                action = spec.env_action(torch.from_numpy(act(np.zeros(1, np.int64))[0]))
-                _, r, terminated, truncated, _ = env.step(action.numpy())
-                total, done = total + float(r), terminated or truncated
-            out.append(total)
+        futures = {pool.submit(_fixed_episode, policy, seed): i for i, seed in enumerate(seeds)}
+        pending = set(futures)
+        while pending:
+            done, pending = pool.wait_first(pending)
+            for fut in done:
+                out[futures[fut]] = fut.result()
+                if progress is not None:
+                    progress(1)
     finally:
-        env.close()
-    return np.array(out)
+        pool.close()
+    return out
+
+
+def _play_fixed_episode(spec: GameSpec, env, policy: FixedPolicy, seed: int) -> float:
+    act = policy.actor(spec, 1, np.random.default_rng(seed))
+    env.reset(seed=seed)
+    total, done = 0.0, False
+    while not done:
+        action = spec.env_action(torch.from_numpy(act(np.zeros(1, np.int64))[0]))
+        _, r, terminated, truncated, _ = env.step(action.numpy())
+        total, done = total + float(r), terminated or truncated
+    return total
+
+
+_fixed_game = None
+"""This worker's (spec, real game) for ``play_fixed``'s episodes."""
+
+
+def _init_fixed(spec: GameSpec, max_steps: int) -> None:
+    global _fixed_game
+    torch.set_num_threads(1)
+    _fixed_game = (spec, spec.make_real(max_episode_steps=max_steps))
+
+
+def _fixed_episode(policy: FixedPolicy, seed: int) -> float:
+    spec, env = _fixed_game
+    return _play_fixed_episode(spec, env, policy, seed)
 
 
 def real_returns(
@@ -279,7 +330,7 @@ def real_returns(
 ) -> tuple[np.ndarray | None, bool]:
     """(returns over game seeds ``seed``.. ``seed + episodes - 1``, whether they were cached).
 
-    Misses are played (controllers in ``workers`` processes, with their own V and M) and
+    Misses are played in ``workers`` processes (controllers with their own V and M) and
     cached, unless ``play`` is False: then a miss gives (None, False). ``progress(k)`` is
     called as episodes end. ``backend``, ``ray_address``: where the workers run (as
     ``RealEvaluator``'s).
@@ -292,9 +343,9 @@ def real_returns(
     if hit is not None or not play:
         return hit, hit is not None
     if entry.policy is not None:
-        returns = play_fixed(spec, entry.policy, range(seed, seed + episodes), max_steps)
-        if progress is not None:
-            progress(episodes)
+        seeds = range(seed, seed + episodes)
+        where = {"backend": backend, "ray_address": ray_address, "progress": progress}
+        returns = play_fixed(spec, entry.policy, seeds, max_steps, workers, **where)
     else:
         controller, _ = read_controller(entry.folder)
         where = {"backend": backend, "ray_address": ray_address}
