@@ -41,4 +41,20 @@ def open_pool(
     return RayPool(workers, initializer, initargs, poll, address=ray_address)
 
 
-__all__ = ["BACKENDS", "check_backend", "open_pool"]
+def run_all(pool, fn, tasks, progress=None) -> list:
+    """``fn(*task)`` of every task in ``tasks``, run in ``pool`` (``open_pool``'s or a
+    ``GamePool``); the results in the tasks' order. ``progress(1)`` is called as each
+    one ends."""
+    futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+    out = [None] * len(futures)
+    pending = set(futures)
+    while pending:
+        done, pending = pool.wait_first(pending)
+        for fut in done:
+            out[futures[fut]] = fut.result()
+            if progress is not None:
+                progress(1)
+    return out
+
+
+__all__ = ["BACKENDS", "check_backend", "open_pool", "run_all"]

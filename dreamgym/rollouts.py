@@ -20,7 +20,7 @@ from dreamgym.controller import ControllerConfig, batched_forward
 from dreamgym.envs import game_from_config
 from dreamgym.mdnrnn import LSTMState
 from dreamgym.policy import controller_config
-from dreamgym.pools import check_backend, open_pool
+from dreamgym.pools import check_backend, open_pool, run_all
 from dreamgym.spaces import check_tau
 from dreamgym.starts import RealStarts
 from dreamgym.world_model import CONFIG_FILE as WM_CONFIG
@@ -318,22 +318,10 @@ class RealEvaluator:
         """(P, n) -> (P, trials) returns; trial j of every controller uses seed ``seed + j``."""
         params = np.asarray(params, np.float32)
         P = params.shape[0]
-        out = np.zeros((P, trials))
-        futures = {}
-        for i in range(P):
-            for j in range(trials):
-                fut = self.pool.submit(_worker_episode, params[i], seed + j, self.max_steps)
-                futures[fut] = (i, j)
-        pending = set(futures)
-        while pending:
-            done, pending = self.pool.wait_first(pending)
-            for fut in done:
-                i, j = futures[fut]
-                out[i, j], steps = fut.result()
-                self.steps += steps
-                if progress is not None:
-                    progress(1)
-        return out
+        tasks = [(params[i], seed + j, self.max_steps) for i in range(P) for j in range(trials)]
+        results = run_all(self.pool, _worker_episode, tasks, progress)  # [(return, steps)]
+        self.steps += sum(steps for _, steps in results)
+        return np.array([ret for ret, _ in results], np.float64).reshape(P, trials)
 
     def fitness(self, returns: np.ndarray) -> np.ndarray:
         """(P, trials) -> (P,) mean return."""

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dreamgym.agents import Agent, load_agent, obs_mode_of
+from dreamgym.pools import run_all
 from dreamgym.reports import summary, transfer_report
 from dreamgym.shipped import load_world_model
 from dreamgym.spaces import OBS_MODES, check_choice, check_positive_int
@@ -140,17 +141,8 @@ def score_real(
         finally:
             env.close()
     check_picklable(policy)
-    out = np.zeros(episodes)
     with GamePool(workers, _init_worker, (policy, dream_id, real_kwargs)) as pool:
-        futures = {pool.submit(_worker_episode, s): i for i, s in enumerate(seeds)}
-        pending = set(futures)
-        while pending:
-            done, pending = pool.wait_first(pending)
-            for fut in done:
-                out[futures[fut]] = fut.result()
-                if progress is not None:
-                    progress(1)
-    return out
+        return np.array(run_all(pool, _worker_episode, [(s,) for s in seeds], progress))
 
 
 def load_agent_for(

@@ -272,22 +272,13 @@ def play_fixed(
             return np.array(out)
         finally:
             env.close()
-    from dreamgym.pools import open_pool
+    from dreamgym.pools import open_pool, run_all
 
-    out = np.zeros(len(seeds))
     pool = open_pool(backend, workers, _init_fixed, (spec, max_steps), ray_address=ray_address)
     try:
-        futures = {pool.submit(_fixed_episode, policy, seed): i for i, seed in enumerate(seeds)}
-        pending = set(futures)
-        while pending:
-            done, pending = pool.wait_first(pending)
-            for fut in done:
-                out[futures[fut]] = fut.result()
-                if progress is not None:
-                    progress(1)
+        return np.array(run_all(pool, _fixed_episode, [(policy, s) for s in seeds], progress))
     finally:
         pool.close()
-    return out
 
 
 def _play_fixed_episode(spec: GameSpec, env, policy: FixedPolicy, seed: int) -> float:
