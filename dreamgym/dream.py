@@ -82,7 +82,8 @@ class DreamEnv(gym.Env):
     reading the episode up to it. Short dreams from such starts (with
     ``max_episode_steps=250``, say) keep M near what it was fitted on and show the
     agent bends and speeds a first frame does not; the shipped CarRacing C was
-    trained this way. The episode clock starts at 0 all the same.
+    trained this way. The episode clock starts at 0 all the same. With an ensemble,
+    the member that plays the dream starts from its own state at that frame.
 
     ## Episode End
 
