@@ -306,7 +306,8 @@ class DreamCheckpoint(BaseCallback):
     Each check plays the deterministic controller in ``trials`` dreams of
     ``world_model`` at ``tau`` (``max_steps`` long, from ``starts``: ``"first"`` or
     ``"real"``), the same dreams every time (``seed``), as ``dreamgym evolve``
-    scores its candidates. The best so far is written to ``folder`` as a controller
+    scores its candidates: in every member's dreams of an ensemble, by the worst
+    member's mean. The best so far is written to ``folder`` as a controller
     folder (``dream_score`` and ``timesteps`` in its ``controller.json``), so a
     killed run keeps its best C; each check is a row of ``folder/metrics.jsonl``.
 
@@ -370,7 +371,7 @@ class DreamCheckpoint(BaseCallback):
         policy = _check_policy(self.model.policy)
         self.evaluator.controller = policy.controller_config
         returns = self.evaluator.returns(policy.controller_params()[None], self.trials, self.seed)
-        score = float(returns.mean())
+        score = float(self.evaluator.fitness(returns)[0])  # an ensemble: its worst member's mean
         self._checked = self.num_timesteps
         row = {"timesteps": int(self.num_timesteps), "dream_score": score}
         row["dream_std"] = float(returns.std())

@@ -8,6 +8,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_world_model
 
 import dreamgym
@@ -20,6 +21,7 @@ from dreamgym.sb3 import (
     save_policy_controller,
     set_controller,
 )
+from dreamgym.world_model import WorldModel
 
 sb3 = pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.env_checker import check_env  # noqa: E402
@@ -190,6 +192,30 @@ def test_dream_checkpoint_keeps_the_best_c(world_models, tmp_path):
         DreamCheckpoint(
             wm.__class__.create("car_racing", n_bank=2, hidden=8), tmp_path, 1, starts="real"
         )
+
+
+def test_dream_checkpoint_scores_an_ensemble_by_its_worst_member(tmp_path):
+    """PPO in an ensemble's dreams, kept by the member that pays least (as evolve keeps)."""
+    from stable_baselines3 import PPO
+
+    from dreamgym.mdnrnn import MDNRNN
+
+    wm = tiny_world_model("car_racing", done_bias=-50.0)
+    ends = MDNRNN(wm.mdnrnn.config)  # a member whose dreams end at once
+    ends.load_state_dict(wm.mdnrnn.state_dict())
+    with torch.no_grad():
+        ends.head.bias[3 * wm.mdnrnn.config.n_mix * wm.mdnrnn.config.z_dim] = 50.0
+    both = WorldModel(wm.game, wm.vae, wm.mdnrnn, wm.z0_mu, wm.z0_logvar, ensemble=[ends])
+    dreams = gym.make_vec("DreamCarRacing-v0", num_envs=4, world_model=both, max_episode_steps=10)
+    model = PPO(ControllerActorCritic, as_vec_env(dreams, actions="controller"), n_steps=8,
+                batch_size=32, device="cpu", seed=0)  # fmt: skip
+    check = DreamCheckpoint(both, tmp_path / "best", every=32, trials=4, max_steps=10, verbose=0)
+    model.learn(32, callback=check)
+    c = dreamgym.load_controller(tmp_path / "best")
+    returns = check.evaluator.returns(c.params[None], 4, 0)  # (1, 4 trials x 2 members)
+    means = check.evaluator.model_means(returns)[0]
+    assert means[0] != means[1]
+    assert c.info["dream_score"] == pytest.approx(means.min())
 
 
 @pytest.mark.slow
