@@ -104,13 +104,14 @@ def check_bank(wm: WorldModel, bank: RealStarts, members: str | int) -> None:
     """Refuse a bank that cannot start the dreams of ``wm``'s ensemble ``members`` plays:
     one that holds member 0's states only (banks of one M, and those written before
     ensembles had banks), unless every dream is member 0's."""
-    k = len(wm.members)
-    if k == 1 or members == 0 or len(bank.ensemble) == k - 1:
+    k, held = len(wm.members), len(bank.members)
+    if k == 1 or members == 0 or held == k:
         return
+    holds = "member 0's states only" if held == 1 else f"the states of {held} Ms, not {k}"
     raise ValueError(
-        f"starts='real' with an ensemble of {k} Ms: the bank holds the states of "
-        f"{len(bank.members)}; build it with every member "
-        "(RealStarts.from_latents(wm.members, ...), what assemble does) or use members=0"
+        f"starts='real' with an ensemble of {k} Ms: the bank holds {holds}; build it with "
+        "every member (RealStarts.from_latents(wm.members, ...), what assemble does) or use "
+        "members=0"
     )
 
 

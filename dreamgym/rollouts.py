@@ -192,6 +192,9 @@ class DreamEvaluator:
             own = [(None, k) for k in range(len(wm.members))]
         else:
             own = [(None, dc.check_members(wm, members))]
+        if starts is not None:
+            for _, member in own:
+                dc.check_bank(wm, starts, member)
         # (world, member) pairs: None plays wm's own dream
         self.worlds = own + [(w, "sample") for w in worlds]
         self.steps = 0

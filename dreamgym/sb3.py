@@ -367,7 +367,7 @@ class DreamCheckpoint(BaseCallback):
 
     def check(self) -> float:
         """Score the actor now; returns the score C is kept by (its mean dream return,
-        or its held-out score)."""
+        in an ensemble its worst member's, or its held-out score)."""
         policy = _check_policy(self.model.policy)
         self.evaluator.controller = policy.controller_config
         returns = self.evaluator.returns(policy.controller_params()[None], self.trials, self.seed)

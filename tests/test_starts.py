@@ -230,12 +230,13 @@ def test_a_bank_of_member_0_alone_refuses_the_other_members_dreams(tmp_path):
     wm = car_ensemble()
     wm.starts = RealStarts.from_latents(wm.mdnrnn, wm.game.executed_action, fake_latents(), 5)
     for members in ("sample", 1):
-        with pytest.raises(ValueError, match="holds the states of 1; build it with every member"):
+        with pytest.raises(ValueError, match="holds member 0's states only; build it with every"):
             gym.make("DreamCarRacing-v0", world_model=wm, starts="real", members=members)
     gym.make("DreamCarRacing-v0", world_model=wm, starts="real", members=0).reset(seed=0)
     params = np.zeros((2, controller_config(wm).num_params))
     with pytest.raises(ValueError, match="every member"):  # evolve's ensemble scoring
-        DreamEvaluator(wm, 1.0, max_steps=4, starts=wm.starts).returns(params, 2, seed=0)
+        DreamEvaluator(wm, 1.0, max_steps=4, starts=wm.starts)
+    DreamEvaluator(wm, 1.0, max_steps=4, starts=wm.starts, members=0).returns(params, 2, seed=0)
     # a folder whose bank holds some members' states but not all names the missing key
     wm.starts = RealStarts.from_latents(wm.members, wm.game.executed_action, fake_latents(), 5)
     wm.save(tmp_path / "wm")
@@ -243,4 +244,10 @@ def test_a_bank_of_member_0_alone_refuses_the_other_members_dreams(tmp_path):
     del tensors["starts.members.1.c"]
     save_file(tensors, tmp_path / "wm" / "weights.safetensors")
     with pytest.raises(WorldModelError, match="starts.members.1.c"):
+        WorldModel.load(tmp_path / "wm")
+    # and a bank with states of a member the world model does not have names its key
+    tensors["starts.members.1.c"] = tensors["starts.members.1.h"].clone()
+    tensors["starts.members.2.h"] = tensors["starts.members.1.h"].clone()
+    save_file(tensors, tmp_path / "wm" / "weights.safetensors")
+    with pytest.raises(WorldModelError, match="starts.members.2.h' names no member"):
         WorldModel.load(tmp_path / "wm")

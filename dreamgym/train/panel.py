@@ -261,7 +261,7 @@ def play_fixed(
     with ``backend="ray"``, as ``RealEvaluator``'s). ``progress(k)`` is called as
     episodes end."""
     seeds = [int(s) for s in seeds]
-    if workers == 1 and backend == "local":
+    if workers <= 1 and backend == "local":
         env = spec.make_real(max_episode_steps=max_steps)
         try:
             out = []
