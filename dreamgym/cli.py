@@ -73,7 +73,7 @@ def _config(cls, ns: argparse.Namespace, **fixed):
 
 def _stages():
     """Stage name -> (config class, run function, help). Imported lazily: the CLI starts fast."""
-    from dreamgym.train import collect, encode, evaluate, evolve, fit_mdnrnn, fit_vae, ppo
+    from dreamgym.train import collect, distill, encode, evaluate, evolve, fit_mdnrnn, fit_vae, ppo
 
     return {
         "collect": (collect.CollectConfig, collect.run, "real-game rollouts into shards"),
@@ -82,6 +82,7 @@ def _stages():
         "fit-mdnrnn": (fit_mdnrnn.FitMDNRNNConfig, fit_mdnrnn.run, "train M on the latents"),
         "evolve": (evolve.EvolveConfig, evolve.run, "CMA-ES controller in the dream"),
         "ppo": (ppo.PPOConfig, ppo.run, "PPO (Stable-Baselines3) trains C in the dream"),
+        "distill": (distill.DistillConfig, distill.run, "carry a controller to the run's M"),
         "evaluate": (
             evaluate.EvaluateConfig,
             evaluate.run,

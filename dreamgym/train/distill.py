@@ -1,0 +1,179 @@
+"""The ``distill`` stage: carry a trained controller over to the run's world model.
+
+C reads the state h of the M it was trained with; another M (one fitted from scratch
+on other data, a larger one) keeps its h in other units, so C's weights on h mean
+nothing there. ``distill`` fits a C that reads the run's M to act as the teacher
+acts: both Ms read the run's recorded episodes (``latents.npz``, frames through the
+V the two world models share), the teacher C acts on its own M's state at every
+frame, and a linear C on the run's M's state is fitted by least squares to the
+teacher's outputs before tanh (a ridge penalty on the weights, none on the bias).
+Episodes held out of the fit measure it (R^2 per output). No dream and no real game
+is played; ``evaluate`` scores the folder it writes and ``ppo --init`` refines it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dreamgym.controller import Controller
+from dreamgym.policy import controller_config, read_controller, save_controller
+from dreamgym.starts import RealStarts
+from dreamgym.train import provenance
+from dreamgym.train.common import set_threads
+from dreamgym.train.encode import load_latents
+from dreamgym.train.evaluate import resolve_source
+from dreamgym.world_model import WorldModel, vae_digest
+
+OUT_DIR = "distill"
+
+
+@dataclass
+class DistillConfig:
+    """Settings of the ``distill`` stage: a teacher C carried to the run's M."""
+
+    teacher: str | None = None
+    """The controller to carry over: a model folder, a run or evolve directory, or a
+    game's name (its shipped model); its world model must have the run's V."""
+    teacher_controller: str | None = None
+    """The teacher's controller folder, when its source holds several."""
+    every: int = 1
+    """Fit on every ``every``-th frame of each episode."""
+    ridge: float = 1e-3
+    """Penalty on the squared weights, per frame fitted (inputs are of order 1)."""
+    held_out: float = 0.1
+    """Share of the episodes left out of the fit, to measure it."""
+    seed: int = 0
+    """Seed of the choice of held-out episodes."""
+    device: str = "cpu"
+    """Torch device of the two Ms."""
+    threads: int | None = None
+    """Torch threads of this process (None: torch's default)."""
+    out: str | None = None
+    """The folder to write (None: ``distill/`` in the run directory)."""
+
+
+def _check(config: DistillConfig) -> None:
+    if not config.teacher:
+        raise ValueError("teacher: name the controller to carry over (a model folder, a run "
+                         "or evolve directory, or a game's name)")  # fmt: skip
+    if config.every < 1:
+        raise ValueError(f"every: expected an integer >= 1, got {config.every}")
+    if not (math.isfinite(config.ridge) and config.ridge >= 0):
+        raise ValueError(f"ridge: expected a number >= 0, got {config.ridge}")
+    if not 0 < config.held_out < 1:
+        raise ValueError(f"held_out: expected a share in (0, 1), got {config.held_out}")
+
+
+def run(config: DistillConfig, run_dir) -> Path:
+    """Fit a C on the run's M that acts as ``config.teacher``; return its folder."""
+    _check(config)
+    set_threads(config.threads)
+    wm_dir = provenance.run_world_model(run_dir)
+    teacher_dir, ctrl_dir = resolve_source(config.teacher, config.teacher_controller)
+    student = WorldModel.load(wm_dir, device=config.device)
+    teacher = WorldModel.load(teacher_dir, game=student.game.name, device=config.device)
+    if vae_digest(teacher_dir) != vae_digest(wm_dir):
+        raise ValueError(
+            f"teacher: {teacher_dir} has another V than {wm_dir}; the two must read the "
+            "same z (fit the run's M on latents of the teacher's V)"
+        )
+    teacher_c, info = read_controller(ctrl_dir, student.game.name)
+    latents = load_latents(run_dir)
+    fit, test = split_episodes(latents, config.held_out, config.seed)
+    bar = tqdm(total=2, desc="distill", unit="part")
+    x, y = pairs(teacher, teacher_c, student, fit, config.every)
+    bar.update()
+    weight, bias = least_squares(x, y, config.ridge, student.game.controller_bias)
+    x_test, y_test = pairs(teacher, teacher_c, student, test, config.every)
+    bar.update()
+    bar.close()
+    r2 = r_squared(x_test @ weight.T + (0 if bias is None else bias), y_test)
+    cfg = controller_config(student, outputs=teacher_c.config.out_dim)
+    params = torch.cat([weight.reshape(-1)] + ([] if bias is None else [bias]))
+    assert params.numel() == cfg.num_params
+    out = Path(config.out) if config.out else Path(run_dir) / OUT_DIR
+    meta = {
+        "trained_in": "distilled", "teacher": str(ctrl_dir), "teacher_world_model":
+        str(teacher_dir), "tau": info.get("tau"), "inputs": info.get("inputs", "zh"),
+        "frames": len(x), "held_out_frames": len(x_test), "held_out_r2": r2,
+        "ridge": config.ridge, "every": config.every,
+    }  # fmt: skip
+    save_controller(out, params, student.game, meta, outputs=cfg.out_dim)
+    print(f"distilled {ctrl_dir} onto {wm_dir}: held-out R^2 per output "
+          f"{', '.join(f'{v:.3f}' for v in r2)} ({len(x_test)} frames) -> {out}")  # fmt: skip
+    return out
+
+
+def split_episodes(latents: dict, held_out: float, seed: int) -> tuple[dict, dict]:
+    """The encoded episodes in two sets: to fit, and ``held_out`` of them (at least one
+    each) to measure the fit."""
+    n = len(latents["offsets"]) - 1
+    if n < 2:
+        raise ValueError(f"latents: {n} episode; distill needs two or more (one held out)")
+    order = np.random.default_rng(seed).permutation(n)
+    k = min(max(1, round(held_out * n)), n - 1)
+    return episodes(latents, np.sort(order[k:])), episodes(latents, np.sort(order[:k]))
+
+
+def episodes(latents: dict, which: np.ndarray) -> dict:
+    """The episodes ``which`` of encode's arrays, as arrays of the same layout."""
+    offsets = latents["offsets"]
+    rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in which])
+    lengths = offsets[which + 1] - offsets[which]
+    out = {k: latents[k][rows] for k in ("mu", "logvar", "actions")}
+    out["offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return out
+
+
+def pairs(teacher: WorldModel, teacher_c: Controller, student: WorldModel, latents, every):
+    """(the student's inputs, the teacher's outputs before tanh) at the frames' states,
+    each M having read the episode up to the frame."""
+    ms = [teacher.mdnrnn, student.mdnrnn]
+    bank = RealStarts.from_latents(ms, student.game.executed_action, latents, every)
+    z = bank.mu
+    with torch.no_grad():
+        teacher_x = _inputs(teacher, z, bank.members[0])
+        params = dict(teacher_c.named_parameters())
+        h = teacher_x
+        if teacher_c.config.hidden:
+            h = torch.tanh(torch.nn.functional.linear(h, params["hidden_weight"],
+                                                      params.get("hidden_bias")))  # fmt: skip
+        y = torch.nn.functional.linear(h, params["weight"], params.get("bias"))
+    return _inputs(student, z, bank.members[1]).cpu(), y.cpu()
+
+
+def _inputs(wm: WorldModel, z: torch.Tensor, lstm) -> torch.Tensor:
+    """What C reads in ``wm``'s dream: [z, h], or [z, c, h] (``dream_core.observation``)."""
+    parts = [z, lstm.c, lstm.h] if wm.game.controller_reads_cell else [z, lstm.h]
+    return torch.cat(parts, dim=-1)
+
+
+def least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float, bias: bool):
+    """(weight (out, in), bias (out,) or None) minimising the mean squared error on ``y``
+    plus ``ridge`` times the squared weights, in float64."""
+    x64 = x.double()
+    if bias:
+        x64 = torch.cat([x64, torch.ones(len(x64), 1, dtype=torch.float64)], 1)
+    penalty = torch.full((x64.shape[1],), ridge * len(x64), dtype=torch.float64)
+    if bias:
+        penalty[-1] = 0.0
+    a = x64.T @ x64 + torch.diag(penalty)
+    w = torch.linalg.lstsq(a, x64.T @ y.double()).solution.float().T  # (out, in [+ 1])
+    return (w[:, :-1].contiguous(), w[:, -1].contiguous()) if bias else (w.contiguous(), None)
+
+
+def r_squared(pred: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """1 - residual variance / variance, per output (1.0 for an output that never varies
+    and is matched)."""
+    resid = ((pred - y) ** 2).mean(0)
+    var = y.var(0, unbiased=False)
+    return [float(1 - r / v) if v > 0 else float(r == 0) for r, v in zip(resid, var, strict=True)]
+
+
+__all__ = ["DistillConfig", "run"]

@@ -1,0 +1,81 @@
+"""distill: a controller carried to another M by least squares on the run's episodes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_world_model
+from test_starts import fake_latents
+
+from dreamgym.cli import main
+from dreamgym.policy import controller_config, load_controller, save_controller
+from dreamgym.train import distill
+from dreamgym.train.common import LATENTS, open_run
+
+torch.set_num_threads(1)
+
+LENGTHS = (40, 55, 30, 47, 60, 38, 52, 44, 35, 50)  # 451 frames, 10 episodes
+
+
+def _run(tmp_path, game: str, student_seed: int):
+    """A run whose world model has the teacher's V and an M of ``student_seed``, its
+    episodes encoded, and a teacher folder (world model + a random C)."""
+    teacher = tiny_world_model(game, seed=0)
+    student = tiny_world_model(game, seed=student_seed)
+    student.vae.load_state_dict(teacher.vae.state_dict())
+    run_dir, _ = open_run(tmp_path / "run", game)
+    student.save(run_dir / "world_model")
+    lat = fake_latents(LENGTHS, z_dim=student.mdnrnn.config.z_dim)
+    if game == "doom_take_cover":
+        lat["actions"] = lat["actions"][:, :1]
+    np.savez(run_dir / LATENTS, **lat)
+    teacher_dir = teacher.save(tmp_path / "teacher")
+    cfg = controller_config(teacher)
+    params = torch.randn(cfg.num_params, generator=torch.Generator().manual_seed(3)) * 0.2
+    save_controller(teacher_dir, params, game, {"tau": 1.0})
+    return run_dir, teacher_dir, params
+
+
+@pytest.mark.parametrize("game", ["car_racing", "doom_take_cover"])
+def test_a_controller_distilled_onto_its_own_m_is_itself(tmp_path, game):
+    """The same M on both sides: the fit recovers the teacher's weights."""
+    run_dir, teacher_dir, params = _run(tmp_path, game, student_seed=0)
+    out = distill.run(distill.DistillConfig(teacher=str(teacher_dir), ridge=0.0), run_dir)
+    student = load_controller(out)
+    assert student.info["trained_in"] == "distilled" and student.info["tau"] == 1.0
+    assert min(student.info["held_out_r2"]) > 0.999
+    np.testing.assert_allclose(student.params, params.numpy(), atol=1e-3)
+
+
+def test_a_controller_distilled_onto_another_m_reads_its_state(tmp_path):
+    run_dir, teacher_dir, _ = _run(tmp_path, "car_racing", student_seed=1)
+    rc = main(["distill", str(run_dir), "--teacher", str(teacher_dir), "--every", "2"])
+    assert rc == 0
+    info = json.loads((run_dir / "distill" / "controller.json").read_text())
+    assert info["in_dim"] == 32 + 16 and info["out_dim"] == 3
+    assert info["teacher"] == str(teacher_dir)
+    assert len(info["held_out_r2"]) == 3 and all(r <= 1.0 for r in info["held_out_r2"])
+    assert info["frames"] + info["held_out_frames"] == sum((n + 1) // 2 for n in LENGTHS)
+    # the fit explains more of the teacher than a C that ignores the inputs would
+    assert np.mean(info["held_out_r2"]) > 0.0
+
+
+def test_distill_refuses_bad_input_and_writes_nothing(tmp_path):
+    run_dir, teacher_dir, _ = _run(tmp_path, "car_racing", student_seed=1)
+    for bad, match in [
+        ({}, "teacher"),
+        ({"teacher": str(teacher_dir), "every": 0}, "every"),
+        ({"teacher": str(teacher_dir), "held_out": 1.0}, "held_out"),
+        ({"teacher": str(teacher_dir), "ridge": -1.0}, "ridge"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            distill.run(distill.DistillConfig(**bad), run_dir)
+    other = tiny_world_model("car_racing", seed=5)
+    other_v = other.save(tmp_path / "other")
+    save_controller(other_v, torch.zeros(controller_config(other).num_params), "car_racing")
+    with pytest.raises(ValueError, match="another V"):
+        distill.run(distill.DistillConfig(teacher=str(other_v)), run_dir)
+    assert not (run_dir / "distill").exists()
