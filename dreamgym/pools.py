@@ -57,4 +57,18 @@ def run_all(pool, fn, tasks, progress=None) -> list:
     return out
 
 
-__all__ = ["BACKENDS", "check_backend", "open_pool", "run_all"]
+def play_each(env, play, seeds, progress=None) -> list:
+    """``play(env, seed)`` for every seed, one after another in this process, then
+    ``env.close()`` (also on an error); ``progress(1)`` is called as each one ends."""
+    try:
+        out = []
+        for seed in seeds:
+            out.append(play(env, seed))
+            if progress is not None:
+                progress(1)
+        return out
+    finally:
+        env.close()
+
+
+__all__ = ["BACKENDS", "check_backend", "open_pool", "play_each", "run_all"]

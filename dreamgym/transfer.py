@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from dreamgym.agents import Agent, load_agent, obs_mode_of
-from dreamgym.pools import run_all
+from dreamgym.pools import play_each, run_all
 from dreamgym.reports import summary, transfer_report
 from dreamgym.shipped import load_world_model
 from dreamgym.spaces import OBS_MODES, check_choice, check_positive_int
@@ -131,15 +131,7 @@ def score_real(
     seeds = [seed + i for i in range(episodes)]
     if workers <= 1:
         env = make_real(dream_id, **real_kwargs)
-        try:
-            out = []
-            for s in seeds:
-                out.append(play_real(policy, env, s))
-                if progress is not None:
-                    progress(1)
-            return np.array(out)
-        finally:
-            env.close()
+        return np.array(play_each(env, lambda env, s: play_real(policy, env, s), seeds, progress))
     check_picklable(policy)
     with GamePool(workers, _init_worker, (policy, dream_id, real_kwargs)) as pool:
         return np.array(run_all(pool, _worker_episode, [(s,) for s in seeds], progress))

@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -260,19 +261,13 @@ def play_fixed(
     however many ``workers`` play them (more than one: worker processes, or Ray actors
     with ``backend="ray"``, as ``RealEvaluator``'s). ``progress(k)`` is called as
     episodes end."""
+    from dreamgym.pools import open_pool, play_each, run_all
+
     seeds = [int(s) for s in seeds]
     if workers <= 1 and backend == "local":
         env = spec.make_real(max_episode_steps=max_steps)
-        try:
-            out = []
-            for seed in seeds:
-                out.append(_play_fixed_episode(spec, env, policy, seed))
-                if progress is not None:
-                    progress(1)
-            return np.array(out)
-        finally:
-            env.close()
-    from dreamgym.pools import open_pool, run_all
+        play = partial(_play_fixed_episode, spec=spec, policy=policy)
+        return np.array(play_each(env, play, seeds, progress))
 
     pool = open_pool(backend, workers, _init_fixed, (spec, max_steps), ray_address=ray_address)
     try:
@@ -281,7 +276,7 @@ def play_fixed(
         pool.close()
 
 
-def _play_fixed_episode(spec: GameSpec, env, policy: FixedPolicy, seed: int) -> float:
+def _play_fixed_episode(env, seed: int, spec: GameSpec, policy: FixedPolicy) -> float:
     act = policy.actor(spec, 1, np.random.default_rng(seed))
     env.reset(seed=seed)
     total, done = 0.0, False
@@ -304,7 +299,7 @@ def _init_fixed(spec: GameSpec, max_steps: int) -> None:
 
 def _fixed_episode(policy: FixedPolicy, seed: int) -> float:
     spec, env = _fixed_game
-    return _play_fixed_episode(spec, env, policy, seed)
+    return _play_fixed_episode(env, seed, spec, policy)
 
 
 def real_returns(
