@@ -4,6 +4,7 @@
     python examples/sb3_ppo_dream.py                        # Doom: PPO MlpPolicy from scratch
     python examples/sb3_ppo_dream.py --env DreamCarRacing-v0 # CarRacing: the same, its recipe
     python examples/sb3_ppo_dream.py --algo a2c              # A2C through the same adapter
+    python examples/sb3_ppo_dream.py --obs-mode pixels       # CnnPolicy on V's decoded frames
     # PPO refines the shipped CMA-ES controller itself; the best C (by dream score) is saved
     python examples/sb3_ppo_dream.py --env DreamCarRacing-v0 --starts real \\
         --max-episode-steps 250 --init car_racing --save runs/ppo_c --timesteps 5000000
@@ -24,6 +25,11 @@ dreams and the best is written to ``--save`` as a controller folder, which
 ZIP`` saves an SB3 agent, which ``dreamgym evaluate SOURCE --agent ZIP`` scores in
 dreams and real episodes (loaded without unpickling). Real episode i uses the game
 seed ``--seed`` + i.
+
+``--obs-mode pixels`` trains SB3's ``CnnPolicy`` on the dream's 64x64 frames (V's
+decodings of z) with ``PIXEL_RECIPE``'s rollout, and scores it in the real game
+seen the same way (``make_real(..., obs_mode="pixels")``: V's reconstruction of
+each real frame).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ RECIPES = {  # SB3's defaults except these; measured in docs/agents.md
         timesteps=2_000_000, starts="first", max_episode_steps=None,
     ),
 }  # fmt: skip
+PIXEL_RECIPE = dict(num_envs=16, n_steps=128, batch_size=256)  # V decodes every frame: fewer dreams
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,12 +107,22 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--check-every", type=int, default=500_000, help="steps between dream checks")
     p.add_argument("--check-trials", type=int, default=256, help="dreams per check")
+    p.add_argument(
+        "--obs-mode", default="latent", choices=["latent", "pixels"],
+        help="what the agent sees: [z, h] (MlpPolicy) or V's 64x64 frames (CnnPolicy)",
+    )  # fmt: skip
     args = p.parse_args()
     args.policy = args.policy or ("controller" if args.init else "mlp")
     if args.policy == "mlp" and (args.init or args.save or args.hidden):
         p.error("--init, --save and --hidden need --policy controller")
     if args.policy == "controller" and args.algo != "ppo":
         p.error("--policy controller trains with --algo ppo")
+    if args.policy == "controller" and args.obs_mode == "pixels":
+        p.error("--policy controller reads [z, h]; --obs-mode pixels trains a CnnPolicy")
+    if args.obs_mode == "pixels":
+        for key, value in PIXEL_RECIPE.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     if args.policy == "controller":  # the recipe of `dreamgym ppo` (PPOConfig's defaults)
         from dreamgym.train.ppo import PPOConfig
 
@@ -128,9 +145,10 @@ def make_model(args, venv, policy_kwargs):
     common = dict(policy_kwargs=policy_kwargs, seed=args.seed, device="cpu", verbose=0)
     if args.learning_rate is not None:
         common["learning_rate"] = args.learning_rate
+    sb3_policy = "CnnPolicy" if args.obs_mode == "pixels" else "MlpPolicy"
     if args.algo == "a2c":  # SB3's A2C defaults: 5 steps per dream between updates
-        return A2C("MlpPolicy", venv, **common)
-    policy = ControllerActorCritic if args.policy == "controller" else "MlpPolicy"
+        return A2C(sb3_policy, venv, **common)
+    policy = ControllerActorCritic if args.policy == "controller" else sb3_policy
     return PPO(
         policy, venv, n_steps=args.n_steps, batch_size=args.batch_size,
         n_epochs=args.n_epochs, ent_coef=args.ent_coef, **common,
@@ -149,8 +167,9 @@ def main() -> None:
     if args.max_episode_steps is not None:
         kwargs["max_episode_steps"] = args.max_episode_steps
     dreams = gym.make_vec(
-        args.env, num_envs=args.num_envs, world_model=args.world_model, starts=args.starts, **kwargs
-    )
+        args.env, num_envs=args.num_envs, world_model=args.world_model, starts=args.starts,
+        obs_mode=args.obs_mode, **kwargs,
+    )  # fmt: skip
     wm = dreams.unwrapped.world_model
     init = dreamgym.load_controller(args.init) if args.init else None
     policy_kwargs, callback = {"log_std_init": args.log_std_init}, None
@@ -199,7 +218,9 @@ def main() -> None:
         print(f"agent saved to {args.save_agent}")
     if args.episodes < 1:
         return
-    returns = score_real(act, args.env, args.episodes, args.seed, world_model=wm)
+    returns = score_real(
+        act, args.env, args.episodes, args.seed, world_model=wm, obs_mode=args.obs_mode
+    )
     s = summary(returns)
     ci = f" (95% CI {s['ci95'][0]:.0f} to {s['ci95'][1]:.0f})" if s["ci95"] else ""
     print(f"{REAL[args.env]} over {len(returns)} episodes: {s['mean']:.0f} +- {s['std']:.0f}{ci}")

@@ -219,9 +219,11 @@ def test_dream_checkpoint_scores_an_ensemble_by_its_worst_member(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["ppo", "a2c"])
-def test_the_sb3_example_trains_its_recipe_and_saves_an_agent_that_loads(algo, tmp_path):
-    """examples/sb3_ppo_dream.py as documented, with tiny sizes: PPO and A2C through one adapter."""
+@pytest.mark.parametrize(("algo", "obs_mode"), [("ppo", "latent"), ("a2c", "latent"),
+                                                ("ppo", "pixels")])  # fmt: skip
+def test_the_sb3_example_trains_its_recipe_and_saves_an_agent_that_loads(algo, obs_mode, tmp_path):
+    """examples/sb3_ppo_dream.py as documented, with tiny sizes: PPO and A2C through one
+    adapter, and a CnnPolicy on the dream's frames."""
     import subprocess
     import sys
     from pathlib import Path
@@ -231,13 +233,15 @@ def test_the_sb3_example_trains_its_recipe_and_saves_an_agent_that_loads(algo, t
     script = Path(__file__).parents[1] / "examples" / "sb3_ppo_dream.py"
     zip_path = tmp_path / f"{algo}.zip"
     args = ["--algo", algo, "--timesteps", "64", "--num-envs", "4", "--n-steps", "16",
-            "--batch-size", "32", "--episodes", "0", "--save-agent", str(zip_path)]  # fmt: skip
+            "--batch-size", "32", "--episodes", "0", "--save-agent", str(zip_path),
+            "--obs-mode", obs_mode]  # fmt: skip
     out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                          timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "steps in" in out.stdout and f"agent saved to {zip_path}" in out.stdout
-    env = gym.make("DreamDoom-v0")
+    env = gym.make("DreamDoom-v0", obs_mode=obs_mode)
     agent = load_agent(zip_path, env.observation_space, env.action_space)
     assert agent.algo == algo
+    assert agent.obs_mode == obs_mode
     action = agent(env.reset(seed=0)[0])
     assert env.action_space.contains(np.asarray(action, np.float32).reshape(1))
