@@ -75,11 +75,15 @@ class Controller(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """(..., in_dim) -> (..., out_dim) in (-1, 1)."""
+        return torch.tanh(self.preactivation(obs))
+
+    def preactivation(self, obs: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> (..., out_dim): the outputs before their tanh."""
         p = dict(self.named_parameters())
         x = obs
         if self.config.hidden:
             x = torch.tanh(F.linear(x, p["hidden_weight"], p.get("hidden_bias")))
-        return torch.tanh(F.linear(x, p["weight"], p.get("bias")))
+        return F.linear(x, p["weight"], p.get("bias"))
 
     def get_flat(self) -> torch.Tensor:
         """All parameters as one vector: layer by layer, W row-major, then b."""

@@ -45,6 +45,17 @@ def controller_config(wm: WorldModel, hidden: int = 0, outputs: int = 0) -> Cont
     return ControllerConfig(in_dim, controller_outputs(spec, outputs), spec.controller_bias, hidden)
 
 
+def check_reads(controller: Controller, wm: WorldModel, name: str, folder) -> None:
+    """Refuse ``controller`` (from ``folder``, given as option ``name``) in one line unless
+    it reads the observations of ``wm``'s dream."""
+    want = controller_config(wm).in_dim
+    if controller.config.in_dim != want:
+        raise ControllerError(
+            f"{name}: {folder} reads {controller.config.in_dim} inputs, but this world model's "
+            f"observations have {want}; it was trained in another world model"
+        )
+
+
 def controller_outputs(spec: GameSpec, outputs: int) -> int:
     """``outputs`` checked against the game (0: the paper's number)."""
     if outputs == 0:

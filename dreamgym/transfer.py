@@ -25,6 +25,7 @@ import pickle
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
@@ -131,7 +132,7 @@ def score_real(
     seeds = [seed + i for i in range(episodes)]
     if workers <= 1:
         env = make_real(dream_id, **real_kwargs)
-        return np.array(play_each(env, lambda env, s: play_real(policy, env, s), seeds, progress))
+        return np.array(play_each(env, partial(play_real, policy), seeds, progress))
     check_picklable(policy)
     with GamePool(workers, _init_worker, (policy, dream_id, real_kwargs)) as pool:
         return np.array(run_all(pool, _worker_episode, [(s,) for s in seeds], progress))

@@ -11,7 +11,8 @@ from conftest import tiny_world_model
 from test_starts import fake_latents
 
 from dreamgym.cli import main
-from dreamgym.policy import controller_config, load_controller, save_controller
+from dreamgym.controller import Controller
+from dreamgym.policy import ControllerError, controller_config, load_controller, save_controller
 from dreamgym.train import distill
 from dreamgym.train.common import LATENTS, open_run
 
@@ -78,4 +79,24 @@ def test_distill_refuses_bad_input_and_writes_nothing(tmp_path):
     save_controller(other_v, torch.zeros(controller_config(other).num_params), "car_racing")
     with pytest.raises(ValueError, match="another V"):
         distill.run(distill.DistillConfig(teacher=str(other_v)), run_dir)
+    assert not (run_dir / "distill").exists()
+
+
+def test_a_teacher_with_a_hidden_layer_is_fitted_to_its_outputs_before_tanh():
+    wm = tiny_world_model("car_racing")
+    cfg = controller_config(wm, hidden=4)
+    teacher = Controller(cfg)
+    teacher.set_flat(torch.randn(cfg.num_params, generator=torch.Generator().manual_seed(1)))
+    x, y = distill.pairs(wm, teacher, wm, fake_latents(LENGTHS), every=3)  # x: what C reads
+    assert x.shape == (sum((n + 2) // 3 for n in LENGTHS), 32 + 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.tanh(y).numpy(), teacher(x).numpy(), atol=1e-6)
+
+
+def test_a_teacher_controller_of_another_m_is_refused_in_one_line(tmp_path):
+    run_dir, teacher_dir, _ = _run(tmp_path, "car_racing", student_seed=1)
+    other = save_controller(tmp_path / "c40", torch.zeros(3 * 40 + 3), "car_racing")  # reads 40
+    cfg = distill.DistillConfig(teacher=str(teacher_dir), teacher_controller=str(other))
+    with pytest.raises(ControllerError, match="teacher: .* reads 40 inputs"):
+        distill.run(cfg, run_dir)
     assert not (run_dir / "distill").exists()

@@ -21,13 +21,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dreamgym import dream_core as dc
 from dreamgym.controller import Controller
-from dreamgym.policy import controller_config, read_controller, save_controller
+from dreamgym.policy import (
+    WEIGHTS_FILE,
+    check_reads,
+    controller_config,
+    read_controller,
+    save_controller,
+)
 from dreamgym.starts import RealStarts
 from dreamgym.train import provenance
 from dreamgym.train.common import set_threads
 from dreamgym.train.encode import load_latents
 from dreamgym.train.evaluate import resolve_source
+from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel, vae_digest
 
 OUT_DIR = "distill"
@@ -84,6 +92,7 @@ def run(config: DistillConfig, run_dir) -> Path:
             "same z (fit the run's M on latents of the teacher's V)"
         )
     teacher_c, info = read_controller(ctrl_dir, student.game.name)
+    check_reads(teacher_c, teacher, "teacher", ctrl_dir)
     latents = load_latents(run_dir)
     fit, test = split_episodes(latents, config.held_out, config.seed)
     bar = tqdm(total=2, desc="distill", unit="part")
@@ -98,9 +107,14 @@ def run(config: DistillConfig, run_dir) -> Path:
     params = torch.cat([weight.reshape(-1)] + ([] if bias is None else [bias]))
     assert params.numel() == cfg.num_params
     out = Path(config.out) if config.out else Path(run_dir) / OUT_DIR
+    digests = {
+        "world_model": provenance.file_digest(wm_dir / WM_WEIGHTS),
+        "teacher_world_model": provenance.file_digest(teacher_dir / WM_WEIGHTS),
+        "teacher": provenance.file_digest(ctrl_dir / WEIGHTS_FILE),
+    }
     meta = {
         "trained_in": "distilled", "teacher": str(ctrl_dir), "teacher_world_model":
-        str(teacher_dir), "tau": info.get("tau"), "inputs": info.get("inputs", "zh"),
+        str(teacher_dir), "digests": digests, "tau": info.get("tau"), "inputs": "zh",
         "frames": len(x), "held_out_frames": len(x_test), "held_out_r2": r2,
         "ridge": config.ridge, "every": config.every,
     }  # fmt: skip
@@ -138,20 +152,8 @@ def pairs(teacher: WorldModel, teacher_c: Controller, student: WorldModel, laten
     bank = RealStarts.from_latents(ms, student.game.executed_action, latents, every)
     z = bank.mu
     with torch.no_grad():
-        teacher_x = _inputs(teacher, z, bank.members[0])
-        params = dict(teacher_c.named_parameters())
-        h = teacher_x
-        if teacher_c.config.hidden:
-            h = torch.tanh(torch.nn.functional.linear(h, params["hidden_weight"],
-                                                      params.get("hidden_bias")))  # fmt: skip
-        y = torch.nn.functional.linear(h, params["weight"], params.get("bias"))
-    return _inputs(student, z, bank.members[1]).cpu(), y.cpu()
-
-
-def _inputs(wm: WorldModel, z: torch.Tensor, lstm) -> torch.Tensor:
-    """What C reads in ``wm``'s dream: [z, h], or [z, c, h] (``dream_core.observation``)."""
-    parts = [z, lstm.c, lstm.h] if wm.game.controller_reads_cell else [z, lstm.h]
-    return torch.cat(parts, dim=-1)
+        y = teacher_c.preactivation(dc.observation(teacher, dc.DreamState(z, bank.members[0])))
+    return dc.observation(student, dc.DreamState(z, bank.members[1])).cpu(), y.cpu()
 
 
 def least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float, bias: bool):

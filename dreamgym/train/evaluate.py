@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dreamgym import dream_core as dc
 from dreamgym._version import __version__
 from dreamgym.games import get_game
-from dreamgym.policy import CONFIG_FILE, controller_config, read_controller
+from dreamgym.policy import CONFIG_FILE, check_reads, read_controller
 from dreamgym.pools import check_backend
 from dreamgym.reports import format_transfer, score_text, summary
 from dreamgym.rollouts import DreamEvaluator, RealEvaluator
@@ -240,12 +240,7 @@ def run(config: EvaluateConfig, source) -> Path | list[Path]:
     wm_dir, ctrl_dir = resolve_source(source, config.controller, config.tau)
     wm = WorldModel.load(wm_dir)  # names the file of a broken or diverged world model
     controller, info = read_controller(ctrl_dir, game=wm.game.name)
-    want = controller_config(wm).in_dim
-    if controller.config.in_dim != want:
-        raise ValueError(
-            f"--controller: {ctrl_dir} reads {controller.config.in_dim} inputs, but the world "
-            f"model {wm_dir} gives {want}; pass a controller trained in this world model"
-        )
+    check_reads(controller, wm, "--controller", ctrl_dir)
     spec, mode = get_game(info["game"]), "dream" if config.dream else "real"
     tau = config.tau if config.tau is not None else info.get("tau") or spec.default_tau
     if config.dream:

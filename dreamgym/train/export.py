@@ -17,7 +17,7 @@ import torch
 from dreamgym import data
 from dreamgym._io import METRICS_FILE, WriteError, read_jsonl
 from dreamgym._version import __version__
-from dreamgym.policy import ControllerError, controller_config, read_controller
+from dreamgym.policy import ControllerError, check_reads, read_controller
 from dreamgym.starts import RealStarts
 from dreamgym.train import provenance
 from dreamgym.train.common import (
@@ -128,12 +128,7 @@ def _check_controller(controller: Path, wm: WorldModel) -> None:
         ctrl, _ = read_controller(controller, game=wm.game.name)
     except ControllerError as e:
         raise ControllerError(f"--controller: {e}") from None
-    want = controller_config(wm).in_dim
-    if ctrl.config.in_dim != want:
-        raise ControllerError(
-            f"--controller: {controller} reads {ctrl.config.in_dim} inputs, but this world "
-            f"model's observations have {want}; it was trained in another world model"
-        )
+    check_reads(ctrl, wm, "--controller", controller)
 
 
 def export(run_dir, dest, controller: str | None = None) -> Path:

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from dreamgym._io import METRICS_FILE
-from dreamgym.policy import read_controller
+from dreamgym.policy import check_reads, read_controller
 from dreamgym.spaces import check_tau
 from dreamgym.train import provenance, search
 from dreamgym.train.common import (
@@ -209,11 +209,8 @@ def _model(config: PPOConfig, wm: WorldModel):
     )  # fmt: skip
     venv = as_vec_env(dreams, actions="controller", outputs=outputs)
     reads = wm.mdnrnn.config.z_dim if config.inputs == "z" else None
-    if init is not None and init.config.in_dim != venv.observation_space.shape[0]:
-        raise ValueError(
-            f"init: {config.init} reads {init.config.in_dim} inputs, this dream gives "
-            f"{venv.observation_space.shape[0]}"
-        )
+    if init is not None:
+        check_reads(init, wm, "init", config.init)
     model = PPO(
         ControllerActorCritic, venv, learning_rate=config.learning_rate, n_steps=config.n_steps,
         batch_size=min(config.batch_size, config.n_steps * config.num_envs),
