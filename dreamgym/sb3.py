@@ -375,6 +375,9 @@ class DreamCheckpoint(BaseCallback):
         self._checked = self.num_timesteps
         row = {"timesteps": int(self.num_timesteps), "dream_score": score}
         row["dream_std"] = float(returns.std())
+        means = self.evaluator.model_means(returns)[0]
+        if len(means) > 1:  # an ensemble: each member's mean, the score their minimum
+            row["member_scores"] = [float(m) for m in means]
         if self.held_out is not None:
             self.held_out.controller = policy.controller_config
             held = self.held_out.returns(policy.controller_params()[None], self.trials, self.seed)

@@ -216,6 +216,10 @@ def test_dream_checkpoint_scores_an_ensemble_by_its_worst_member(tmp_path):
     means = check.evaluator.model_means(returns)[0]
     assert means[0] != means[1]
     assert c.info["dream_score"] == pytest.approx(means.min())
+    rows = [json.loads(line) for line in (tmp_path / "best" / "metrics.jsonl").open()]
+    assert all(r["dream_score"] == min(r["member_scores"]) for r in rows)  # each member's mean
+    kept = [r for r in rows if r["kept"]][-1]
+    assert kept["member_scores"] == pytest.approx(means.tolist())
 
 
 @pytest.mark.slow
