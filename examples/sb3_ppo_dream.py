@@ -218,9 +218,14 @@ def main() -> None:
         print(f"agent saved to {args.save_agent}")
     if args.episodes < 1:
         return
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.episodes, desc="real episodes", unit="ep")
     returns = score_real(
-        act, args.env, args.episodes, args.seed, world_model=wm, obs_mode=args.obs_mode
-    )
+        act, args.env, args.episodes, args.seed, progress=bar.update, world_model=wm,
+        obs_mode=args.obs_mode,
+    )  # fmt: skip
+    bar.close()
     s = summary(returns)
     ci = f" (95% CI {s['ci95'][0]:.0f} to {s['ci95'][1]:.0f})" if s["ci95"] else ""
     print(f"{REAL[args.env]} over {len(returns)} episodes: {s['mean']:.0f} +- {s['std']:.0f}{ci}")
