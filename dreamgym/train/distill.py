@@ -151,9 +151,10 @@ def pairs(teacher: WorldModel, teacher_c: Controller, student: WorldModel, laten
     ms = [teacher.mdnrnn, student.mdnrnn]
     bank = RealStarts.from_latents(ms, student.game.executed_action, latents, every)
     z = bank.mu
-    with torch.no_grad():
-        y = teacher_c.preactivation(dc.observation(teacher, dc.DreamState(z, bank.members[0])))
-    return dc.observation(student, dc.DreamState(z, bank.members[1])).cpu(), y.cpu()
+    teacher_x = dc.observation(teacher, dc.DreamState(z, bank.members[0])).cpu()
+    with torch.no_grad():  # C on the CPU, where read_controller loads it
+        y = teacher_c.preactivation(teacher_x)
+    return dc.observation(student, dc.DreamState(z, bank.members[1])).cpu(), y
 
 
 def least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float, bias: bool):
