@@ -35,8 +35,9 @@ from dreamgym.train import provenance
 from dreamgym.train.common import set_threads
 from dreamgym.train.encode import load_latents
 from dreamgym.train.evaluate import resolve_source
+from dreamgym.train.evolve import load_worlds
 from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
-from dreamgym.world_model import WorldModel, vae_digest
+from dreamgym.world_model import WorldModel
 
 OUT_DIR = "distill"
 
@@ -85,12 +86,7 @@ def run(config: DistillConfig, run_dir) -> Path:
     wm_dir = provenance.run_world_model(run_dir)
     teacher_dir, ctrl_dir = resolve_source(config.teacher, config.teacher_controller)
     student = WorldModel.load(wm_dir, device=config.device)
-    teacher = WorldModel.load(teacher_dir, game=student.game.name, device=config.device)
-    if vae_digest(teacher_dir) != vae_digest(wm_dir):
-        raise ValueError(
-            f"teacher: {teacher_dir} has another V than {wm_dir}; the two must read the "
-            "same z (fit the run's M on latents of the teacher's V)"
-        )
+    (teacher,) = load_worlds(student, [teacher_dir], config.device, "teacher")  # same V
     teacher_c, info = read_controller(ctrl_dir, student.game.name)
     check_reads(teacher_c, teacher, "teacher", ctrl_dir)
     latents = load_latents(run_dir)
