@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
+from multiprocessing import get_context, util
 from pathlib import Path
 
 
@@ -52,9 +52,19 @@ def _descendants(pid: int) -> dict[int, str]:
     return found
 
 
+def _kill_descendants() -> None:
+    """Kill every process this one started (its games), and theirs."""
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _start_worker(parent: int, initializer, initargs) -> None:
-    """A pool worker's set-up: watch the parent, then the caller's initializer."""
+    """A pool worker's set-up: watch the parent, kill its games on exit, then the caller's."""
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    util.Finalize(None, _kill_descendants, exitpriority=0)  # run as the worker exits normally
     if initializer is not None:
         initializer(*initargs)
 
@@ -63,11 +73,7 @@ def _exit_with_parent(parent: int, poll: float = 1.0) -> None:
     """Once ``parent`` is gone (this process re-parented), kill this worker's games and exit."""
     while os.getppid() == parent:
         time.sleep(poll)
-    for pid in _descendants(os.getpid()):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    _kill_descendants()
     os._exit(1)
 
 

@@ -312,6 +312,32 @@ def test_real_evaluation_in_doom(tmp_path, world_models):
         assert real.steps == r.sum()  # Doom pays +1 per tic
 
 
+def _start_a_game(pid_file):
+    """A worker initializer that starts a long-lived child process, as a game does."""
+    import subprocess
+
+    game = subprocess.Popen(["sleep", "600"])
+    Path(pid_file).write_text(f"{game.pid} {workers._start_time(game.pid)}")
+
+
+def test_a_worker_that_exits_kills_the_games_it_started(tmp_path):
+    # A game the pool never saw (started after its last look at the workers) must
+    # still go when the pool closes: the worker kills its own games as it exits.
+    pid_file = tmp_path / "game.pid"
+    pool = workers.GamePool(1, _start_a_game, (str(pid_file),))
+    assert pool.submit(int, "7").result(timeout=60) == 7  # the worker has started its game
+    pid, start = pid_file.read_text().split()
+    assert workers._start_time(int(pid)) == start
+    pool._pool.shutdown(wait=True)  # as a normal close, without the pool's own look
+    deadline = time.time() + 5
+    while workers._start_time(int(pid)) == start and time.time() < deadline:
+        time.sleep(0.1)
+    left = workers._start_time(int(pid)) == start
+    if left:
+        os.kill(int(pid), signal.SIGKILL)
+    assert not left, "the worker left its game behind"
+
+
 @pytest.mark.slow
 def test_a_dead_real_worker_raises_instead_of_hanging(tmp_path, world_models):
     pytest.importorskip("vizdoom")
