@@ -100,3 +100,33 @@ def test_a_teacher_controller_of_another_m_is_refused_in_one_line(tmp_path):
     with pytest.raises(ControllerError, match="teacher: .* reads 40 inputs"):
         distill.run(cfg, run_dir)
     assert not (run_dir / "distill").exists()
+
+
+def test_the_fit_read_in_chunks_of_episodes_is_the_fit_read_at_once():
+    """The normal equations and R^2 summed over chunks: the chunk size changes nothing."""
+    wm = tiny_world_model("car_racing")
+    cfg = controller_config(wm)
+    teacher = Controller(cfg)
+    teacher.set_flat(torch.randn(cfg.num_params, generator=torch.Generator().manual_seed(2)))
+    lat = fake_latents(LENGTHS)
+    whole = [distill.pairs(wm, teacher, wm, lat, every=2)]
+    parts = list(distill.in_chunks(wm, teacher, wm, lat, every=2, chunk=3))
+    assert len(parts) == distill.chunk_count(lat, chunk=3) == 4
+    x, y = whole[0]
+    x_parts = torch.cat([p[0] for p in parts])  # the same frames (the bank orders them its way)
+    assert x_parts.shape == x.shape
+    gram = x.double().T @ x.double()  # equal up to float32 rounding of the batched Ms
+    torch.testing.assert_close(x_parts.double().T @ x_parts.double(), gram, atol=1e-5, rtol=1e-5)
+    w1, b1, n1 = distill.least_squares(whole, 1e-3, bias=True)
+    w2, b2, n2 = distill.least_squares(parts, 1e-3, bias=True)
+    assert n1 == n2 == len(x)
+    torch.testing.assert_close(w2, w1, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b2, b1, atol=1e-5, rtol=1e-4)
+    noisy = [(x, y + 0.1 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0)))]
+    resid = ((x @ w1.T + b1 - noisy[0][1]) ** 2).mean(0)
+    expect = 1 - resid / noisy[0][1].var(0, unbiased=False)
+    r2, frames = distill.r_squared(noisy, w1, b1)
+    assert frames == len(x)
+    np.testing.assert_allclose(r2, expect.numpy(), rtol=1e-4)
+    split = [(x[:100], noisy[0][1][:100]), (x[100:], noisy[0][1][100:])]
+    np.testing.assert_allclose(distill.r_squared(split, w1, b1)[0], r2, rtol=1e-6)

@@ -40,6 +40,7 @@ from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel
 
 OUT_DIR = "distill"
+CHUNK_EPISODES = 64  # episodes whose states are held at once
 
 
 @dataclass
@@ -91,14 +92,14 @@ def run(config: DistillConfig, run_dir) -> Path:
     check_reads(teacher_c, teacher, "teacher", ctrl_dir)
     latents = load_latents(run_dir)
     fit, test = split_episodes(latents, config.held_out, config.seed)
-    bar = tqdm(total=2, desc="distill", unit="part")
-    x, y = pairs(teacher, teacher_c, student, fit, config.every)
-    bar.update()
-    weight, bias = least_squares(x, y, config.ridge, student.game.controller_bias)
-    x_test, y_test = pairs(teacher, teacher_c, student, test, config.every)
-    bar.update()
+    chunks = chunk_count(fit) + chunk_count(test)
+    bar = tqdm(total=chunks, desc="distill", unit="chunk")
+    every = config.every
+    fit_pairs = in_chunks(teacher, teacher_c, student, fit, every, bar)
+    weight, bias, frames = least_squares(fit_pairs, config.ridge, student.game.controller_bias)
+    test_pairs = in_chunks(teacher, teacher_c, student, test, every, bar)
+    r2, test_frames = r_squared(test_pairs, weight, bias)
     bar.close()
-    r2 = r_squared(x_test @ weight.T + (0 if bias is None else bias), y_test)
     cfg = controller_config(student, outputs=teacher_c.config.out_dim)
     params = torch.cat([weight.reshape(-1)] + ([] if bias is None else [bias]))
     assert params.numel() == cfg.num_params
@@ -111,12 +112,12 @@ def run(config: DistillConfig, run_dir) -> Path:
     meta = {
         "trained_in": "distilled", "teacher": str(ctrl_dir), "teacher_world_model":
         str(teacher_dir), "digests": digests, "tau": info.get("tau"), "inputs": "zh",
-        "frames": len(x), "held_out_frames": len(x_test), "held_out_r2": r2,
+        "frames": frames, "held_out_frames": test_frames, "held_out_r2": r2,
         "ridge": config.ridge, "every": config.every,
     }  # fmt: skip
     save_controller(out, params, student.game, meta, outputs=cfg.out_dim)
     print(f"distilled {ctrl_dir} onto {wm_dir}: held-out R^2 per output "
-          f"{', '.join(f'{v:.3f}' for v in r2)} ({len(x_test)} frames) -> {out}")  # fmt: skip
+          f"{', '.join(f'{v:.3f}' for v in r2)} ({test_frames} frames) -> {out}")  # fmt: skip
     return out
 
 
@@ -153,26 +154,59 @@ def pairs(teacher: WorldModel, teacher_c: Controller, student: WorldModel, laten
     return dc.observation(student, dc.DreamState(z, bank.members[1])).cpu(), y
 
 
-def least_squares(x: torch.Tensor, y: torch.Tensor, ridge: float, bias: bool):
-    """(weight (out, in), bias (out,) or None) minimising the mean squared error on ``y``
-    plus ``ridge`` times the squared weights, in float64."""
-    x64 = x.double()
-    if bias:
-        x64 = torch.cat([x64, torch.ones(len(x64), 1, dtype=torch.float64)], 1)
-    penalty = torch.full((x64.shape[1],), ridge * len(x64), dtype=torch.float64)
+def chunk_count(latents: dict, chunk: int = CHUNK_EPISODES) -> int:
+    """How many chunks of ``chunk`` episodes ``in_chunks`` reads ``latents`` in."""
+    return -(-(len(latents["offsets"]) - 1) // chunk)
+
+
+def in_chunks(teacher, teacher_c, student, latents, every, bar=None, chunk=CHUNK_EPISODES):
+    """``pairs`` over ``chunk`` episodes at a time, so no run needs all its states at once."""
+    n = len(latents["offsets"]) - 1
+    for lo in range(0, n, chunk):
+        part = episodes(latents, np.arange(lo, min(lo + chunk, n)))
+        yield pairs(teacher, teacher_c, student, part, every)
+        if bar is not None:
+            bar.update()
+
+
+def least_squares(chunks, ridge: float, bias: bool):
+    """(weight (out, in), bias (out,) or None, frames) minimising the mean squared error
+    on the chunks' ``y`` plus ``ridge`` times the squared weights: the normal equations,
+    summed over the (x, y) chunks in float64."""
+    a = b = None
+    frames = 0
+    for x, y in chunks:
+        x64 = x.double()
+        if bias:
+            x64 = torch.cat([x64, torch.ones(len(x64), 1, dtype=torch.float64)], 1)
+        a = x64.T @ x64 + (0 if a is None else a)
+        b = x64.T @ y.double() + (0 if b is None else b)
+        frames += len(x64)
+    penalty = torch.full((a.shape[0],), ridge * frames, dtype=torch.float64)
     if bias:
         penalty[-1] = 0.0
-    a = x64.T @ x64 + torch.diag(penalty)
-    w = torch.linalg.lstsq(a, x64.T @ y.double()).solution.float().T  # (out, in [+ 1])
-    return (w[:, :-1].contiguous(), w[:, -1].contiguous()) if bias else (w.contiguous(), None)
+    w = torch.linalg.lstsq(a + torch.diag(penalty), b).solution.float().T  # (out, in [+ 1])
+    if bias:
+        return w[:, :-1].contiguous(), w[:, -1].contiguous(), frames
+    return w.contiguous(), None, frames
 
 
-def r_squared(pred: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """1 - residual variance / variance, per output (1.0 for an output that never varies
-    and is matched)."""
-    resid = ((pred - y) ** 2).mean(0)
-    var = y.var(0, unbiased=False)
-    return [float(1 - r / v) if v > 0 else float(r == 0) for r, v in zip(resid, var, strict=True)]
+def r_squared(chunks, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[list[float], int]:
+    """(1 - residual variance / variance per output, frames) of the linear C on the
+    (x, y) chunks (1.0 for an output that never varies and is matched)."""
+    resid = total = squares = None
+    frames = 0
+    for x, y in chunks:
+        y64 = y.double()
+        pred = (x @ weight.T + (0 if bias is None else bias)).double()
+        resid = ((pred - y64) ** 2).sum(0) + (0 if resid is None else resid)
+        total = y64.sum(0) + (0 if total is None else total)
+        squares = (y64**2).sum(0) + (0 if squares is None else squares)
+        frames += len(y64)
+    var = squares / frames - (total / frames) ** 2
+    r2 = [float(1 - r / frames / v) if v > 1e-12 else float(r <= 1e-12 * frames)
+          for r, v in zip(resid, var, strict=True)]  # fmt: skip
+    return r2, frames
 
 
 __all__ = ["DistillConfig", "run"]
