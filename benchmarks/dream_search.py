@@ -7,13 +7,15 @@
 against it. This asks what a search finds there. PPO (``dreamgym ppo``, the stage's
 defaults unless given) refines ``--init``, a controller that reads RUN's M (carry
 one over with ``dreamgym distill``), in the dream of RUN's world model for
-``--timesteps`` steps; its dream-score checks keep one C. The C it started from and
+``--timesteps`` steps; its checks keep one C. The C it started from and
 the kept C are then played on the same real episodes (seeds ``--seed`` onwards).
 
-A dream that can be trained in has a real ratio (kept / start) of 1 or more; an
+A dream that can be trained in has a real gain (kept - start) of 0 or more; an
 exploitable one raises the dream score and lowers the real one. It prints both
-Cs' dream and real scores and the two ratios, and writes them as JSON (``--out``;
-default ``search.json`` in the PPO folder). The PPO run resumes, and each real
+Cs' dream scores (and held-out dreams' scores, which keep C with
+``--check-worlds``) and real scores, the gains and, of a positive start, the
+ratios, and writes them as JSON (``--out``; default ``search.json`` in the PPO
+folder). The PPO run resumes (a start rewritten since is refused), and each real
 score is written beside its C, as ``dreamgym evaluate`` writes it.
 """
 
@@ -24,8 +26,9 @@ import json
 from pathlib import Path
 
 from dreamgym._io import METRICS_FILE
+from dreamgym.policy import CONFIG_FILE
 from dreamgym.train import evaluate, ppo
-from dreamgym.world_model import atomic_write_text
+from dreamgym.world_model import atomic_write_text, read_json
 
 
 def measure(run_dir, config: ppo.PPOConfig, episodes: int, seed: int, workers: int = 2,
@@ -34,30 +37,41 @@ def measure(run_dir, config: ppo.PPOConfig, episodes: int, seed: int, workers: i
     if not config.init:
         raise ValueError("init: name the controller PPO starts from (it must read RUN's M)")
     out = ppo.run(config, run_dir)
-    rows = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
-    kept = [r for r in rows if r.get("kept")][-1]
-    result = {"run": str(run_dir), "ppo": str(out), "timesteps": config.timesteps,
+    first = json.loads((out / METRICS_FILE).read_text().splitlines()[0])  # the start, 0 steps
+    kept = read_json(out / CONFIG_FILE)  # the kept C's own check, written with it
+    steps = json.loads((out / METRICS_FILE).read_text().splitlines()[-1])["timesteps"]
+    result = {"run": str(run_dir), "ppo": str(out), "timesteps": steps,
               "kept_at": kept["timesteps"], "real_seeds": [seed, seed + episodes - 1]}  # fmt: skip
-    for name, folder, row in (("start", config.init, rows[0]), ("kept", out, kept)):
+    for name, folder, row in (("start", config.init, first), ("kept", out, kept)):
         cfg = evaluate.EvaluateConfig(controller=str(folder), episodes=episodes, seed=seed,
                                       workers=workers, max_steps=real_max_steps)  # fmt: skip
         real = json.loads(Path(evaluate.run(cfg, run_dir)).read_text())
         result[name] = {"controller": str(folder), "dream": row["dream_score"],
-                        "real": real["mean"], "real_ci95": real["ci95"]}  # fmt: skip
-    result["dream_ratio"] = result["kept"]["dream"] / result["start"]["dream"]
-    result["real_ratio"] = result["kept"]["real"] / result["start"]["real"]
+                        "held_out": row.get("held_out_score"), "real": real["mean"],
+                        "real_ci95": real["ci95"]}  # fmt: skip
+    for score in ("dream", "held_out", "real"):
+        a, b = result["start"][score], result["kept"][score]
+        result[f"{score}_gain"] = None if a is None else b - a
+        result[f"{score}_ratio"] = b / a if a is not None and a > 0 else None  # of a positive start
     return result
 
 
 def format_result(r: dict) -> str:
-    lines = [f"| C | dream | real, seeds {r['real_seeds'][0]}-{r['real_seeds'][1]} |",
-             "|---|---|---|"]  # fmt: skip
+    held = r["start"]["held_out"] is not None
+    head = "| C | dream |" + (" held-out dreams |" if held else "")
+    lines = [f"{head} real, seeds {r['real_seeds'][0]}-{r['real_seeds'][1]} |",
+             "|---|---|---|" + ("---|" if held else "")]  # fmt: skip
     for name in ("start", "kept"):
         c = r[name]
-        lo, hi = c["real_ci95"]
-        lines.append(f"| {name} | {c['dream']:.1f} | {c['real']:.1f} (95% CI {lo:.0f}-{hi:.0f}) |")
-    ratios = f"dream ratio {r['dream_ratio']:.2f}, real ratio {r['real_ratio']:.2f}"
-    lines.append(f"kept at {r['kept_at']:,} of {r['timesteps']:,} steps; {ratios}")
+        ci = "" if c["real_ci95"] is None else " (95% CI {:.0f}-{:.0f})".format(*c["real_ci95"])
+        held_cell = f" {c['held_out']:.1f} |" if held else ""
+        lines.append(f"| {name} | {c['dream']:.1f} |{held_cell} {c['real']:.1f}{ci} |")
+    gains = ", ".join(
+        f"{score} {r[f'{score}_gain']:+.1f}"
+        + ("" if r[f"{score}_ratio"] is None else f" ({r[f'{score}_ratio']:.2f}x)")
+        for score in ("dream", "held_out", "real") if r[f"{score}_gain"] is not None
+    )  # fmt: skip
+    lines.append(f"kept at {r['kept_at']:,} of {r['timesteps']:,} steps; kept - start: {gains}")
     return "\n".join(lines)
 
 

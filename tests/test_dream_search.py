@@ -37,9 +37,23 @@ def test_search_scores_the_start_and_the_kept_c_on_the_same_real_episodes(tmp_pa
         report = json.loads((folder / "evaluate_real_seeds7.json").read_text())
         assert report["seeds"] == [7, 8] and r[name]["real"] == report["mean"]
         assert 0 < report["mean"] <= 15  # Doom pays +1 a tic, 15 tics at most
+    assert r["real_gain"] == r["kept"]["real"] - r["start"]["real"]
     assert r["real_ratio"] == r["kept"]["real"] / r["start"]["real"]
     assert r["dream_ratio"] == r["kept"]["dream"] / r["start"]["dream"]
-    assert "real ratio" in dream_search.format_result(r)
+    assert r["held_out_gain"] is None and r["start"]["held_out"] is None
+    assert r["timesteps"] == 512 and "kept - start: dream +" in dream_search.format_result(r)
+
+
+def test_the_table_says_what_kept_c_and_has_no_ratio_of_a_start_below_zero():
+    c = {"controller": "c", "real_ci95": None}
+    r = {"real_seeds": [0, 0], "kept_at": 0, "timesteps": 10,
+         "start": {**c, "dream": -5.0, "held_out": 40.0, "real": -20.0},
+         "kept": {**c, "dream": 5.0, "held_out": 50.0, "real": 30.0},
+         "dream_gain": 10.0, "dream_ratio": None, "held_out_gain": 10.0, "held_out_ratio": 1.25,
+         "real_gain": 50.0, "real_ratio": None}  # fmt: skip
+    table = dream_search.format_result(r)
+    assert "| held-out dreams |" in table and "| start | -5.0 | 40.0 | -20.0 |" in table
+    assert table.endswith("dream +10.0, held_out +10.0 (1.25x), real +50.0")
 
 
 def test_search_needs_a_start():

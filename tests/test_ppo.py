@@ -11,10 +11,11 @@ import torch
 from conftest import sigkill_when
 from test_evolve import make_run, tiny_config
 
-from dreamgym.policy import load_controller
+from dreamgym.policy import load_controller, save_controller
 from dreamgym.rollouts import DreamEvaluator
 from dreamgym.train import evolve, ppo
 from dreamgym.train.common import RunDirError, load_checkpoint
+from dreamgym.train.provenance import StaleError
 from dreamgym.world_model import WorldModel
 
 pytest.importorskip("stable_baselines3")
@@ -72,6 +73,18 @@ def test_ppo_starts_from_a_controller_and_a_rerun_continues(tmp_path):
     (out / ppo.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(RunDirError, match="corrupt"):
         ppo.run(tiny_ppo(init=str(start), timesteps=2048), run_dir)
+
+
+def test_a_start_rewritten_since_is_refused_not_resumed(tmp_path):
+    """The folder ``init`` names is a start only by its weights: rewritten (distill or
+    evolve run again), PPO's folder from the old one is not continued."""
+    run_dir = make_run(tmp_path)
+    start = evolve.run(tiny_config(generations=2), run_dir)
+    ppo.run(tiny_ppo(init=str(start), timesteps=256), run_dir)
+    params = load_controller(start).params
+    save_controller(start, torch.as_tensor(params) + 0.1, "doom_take_cover")
+    with pytest.raises(StaleError, match="its init has changed since"):
+        ppo.run(tiny_ppo(init=str(start), timesteps=512), run_dir)
 
 
 def test_ppo_keeps_the_c_held_out_dreams_score_best(tmp_path):

@@ -40,7 +40,7 @@ from dreamgym.world_model import WEIGHTS_FILE as WM_WEIGHTS
 from dreamgym.world_model import WorldModel
 
 OUT_DIR = "distill"
-CHUNK_EPISODES = 64  # episodes whose states are held at once
+CHUNK_EPISODES = 256  # episodes whose states are held at once (M reads as many in a batch)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from dreamgym._io import METRICS_FILE
+from dreamgym.policy import WEIGHTS_FILE as CONTROLLER_WEIGHTS
 from dreamgym.policy import check_reads, read_controller
 from dreamgym.spaces import check_tau
 from dreamgym.train import provenance, search
@@ -175,6 +176,8 @@ def train(config: PPOConfig, wm_dir, out) -> Path:
     inputs = {"world_model": provenance.file_digest(wm_dir / WM_WEIGHTS)}
     for k, folder in enumerate(config.check_worlds):
         inputs[f"check_world{k}"] = provenance.file_digest(Path(folder) / WM_WEIGHTS)
+    if config.init:  # a folder rewritten since (distill run again) is another start
+        inputs["init"] = provenance.file_digest(Path(config.init) / CONTROLLER_WEIGHTS)
     checkpoint = search.resume(out, config, RESUME_KEYS, CHECKPOINT, "ppo", inputs)
     done = 0
     if checkpoint is not None:

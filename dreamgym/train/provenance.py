@@ -131,7 +131,9 @@ def vae_identity(run_dir: Path, latents: Path) -> str | None:
 
 
 UPSTREAM = {"vae": "fit-vae", "mdnrnn": "fit-mdnrnn", "world_model": "fit-mdnrnn",
-            "ensemble": "that world model's fit-mdnrnn"}  # fmt: skip
+            "ensemble": "that world model's fit-mdnrnn",
+            "check_world": "that world model's fit-mdnrnn",
+            "init": "the stage that wrote that controller"}  # fmt: skip
 """The stage that writes each named input."""
 
 
