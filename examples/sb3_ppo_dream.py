@@ -105,6 +105,15 @@ def parse_args() -> argparse.Namespace:
         "--save-agent", default=None,
         help="SB3 zip to save the trained agent to (score it: dreamgym evaluate --agent ZIP)",
     )  # fmt: skip
+    p.add_argument(
+        "--checkpoint-every", type=int, default=100_000,
+        help="steps between saves of the agent to --save-agent as it trains (0: at the end only)",
+    )  # fmt: skip
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the agent saved at --save-agent (its weights, Adam's state, its steps) "
+        "up to --timesteps",
+    )  # fmt: skip
     p.add_argument("--check-every", type=int, default=500_000, help="steps between dream checks")
     p.add_argument("--check-trials", type=int, default=256, help="dreams per check")
     p.add_argument(
@@ -117,6 +126,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--init, --save and --hidden need --policy controller")
     if args.policy == "controller" and args.algo != "ppo":
         p.error("--policy controller trains with --algo ppo")
+    if args.resume and (args.policy != "mlp" or not args.save_agent):
+        p.error("--resume continues the SB3 agent at --save-agent (not --policy controller)")
     if args.policy == "controller" and args.obs_mode == "pixels":
         p.error("--policy controller reads [z, h]; --obs-mode pixels trains a CnnPolicy")
     if args.obs_mode == "pixels":
@@ -190,9 +201,17 @@ def main() -> None:
     model = make_model(args, venv, policy_kwargs)
     if init is not None:
         set_controller(model.policy, init.params)
+    if args.resume:
+        resume(model, args)
     start = time.perf_counter()
-    callbacks = [progress_bar(args.timesteps)] + ([callback] if callback else [])
-    model.learn(total_timesteps=args.timesteps, callback=callbacks)
+    callbacks = [progress_bar(args.timesteps, model.num_timesteps)]
+    if args.save_agent and args.checkpoint_every > 0:
+        callbacks.append(checkpoint(args.save_agent, args.checkpoint_every))
+    callbacks += [callback] if callback else []
+    model.learn(
+        total_timesteps=max(args.timesteps - model.num_timesteps, 0), callback=callbacks,
+        reset_num_timesteps=not args.resume,
+    )  # fmt: skip
     minutes = (time.perf_counter() - start) / 60
     dream_returns = [ep["r"] for ep in model.ep_info_buffer]
     print(f"{model.num_timesteps:,} steps in {minutes:.1f} min", end="")
@@ -214,7 +233,7 @@ def main() -> None:
             return model.predict(obs, deterministic=True)[0]
 
     if args.save_agent:
-        model.save(args.save_agent)
+        save_agent(model, args.save_agent)
         print(f"agent saved to {args.save_agent}")
     if args.episodes < 1:
         return
@@ -231,7 +250,58 @@ def main() -> None:
     print(f"{REAL[args.env]} over {len(returns)} episodes: {s['mean']:.0f} +- {s['std']:.0f}{ci}")
 
 
-def progress_bar(total: int):
+# the hyperparameters a resumed agent must share with the run that continues it
+RESUMED = ("n_envs", "n_steps", "batch_size", "n_epochs", "ent_coef")
+
+
+def resume(model, args) -> None:
+    """Load the agent at ``--save-agent`` into ``model``: its weights and Adam's state (read
+    with ``weights_only=True``, its pickled entries never unpickled) and its step count."""
+    from dreamgym.agents import read_sb3_data
+
+    path = args.save_agent
+    try:
+        data = read_sb3_data(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--resume: {e}") from None
+    for key in RESUMED:
+        saved, ours = data.get(key), getattr(model, key, None)
+        if key in data and saved != ours:
+            raise SystemExit(f"--resume: {path} was trained with {key}={saved}, not {ours}")
+    model.set_parameters(path, exact_match=True)
+    model.num_timesteps = int(data["num_timesteps"])
+    print(f"resuming {path} at {model.num_timesteps:,} steps")
+
+
+def save_agent(model, path: str) -> None:
+    """``model.save(path)`` through a temporary file, so a killed job leaves the last whole
+    agent."""
+    import os
+    from pathlib import Path
+
+    tmp = Path(path).with_name(Path(path).stem + ".partial.zip")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def checkpoint(path: str, every: int):
+    """Save the agent to ``path`` every ``every`` steps (``--resume`` continues it)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Checkpoint(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.saved = self.num_timesteps
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps - self.saved >= every:
+                save_agent(self.model, path)
+                self.saved = self.num_timesteps
+            return True
+
+    return Checkpoint()
+
+
+def progress_bar(total: int, done: int = 0):
     """A tqdm bar over the steps SB3 takes (SB3's own needs the ``rich`` package)."""
     from stable_baselines3.common.callbacks import BaseCallback
     from tqdm import tqdm
@@ -239,8 +309,9 @@ def progress_bar(total: int):
     class Bar(BaseCallback):
         def _on_training_start(self) -> None:
             self.bar = tqdm(
-                total=total, unit="step", unit_scale=True, desc="dream steps", mininterval=2
-            )
+                total=total, initial=done, unit="step", unit_scale=True, desc="dream steps",
+                mininterval=2,
+            )  # fmt: skip
 
         def _on_step(self) -> bool:
             self.bar.update(self.training_env.num_envs)

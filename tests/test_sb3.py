@@ -249,3 +249,35 @@ def test_the_sb3_example_trains_its_recipe_and_saves_an_agent_that_loads(algo, o
     assert agent.obs_mode == obs_mode
     action = agent(env.reset(seed=0)[0])
     assert env.action_space.contains(np.asarray(action, np.float32).reshape(1))
+
+
+@pytest.mark.slow
+def test_the_sb3_example_saves_as_it_trains_and_resumes_where_it_stopped(tmp_path):
+    """--resume continues the agent saved at --save-agent to --timesteps, and refuses one
+    trained with other hyperparameters, changing nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dreamgym.agents import read_sb3_data
+
+    script = Path(__file__).parents[1] / "examples" / "sb3_ppo_dream.py"
+    zip_path = tmp_path / "ppo.zip"
+    args = ["--num-envs", "4", "--n-steps", "16", "--batch-size", "32", "--episodes", "0",
+            "--save-agent", str(zip_path), "--checkpoint-every", "64"]  # fmt: skip
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(script), *args, *extra], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    first = run("--timesteps", "128")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert read_sb3_data(zip_path)["num_timesteps"] == 128
+    more = run("--timesteps", "256", "--resume")
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert f"resuming {zip_path} at 128 steps" in more.stdout
+    assert read_sb3_data(zip_path)["num_timesteps"] == 256
+    assert not list(tmp_path.glob("*.partial.zip"))
+    wrong = run("--timesteps", "384", "--resume", "--n-epochs", "3")
+    assert wrong.returncode != 0 and "trained with n_epochs=4, not 3" in wrong.stderr
+    assert read_sb3_data(zip_path)["num_timesteps"] == 256  # nothing changed
