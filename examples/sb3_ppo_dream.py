@@ -287,6 +287,7 @@ def save_agent(model, path: str) -> None:
 def checkpoint(path: str, every: int):
     """Save the agent to ``path`` every ``every`` steps (``--resume`` continues it)."""
     from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm import tqdm
 
     class Checkpoint(BaseCallback):
         def _on_training_start(self) -> None:
@@ -296,6 +297,12 @@ def checkpoint(path: str, every: int):
             if self.num_timesteps - self.saved >= every:
                 save_agent(self.model, path)
                 self.saved = self.num_timesteps
+                returns = [ep["r"] for ep in self.model.ep_info_buffer]
+                score = f"{np.mean(returns):.0f} +- {np.std(returns):.0f}" if returns else "-"
+                tqdm.write(
+                    f"{self.num_timesteps:,} steps: saved to {path}; dream, last "
+                    f"{len(returns)} episodes: {score}"
+                )
             return True
 
     return Checkpoint()
