@@ -438,6 +438,20 @@ def test_the_same_command_resumes_its_folder_and_another_init_or_tau_writes_anot
         evaluate.resolve_source(run_dir, tau=1.0)
 
 
+def test_a_start_rewritten_since_is_refused_not_resumed(tmp_path):
+    """``init`` is a start by its weights: rewritten since (evolve run again on it), the
+    folder evolved from the old one is not continued."""
+    from dreamgym.policy import save_controller
+    from dreamgym.train.provenance import StaleError
+
+    run_dir = make_run(tmp_path)
+    start = evolve.run(tiny_config(generations=2), run_dir)
+    evolve.run(tiny_config(generations=1, init=str(start)), run_dir)
+    save_controller(start, torch.as_tensor(load_controller(start).params) + 0.1, "doom_take_cover")
+    with pytest.raises(StaleError, match="its init has changed since"):
+        evolve.run(tiny_config(generations=2, init=str(start)), run_dir)
+
+
 def test_a_folder_an_older_version_named_by_its_settings_is_resumed_by_the_same_command(
     tmp_path,
 ):

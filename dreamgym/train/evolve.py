@@ -238,10 +238,13 @@ def _score(ev: dict) -> float:
 
 
 def _inputs(wm_dir: Path, config: EvolveConfig) -> dict:
-    """The dreams a controller is evolved in: the world model and any ensemble members."""
+    """What a search starts from: the world model, any ensemble members, and the weights
+    of ``init`` (a folder rewritten since is another start)."""
     inputs = {"world_model": provenance.file_digest(wm_dir / WM_WEIGHTS)}
     for i, folder in enumerate(config.ensemble):
         inputs[f"ensemble{i}"] = provenance.file_digest(Path(folder) / WM_WEIGHTS)
+    if config.init:
+        inputs["init"] = provenance.file_digest(Path(config.init) / WEIGHTS_FILE)
     return inputs
 
 
