@@ -37,9 +37,10 @@ def measure(run_dir, config: ppo.PPOConfig, episodes: int, seed: int, workers: i
     if not config.init:
         raise ValueError("init: name the controller PPO starts from (it must read RUN's M)")
     out = ppo.run(config, run_dir)
-    first = json.loads((out / METRICS_FILE).read_text().splitlines()[0])  # the start, 0 steps
+    lines = (out / METRICS_FILE).read_text().splitlines()
+    first = json.loads(lines[0])  # the start, 0 steps
     kept = read_json(out / CONFIG_FILE)  # the kept C's own check, written with it
-    steps = json.loads((out / METRICS_FILE).read_text().splitlines()[-1])["timesteps"]
+    steps = json.loads(lines[-1])["timesteps"]
     result = {"run": str(run_dir), "ppo": str(out), "timesteps": steps,
               "kept_at": kept["timesteps"], "real_seeds": [seed, seed + episodes - 1]}  # fmt: skip
     for name, folder, row in (("start", config.init, first), ("kept", out, kept)):

@@ -173,14 +173,14 @@ def least_squares(chunks, ridge: float, bias: bool):
     """(weight (out, in), bias (out,) or None, frames) minimising the mean squared error
     on the chunks' ``y`` plus ``ridge`` times the squared weights: the normal equations,
     summed over the (x, y) chunks in float64."""
-    a = b = None
+    a = b = 0  # the sums of the normal equations
     frames = 0
     for x, y in chunks:
         x64 = x.double()
         if bias:
             x64 = torch.cat([x64, torch.ones(len(x64), 1, dtype=torch.float64)], 1)
-        a = x64.T @ x64 + (0 if a is None else a)
-        b = x64.T @ y.double() + (0 if b is None else b)
+        a = a + x64.T @ x64
+        b = b + x64.T @ y.double()
         frames += len(x64)
     penalty = torch.full((a.shape[0],), ridge * frames, dtype=torch.float64)
     if bias:
@@ -194,14 +194,14 @@ def least_squares(chunks, ridge: float, bias: bool):
 def r_squared(chunks, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[list[float], int]:
     """(1 - residual variance / variance per output, frames) of the linear C on the
     (x, y) chunks (1.0 for an output that never varies and is matched)."""
-    resid = total = squares = None
+    resid = total = squares = 0
     frames = 0
     for x, y in chunks:
         y64 = y.double()
         pred = (x @ weight.T + (0 if bias is None else bias)).double()
-        resid = ((pred - y64) ** 2).sum(0) + (0 if resid is None else resid)
-        total = y64.sum(0) + (0 if total is None else total)
-        squares = (y64**2).sum(0) + (0 if squares is None else squares)
+        resid = resid + ((pred - y64) ** 2).sum(0)
+        total = total + y64.sum(0)
+        squares = squares + (y64**2).sum(0)
         frames += len(y64)
     var = squares / frames - (total / frames) ** 2
     r2 = [float(1 - r / frames / v) if v > 1e-12 else float(r <= 1e-12 * frames)
