@@ -80,6 +80,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--starts", choices=["first", "real"], help="dream starts (recipe's)")
     p.add_argument("--max-episode-steps", type=int, help="dream length (recipe's; none: game's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where the dreams and the agent run (cuda)")
     p.add_argument(
         "--threads", type=int, default=1,
         help="torch threads (1: batches of a few dozen dreams step fastest on one)",
@@ -121,6 +122,12 @@ def parse_args() -> argparse.Namespace:
         help="what the agent sees: [z, h] (MlpPolicy) or V's 64x64 frames (CnnPolicy)",
     )  # fmt: skip
     args = p.parse_args()
+    from dreamgym.train.common import check_device
+
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
     args.policy = args.policy or ("controller" if args.init else "mlp")
     if args.policy == "mlp" and (args.init or args.save or args.hidden):
         p.error("--init, --save and --hidden need --policy controller")
@@ -153,7 +160,7 @@ def make_model(args, venv, policy_kwargs):
 
     from dreamgym.sb3 import ControllerActorCritic
 
-    common = dict(policy_kwargs=policy_kwargs, seed=args.seed, device="cpu", verbose=0)
+    common = dict(policy_kwargs=policy_kwargs, seed=args.seed, device=args.device, verbose=0)
     if args.learning_rate is not None:
         common["learning_rate"] = args.learning_rate
     sb3_policy = "CnnPolicy" if args.obs_mode == "pixels" else "MlpPolicy"
@@ -179,7 +186,7 @@ def main() -> None:
         kwargs["max_episode_steps"] = args.max_episode_steps
     dreams = gym.make_vec(
         args.env, num_envs=args.num_envs, world_model=args.world_model, starts=args.starts,
-        obs_mode=args.obs_mode, **kwargs,
+        obs_mode=args.obs_mode, device=args.device, **kwargs,
     )  # fmt: skip
     wm = dreams.unwrapped.world_model
     init = dreamgym.load_controller(args.init) if args.init else None

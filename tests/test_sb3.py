@@ -281,3 +281,16 @@ def test_the_sb3_example_saves_as_it_trains_and_resumes_where_it_stopped(tmp_pat
     wrong = run("--timesteps", "384", "--resume", "--n-epochs", "3")
     assert wrong.returncode != 0 and "trained with n_epochs=4, not 3" in wrong.stderr
     assert read_sb3_data(zip_path)["num_timesteps"] == 256  # nothing changed
+
+
+def test_the_sb3_example_refuses_a_device_this_machine_lacks_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "sb3_ppo_dream.py"
+    out = subprocess.run([sys.executable, str(script), "--device", "cuda:99", "--save-agent",
+                          str(tmp_path / "a.zip")], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 2 and "--device: 'cuda:99'" in out.stderr.splitlines()[-1]
+    assert not list(tmp_path.iterdir())  # nothing written
