@@ -22,8 +22,9 @@ PPO (``dreamgym.sb3.ControllerActorCritic``): ``--init`` starts it from a traine
 controller, and every ``--check-every`` steps the C is scored in the same 256
 dreams and the best is written to ``--save`` as a controller folder, which
 ``dreamgym evaluate --controller DIR`` scores on the real tracks. ``--save-agent
-ZIP`` saves an SB3 agent, which ``dreamgym evaluate SOURCE --agent ZIP`` scores in
-dreams and real episodes (loaded without unpickling). Real episode i uses the game
+ZIP`` saves an SB3 agent (every ``--checkpoint-every`` steps too; the same command run
+again continues it), which ``dreamgym evaluate SOURCE --agent ZIP`` scores in dreams
+and real episodes (loaded without unpickling). Real episode i uses the game
 seed ``--seed`` + i.
 
 ``--obs-mode pixels`` trains SB3's ``CnnPolicy`` on the dream's 64x64 frames (V's
@@ -35,7 +36,10 @@ each real frame).
 from __future__ import annotations
 
 import argparse
+import io
 import time
+import zipfile
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -60,6 +64,8 @@ RECIPES = {  # SB3's defaults except these; measured in docs/agents.md
     ),
 }  # fmt: skip
 PIXEL_RECIPE = dict(num_envs=16, n_steps=128, batch_size=256)  # V decodes every frame: fewer dreams
+# the hyperparameters an agent saved at --save-agent must share with the run that continues it
+RESUMED = ("n_envs", "n_steps", "batch_size", "n_epochs", "ent_coef", "learning_rate")
 
 
 def parse_args() -> argparse.Namespace:
@@ -104,16 +110,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--save", default=None, help="folder for the best C (--policy controller)")
     p.add_argument(
         "--save-agent", default=None,
-        help="SB3 zip to save the trained agent to (score it: dreamgym evaluate --agent ZIP)",
+        help="SB3 zip to save the trained agent to (score it: dreamgym evaluate --agent ZIP); "
+        "if it exists, the run continues it up to --timesteps",
     )  # fmt: skip
     p.add_argument(
         "--checkpoint-every", type=int, default=100_000,
         help="steps between saves of the agent to --save-agent as it trains (0: at the end only)",
-    )  # fmt: skip
-    p.add_argument(
-        "--resume", action="store_true",
-        help="continue the agent saved at --save-agent (its weights, Adam's state, its steps) "
-        "up to --timesteps",
     )  # fmt: skip
     p.add_argument("--check-every", type=int, default=500_000, help="steps between dream checks")
     p.add_argument("--check-trials", type=int, default=256, help="dreams per check")
@@ -133,8 +135,11 @@ def parse_args() -> argparse.Namespace:
         p.error("--init, --save and --hidden need --policy controller")
     if args.policy == "controller" and args.algo != "ppo":
         p.error("--policy controller trains with --algo ppo")
-    if args.resume and (args.policy != "mlp" or not args.save_agent):
-        p.error("--resume continues the SB3 agent at --save-agent (not --policy controller)")
+    if args.save_agent and not args.save_agent.endswith(".zip"):
+        args.save_agent += ".zip"  # where SB3 saves it
+    if args.policy == "controller" and args.save_agent and Path(args.save_agent).exists():
+        p.error(f"--save-agent: {args.save_agent} exists, and PPO on C does not continue an "
+                "agent; delete it or name another")  # fmt: skip
     if args.policy == "controller" and args.obs_mode == "pixels":
         p.error("--policy controller reads [z, h]; --obs-mode pixels trains a CnnPolicy")
     if args.obs_mode == "pixels":
@@ -206,29 +211,20 @@ def main() -> None:
     else:
         venv = as_vec_env(dreams)
     model = make_model(args, venv, policy_kwargs)
+    model.dream = dream_settings(args, wm, dreams.unwrapped.tau)  # saved in the zip's data
     if init is not None:
         set_controller(model.policy, init.params)
-    if args.resume:
-        resume(model, args)
-    start = time.perf_counter()
-    callbacks = [progress_bar(args.timesteps, model.num_timesteps)]
-    if args.save_agent and args.checkpoint_every > 0:
-        callbacks.append(checkpoint(args.save_agent, args.checkpoint_every))
-    callbacks += [callback] if callback else []
-    model.learn(
-        total_timesteps=max(args.timesteps - model.num_timesteps, 0), callback=callbacks,
-        reset_num_timesteps=not args.resume,
-    )  # fmt: skip
-    minutes = (time.perf_counter() - start) / 60
-    dream_returns = [ep["r"] for ep in model.ep_info_buffer]
-    print(f"{model.num_timesteps:,} steps in {minutes:.1f} min", end="")
-    if dream_returns:
-        print(
-            f"; dream (last {len(dream_returns)} episodes, tau {dreams.unwrapped.tau}): "
-            f"{np.mean(dream_returns):.0f} +- {np.std(dream_returns):.0f}",
-            end="",
-        )
-    print()
+    resumed = bool(args.save_agent) and Path(args.save_agent).exists()
+    if resumed:
+        try:
+            resume(model, args.save_agent)
+        except (OSError, ValueError, RuntimeError) as e:  # RunDirError, AgentError: ValueErrors
+            raise SystemExit(f"--save-agent: {e}") from None
+    if model.num_timesteps >= args.timesteps:
+        print(f"{args.save_agent} has {model.num_timesteps:,} steps (--timesteps "
+              f"{args.timesteps:,}): nothing to train")  # fmt: skip
+    else:
+        train(model, args, callback, resumed, dreams.unwrapped.tau)
 
     if args.policy == "controller":  # the best C by dream score, as saved
         best = dreamgym.load_controller(callback.folder)
@@ -239,11 +235,9 @@ def main() -> None:
         def act(obs):
             return model.predict(obs, deterministic=True)[0]
 
-    if args.save_agent:
-        save_agent(model, args.save_agent)
-        print(f"agent saved to {args.save_agent}")
     if args.episodes < 1:
         return
+
     from tqdm import tqdm
 
     bar = tqdm(total=args.episodes, desc="real episodes", unit="ep")
@@ -257,42 +251,85 @@ def main() -> None:
     print(f"{REAL[args.env]} over {len(returns)} episodes: {s['mean']:.0f} +- {s['std']:.0f}{ci}")
 
 
-# the hyperparameters a resumed agent must share with the run that continues it
-RESUMED = ("n_envs", "n_steps", "batch_size", "n_epochs", "ent_coef")
+def train(model, args, callback, resumed: bool, tau: float) -> None:
+    """``model.learn`` up to ``--timesteps`` with a progress bar, saving the agent every
+    ``--checkpoint-every`` steps and at the end; prints the steps, time and dream score."""
+    start = time.perf_counter()
+    callbacks = [progress_bar(args.timesteps, model.num_timesteps)]
+    if args.save_agent and args.checkpoint_every > 0:
+        callbacks.append(checkpoint(args.save_agent, args.checkpoint_every))
+    callbacks += [callback] if callback else []
+    model.learn(
+        total_timesteps=args.timesteps - model.num_timesteps, callback=callbacks,
+        reset_num_timesteps=not resumed,
+    )  # fmt: skip
+    minutes = (time.perf_counter() - start) / 60
+    dream_returns = [ep["r"] for ep in model.ep_info_buffer]
+    print(f"{model.num_timesteps:,} steps in {minutes:.1f} min", end="")
+    if dream_returns:
+        print(
+            f"; dream (last {len(dream_returns)} episodes, tau {tau}): "
+            f"{np.mean(dream_returns):.0f} +- {np.std(dream_returns):.0f}",
+            end="",
+        )
+    print()
+    if args.save_agent:
+        save_agent(model, args.save_agent)
+        print(f"agent saved to {args.save_agent}")
 
 
-def resume(model, args) -> None:
-    """Load the agent at ``--save-agent`` into ``model``: its weights and Adam's state (read
-    with ``weights_only=True``, its pickled entries never unpickled) and its step count."""
-    from dreamgym.agents import read_sb3_data
+def dream_settings(args, wm, tau: float) -> dict:
+    """The dream an agent trains in and how it sees it: saved in its zip, so that a run
+    continuing the agent checks it trains in the same dream."""
+    from dreamgym.shipped import shipped_dir
+    from dreamgym.train.provenance import file_digest
+    from dreamgym.world_model import WEIGHTS_FILE
 
-    path = args.save_agent
-    try:
-        data = read_sb3_data(path)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--resume: {e}") from None
-    for key in RESUMED:
-        saved, ours = data.get(key), getattr(model, key, None)
-        if key in data and saved != ours:
-            raise SystemExit(f"--resume: {path} was trained with {key}={saved}, not {ours}")
-    model.set_parameters(path, exact_match=True)
+    folder = Path(args.world_model) if args.world_model else shipped_dir(wm.game.name)
+    return {"env": args.env, "algo": args.algo, "obs_mode": args.obs_mode,
+            "world_model": file_digest(folder / WEIGHTS_FILE), "tau": tau,
+            "starts": args.starts, "max_episode_steps": args.max_episode_steps}  # fmt: skip
+
+
+def resume(model, path: str) -> None:
+    """Load the agent at ``path`` into ``model``: its weights and Adam's state (each ``.pth``
+    read with ``torch.load(weights_only=True)``; nothing of the zip is unpickled) and its
+    step count, after checking it was trained with this run's settings and dream."""
+    import torch
+
+    from dreamgym.agents import algo_of, obs_mode_of, read_sb3_data
+    from dreamgym.train.common import check_resume
+
+    data = read_sb3_data(path)
+    started = {key: data[key] for key in RESUMED if key in data}
+    started |= {"algo": algo_of(data, Path(path)), "obs_mode": obs_mode_of(path)}
+    started |= data.get("dream") or {}  # an agent saved before the dream was recorded: none
+    now = {key: getattr(model, key) for key in RESUMED if hasattr(model, key)}  # A2C: no epochs
+    check_resume(Path(path), started, now | model.dream)
+    with zipfile.ZipFile(path) as archive:
+        params = {
+            name.removesuffix(".pth"): torch.load(
+                io.BytesIO(archive.read(name)), weights_only=True, map_location=model.device
+            )
+            for name in ("policy.pth", "policy.optimizer.pth")
+        }
+    model.set_parameters(params, exact_match=True, device=model.device)
     model.num_timesteps = int(data["num_timesteps"])
-    print(f"resuming {path} at {model.num_timesteps:,} steps")
+    print(f"continuing {path} from {model.num_timesteps:,} steps")
 
 
 def save_agent(model, path: str) -> None:
     """``model.save(path)`` through a temporary file, so a killed job leaves the last whole
     agent."""
-    import os
-    from pathlib import Path
+    from dreamgym._io import atomic_path
 
-    tmp = Path(path).with_name(Path(path).stem + ".partial.zip")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def checkpoint(path: str, every: int):
-    """Save the agent to ``path`` every ``every`` steps (``--resume`` continues it)."""
+    """Save the agent to ``path`` every ``every`` steps, as a rollout starts: the weights
+    then hold every step counted (a run of the same command continues from there)."""
     from stable_baselines3.common.callbacks import BaseCallback
     from tqdm import tqdm
 
@@ -300,16 +337,19 @@ def checkpoint(path: str, every: int):
         def _on_training_start(self) -> None:
             self.saved = self.num_timesteps
 
+        def _on_rollout_start(self) -> None:  # after the last update, before new steps
+            if self.num_timesteps - self.saved < every:
+                return
+            save_agent(self.model, path)
+            self.saved = self.num_timesteps
+            returns = [ep["r"] for ep in self.model.ep_info_buffer]
+            score = f"{np.mean(returns):.0f} +- {np.std(returns):.0f}" if returns else "-"
+            tqdm.write(
+                f"{self.num_timesteps:,} steps: saved to {path}; dream, last "
+                f"{len(returns)} episodes: {score}"
+            )
+
         def _on_step(self) -> bool:
-            if self.num_timesteps - self.saved >= every:
-                save_agent(self.model, path)
-                self.saved = self.num_timesteps
-                returns = [ep["r"] for ep in self.model.ep_info_buffer]
-                score = f"{np.mean(returns):.0f} +- {np.std(returns):.0f}" if returns else "-"
-                tqdm.write(
-                    f"{self.num_timesteps:,} steps: saved to {path}; dream, last "
-                    f"{len(returns)} episodes: {score}"
-                )
             return True
 
     return Checkpoint()

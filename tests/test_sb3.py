@@ -252,11 +252,17 @@ def test_the_sb3_example_trains_its_recipe_and_saves_an_agent_that_loads(algo, o
 
 
 @pytest.mark.slow
-def test_the_sb3_example_saves_as_it_trains_and_resumes_where_it_stopped(tmp_path):
-    """--resume continues the agent saved at --save-agent to --timesteps, and refuses one
-    trained with other hyperparameters, changing nothing."""
+def test_the_sb3_example_saves_as_it_trains_and_the_same_command_continues_it(
+    tmp_path, monkeypatch
+):
+    """With --save-agent, the agent is saved every --checkpoint-every steps; the same command
+    run again continues it (its weights and Adam's state, not a new agent) to --timesteps,
+    has nothing to do past them, and refuses an agent of other settings, changing nothing."""
+    import importlib.util
+    import io
     import subprocess
     import sys
+    import zipfile
     from pathlib import Path
 
     from dreamgym.agents import read_sb3_data
@@ -270,17 +276,43 @@ def test_the_sb3_example_saves_as_it_trains_and_resumes_where_it_stopped(tmp_pat
         return subprocess.run([sys.executable, str(script), *args, *extra], capture_output=True,
                               text=True, timeout=300)  # fmt: skip
 
-    first = run("--timesteps", "128")
+    def tensors(name):
+        with zipfile.ZipFile(zip_path) as archive:
+            return torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+
+    first = run("--timesteps", "192")
     assert first.returncode == 0, first.stderr[-2000:]
-    assert read_sb3_data(zip_path)["num_timesteps"] == 128
-    more = run("--timesteps", "256", "--resume")
+    assert "64 steps: saved to" in first.stdout and "128 steps: saved to" in first.stdout
+    data = read_sb3_data(zip_path)
+    assert data["num_timesteps"] == 192 and data["dream"]["tau"] == 1.15
+    trained = tensors("policy.pth")
+    again = run("--timesteps", "192")  # past --timesteps: nothing to train, nothing written
+    assert again.returncode == 0 and "nothing to train" in again.stdout
+    assert all(torch.equal(trained[k], v) for k, v in tensors("policy.pth").items())
+    # what the script continues from: the saved weights and Adam's state, exactly
+    spec = importlib.util.spec_from_file_location("sb3_ppo_dream", script)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(sys, "argv", ["sb3_ppo_dream.py", *args, "--timesteps", "256"])
+    parsed = example.parse_args()
+    dreams = gym.make_vec("DreamDoom-v0", num_envs=4)
+    model = example.make_model(parsed, as_vec_env(dreams), {"log_std_init": 0.0})
+    model.dream = example.dream_settings(parsed, dreams.unwrapped.world_model, 1.15)
+    example.resume(model, str(zip_path))
+    assert model.num_timesteps == 192
+    state = model.policy.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.items())
+    assert model.policy.optimizer.state_dict()["state"]  # Adam's moments came along
+    more = run("--timesteps", "256")
     assert more.returncode == 0, more.stderr[-2000:]
-    assert f"resuming {zip_path} at 128 steps" in more.stdout
+    assert f"continuing {zip_path} from 192 steps" in more.stdout
     assert read_sb3_data(zip_path)["num_timesteps"] == 256
-    assert not list(tmp_path.glob("*.partial.zip"))
-    wrong = run("--timesteps", "384", "--resume", "--n-epochs", "3")
-    assert wrong.returncode != 0 and "trained with n_epochs=4, not 3" in wrong.stderr
-    assert read_sb3_data(zip_path)["num_timesteps"] == 256  # nothing changed
+    assert not list(tmp_path.glob("*.tmp"))
+    for extra, said in ((("--n-epochs", "3"), "n_epochs=4, now n_epochs=3"),
+                        (("--tau", "1.0"), "tau=1.15, now tau=1.0")):  # fmt: skip
+        wrong = run("--timesteps", "384", *extra)
+        assert wrong.returncode != 0 and said in wrong.stderr.splitlines()[-1]
+        assert read_sb3_data(zip_path)["num_timesteps"] == 256  # nothing changed
 
 
 def test_the_sb3_example_refuses_a_device_this_machine_lacks_in_one_line(tmp_path):
