@@ -19,7 +19,8 @@ against what M predicts for the same action sequence, two ways:
   segment, against what the game paid for the same steps.
 
 Printed: Pearson's r (and Spearman's) between real and predicted returns (of the
-episodes; of the segments), and the mean of each. A reward head a controller can
+episodes, teacher-forced; of the segments; of each episode's whole segments summed),
+and the mean of each. A reward head a controller can
 exploit shows up as a low r. (Replaying a whole episode's actions blind from its
 first frame is not measured: the dream's road soon parts from the real one, so
 the real actions no longer fit it.)
@@ -67,15 +68,15 @@ def play(env, controller, seed: int, noise: float) -> dict:
 
 
 @torch.no_grad()
-def teacher_forced(wm, ep: dict) -> float:
-    """Sum of M's predicted rewards along the real latents and actions."""
+def teacher_forced(wm, ep: dict) -> np.ndarray:
+    """M's predicted reward at each step, M reading the real latents and actions. (T,)"""
     mu, _ = wm.vae.encode(frames_to_tensor(ep["frames"][:-1], wm.device))
     a = torch.as_tensor(wm.game.executed_action(ep["actions"]), dtype=torch.float32)
-    state, total = wm.mdnrnn.initial_state(1, wm.device), 0.0
+    state, rewards = wm.mdnrnn.initial_state(1, wm.device), []
     for t in range(len(a)):
         state, out = wm.mdnrnn.step(state, mu[t : t + 1], a[t : t + 1])
-        total += float(out.reward[0])
-    return total
+        rewards.append(float(out.reward[0]))
+    return np.array(rewards)
 
 
 @torch.no_grad()
@@ -94,8 +95,8 @@ def from_real_states(wm, ep: dict, horizon: int, n: int, tau: float, seed: int):
             h.append(lstm.h)
             c.append(lstm.c)
         lstm = dc.follow(wm, lstm, mu[t : t + 1], actions[t : t + 1])
-    at = torch.as_tensor(starts).repeat_interleave(n)  # each start's n dreams
-    z = dc.posterior_sample(mu[at], logvar[at], g).clamp_(-dc.Z_BOUND, dc.Z_BOUND)
+    at = torch.as_tensor(starts).repeat_interleave(n)  # (S * n,) each start's n dreams
+    z = dc.posterior_sample(mu[at], logvar[at], g).clamp_(-dc.Z_BOUND, dc.Z_BOUND)  # (S * n, Z)
     lstm = LSTMState(torch.cat(h).repeat_interleave(n, 0), torch.cat(c).repeat_interleave(n, 0))
     state = dc.DreamState(z, lstm)
     alive, total = torch.ones(len(at), dtype=torch.bool), torch.zeros(len(at), dtype=torch.float64)
@@ -104,7 +105,7 @@ def from_real_states(wm, ep: dict, horizon: int, n: int, tau: float, seed: int):
         total += torch.where(alive, r, 0).double()
         alive &= ~term
     real = np.array([sum(ep["rewards"][s : s + horizon]) for s in starts])
-    return total.view(len(starts), n).mean(1).numpy(), real
+    return total.view(len(starts), n).mean(1).numpy(), real  # (S,) each: the n dreams' mean
 
 
 def rank(x: np.ndarray) -> np.ndarray:
@@ -122,6 +123,8 @@ def main() -> None:
     p.add_argument("--tau", type=float, default=1.0)
     p.add_argument("--out", default=None, help="write the per-episode numbers here (JSON)")
     args = p.parse_args()
+    if args.horizon < 1:
+        p.error(f"--horizon: expected at least 1 step, got {args.horizon}")
     torch.set_num_threads(1)
     wm = load_world_model("car_racing", args.world_model, "cpu")
     controller = load_controller(args.controller) if args.controller else None
@@ -135,16 +138,20 @@ def main() -> None:
                       "dream": float(d)}
                      for k, (d, r) in enumerate(zip(pred, real, strict=True))]  # fmt: skip
         row = {"seed": SEED0 + i, "policy": name, "steps": len(ep["actions"]),
-               "real": ep["real"], "teacher_forced": teacher_forced(wm, ep)}  # fmt: skip
+               "real": ep["real"], "teacher_forced": float(teacher_forced(wm, ep).sum()),
+               "segments_real": float(real.sum()), "segments_dream": float(pred.sum())}  # fmt: skip
         rows.append(row)
         print(f"{i:3d} {name:10s} steps {row['steps']:4d}  real {row['real']:7.1f}  "
               f"teacher-forced {row['teacher_forced']:7.1f}  segments: real "
               f"{real.sum():7.1f}, dreamed {pred.sum():7.1f}", flush=True)  # fmt: skip
     summary = {"episodes": len(rows), "dreams_per_state": args.dreams, "tau": args.tau,
                "horizon": args.horizon}  # fmt: skip
-    for key, group, what in (("teacher_forced", rows, "episodes"),
-                             ("dream", segments, f"{args.horizon}-step segments")):  # fmt: skip
-        real = np.array([r["real"] for r in group])
+    for key, group, truth, what in (
+        ("teacher_forced", rows, "real", "episodes"),
+        ("dream", segments, "real", f"{args.horizon}-step segments"),
+        ("segments_dream", rows, "segments_real", "episodes, their whole segments summed"),
+    ):  # fmt: skip
+        real = np.array([r[truth] for r in group])
         pred = np.array([r[key] for r in group])
         summary[key] = {
             "pearson_r": float(np.corrcoef(real, pred)[0, 1]),
