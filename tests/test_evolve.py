@@ -440,16 +440,28 @@ def test_the_same_command_resumes_its_folder_and_another_init_or_tau_writes_anot
 
 def test_a_start_rewritten_since_is_refused_not_resumed(tmp_path):
     """``init`` is a start by its weights: rewritten since (evolve run again on it), the
-    folder evolved from the old one is not continued."""
+    folder evolved from the old one is not continued, and ``status`` calls it stale. A
+    folder that recorded no init resumes and records it."""
     from dreamgym.policy import save_controller
+    from dreamgym.train import provenance
     from dreamgym.train.provenance import StaleError
 
     run_dir = make_run(tmp_path)
     start = evolve.run(tiny_config(generations=2), run_dir)
-    evolve.run(tiny_config(generations=1, init=str(start)), run_dir)
+    tuned = evolve.run(tiny_config(generations=1, init=str(start)), run_dir)
+    record = tuned / provenance.INPUTS_FILE  # a folder of a version that did not record init
+    kept = record.read_text()
+    record.write_text(json.dumps({k: v for k, v in json.loads(kept).items() if k != "init"}))
+    assert evolve.run(tiny_config(generations=2, init=str(start)), run_dir) == tuned  # resumed
+    assert json.loads(record.read_text())["init"] == json.loads(kept)["init"]  # recorded now
     save_controller(start, torch.as_tensor(load_controller(start).params) + 0.1, "doom_take_cover")
     with pytest.raises(StaleError, match="its init has changed since"):
-        evolve.run(tiny_config(generations=2, init=str(start)), run_dir)
+        evolve.run(tiny_config(generations=3, init=str(start)), run_dir)
+    state = {stage: (s, note) for stage, s, note in provenance.status(run_dir)}
+    assert (
+        state[tuned.name][0] == "stale" and f"its init {start} has changed" in state[tuned.name][1]
+    )
+    assert state[start.name][0] == "current"  # a sibling's staleness does not pass on
 
 
 def test_a_folder_an_older_version_named_by_its_settings_is_resumed_by_the_same_command(

@@ -256,17 +256,36 @@ def status(run_dir: Path) -> list[tuple[str, str, str]]:
     except RunDirError as e:  # stale, or M's checkpoint is an older dreamgym's
         wm_state = ("stale", str(e).split("; ", 1)[-1])
     out.append(("world_model", *wm_state))
+    out = _propagate(out)
+    upstream = next((stage for stage, state, _ in out if state == "stale"), None)
     for folder in sorted([*stage_folders(run_dir, "evolve"), *stage_folders(run_dir, "ppo")]):
         old = recorded(folder)
         if old is None or not (wm / "weights.safetensors").exists():
-            out.append((folder.name, "current", "no record: built before records were"))
-            continue
-        digest = file_digest(wm / "weights.safetensors")
-        fresh = old.get("world_model") == digest
-        out.append((folder.name, *(("current", "") if fresh else (
-            "stale", f"trained in another world model; delete {folder} to train again")))
-        )  # fmt: skip
-    return _propagate(out)
+            row = ("current", "no record: built before records were")
+        else:
+            digest = file_digest(wm / "weights.safetensors")
+            why = None if old.get("world_model") == digest else "trained in another world model"
+            why = why or _init_changed(folder, old)
+            row = ("stale", f"{why}; delete {folder} to train again") if why else ("current", "")
+        if upstream is not None and row[0] == "current":  # not from a sibling folder
+            row = ("stale", f"built from {upstream}, which is stale")
+        out.append((folder.name, *row))
+    return out
+
+
+def _init_changed(folder: Path, old: dict) -> str | None:
+    """Why the controller an evolve or ppo folder started from (its config's ``init``) is
+    no longer the one it recorded (None: it is, or there is nothing to check)."""
+    from dreamgym.policy import WEIGHTS_FILE as CONTROLLER_WEIGHTS
+
+    if "init" not in old:
+        return None
+    config = next((folder / n for n in ("evolve.json", "ppo.json") if (folder / n).exists()), None)
+    init = json.loads(config.read_text()).get("init") if config else None
+    weights = Path(init) / CONTROLLER_WEIGHTS if init else None
+    if weights is None or not weights.exists():
+        return None  # recorded from another directory, or moved: nothing here to compare
+    return None if file_digest(weights) == old["init"] else f"its init {init} has changed since"
 
 
 def _propagate(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
