@@ -182,6 +182,8 @@ def least_squares(chunks, ridge: float, bias: bool):
         a = a + x64.T @ x64
         b = b + x64.T @ y.double()
         frames += len(x64)
+    if frames == 0:
+        raise ValueError("distill: no frames to fit C on")
     penalty = torch.full((a.shape[0],), ridge * frames, dtype=torch.float64)
     if bias:
         penalty[-1] = 0.0
@@ -203,6 +205,8 @@ def r_squared(chunks, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[
         total = total + y64.sum(0)
         squares = squares + (y64**2).sum(0)
         frames += len(y64)
+    if frames == 0:
+        raise ValueError("distill: no frames to measure R^2 on")
     var = squares / frames - (total / frames) ** 2
     r2 = [float(1 - r / frames / v) if v > 1e-12 else float(r <= 1e-12 * frames)
           for r, v in zip(resid, var, strict=True)]  # fmt: skip
