@@ -196,28 +196,33 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _kill_an_actor_when(ready, killed: list) -> None:
+def _kill_an_actor_when(ready, killed: list, finished: threading.Event) -> None:
     """Once ``ready()``, SIGKILL one Ray actor running a game (a child of this process's
-    Ray); note (its pid, its games) in ``killed``."""
+    Ray) as soon as one is seen running (between episodes both can be idle); note (its
+    pid, its games) in ``killed``; gives up once ``finished`` is set."""
     deadline = time.time() + 120
     while time.time() < deadline and not ready():
         time.sleep(0.05)
-    procs = _descendants(os.getpid())
-    actors = [p for p in procs if _cmdline(p).startswith(b"ray::GameActor.run")]
-    if actors:
-        games = _descendants(actors[0])
-        os.kill(actors[0], signal.SIGKILL)
-        killed.append((actors[0], games))
+    while time.time() < deadline and not finished.is_set():
+        procs = _descendants(os.getpid())
+        actors = [p for p in procs if _cmdline(p).startswith(b"ray::GameActor.run")]
+        if actors:
+            games = _descendants(actors[0])
+            os.kill(actors[0], signal.SIGKILL)
+            killed.append((actors[0], games))
+            return
+        time.sleep(0.01)
 
 
 @pytest.mark.slow
 def test_a_killed_ray_worker_costs_only_its_episode(local_ray, tmp_path, capfd):
     base = dict(game=DOOM, episodes=8, workers=2, max_steps=100, min_frames=0, seed=11)
-    run_dir, killed = tmp_path / "ray", []
+    run_dir, killed, finished = tmp_path / "ray", [], threading.Event()
     rows_landed = lambda: len(data.read_manifest(run_dir)) >= 1  # noqa: E731
-    killer = threading.Thread(target=_kill_an_actor_when, args=(rows_landed, killed))
+    killer = threading.Thread(target=_kill_an_actor_when, args=(rows_landed, killed, finished))
     killer.start()
     collect(CollectConfig(**base, backend="ray"), run_dir)
+    finished.set()
     killer.join()
     assert killed, "no Ray actor was found to kill"
     ((pid, games),) = killed
