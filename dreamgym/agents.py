@@ -127,6 +127,13 @@ def read_sb3_data(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_sb3_tensors(path: str | Path, name: str, device: str | torch.device = "cpu") -> dict:
+    """The state dict ``name`` (``policy.pth``, ``policy.optimizer.pth``) of an SB3 zip,
+    read with ``torch.load(weights_only=True)``: tensors and plain containers only."""
+    with zipfile.ZipFile(path) as archive:
+        return torch.load(io.BytesIO(archive.read(name)), weights_only=True, map_location=device)
+
+
 def algo_of(data: dict[str, Any], path: Path, algo: str | None = None) -> str:
     """The SB3 algorithm that saved ``data``; ``algo``, if given, must agree with it."""
     if algo is not None and algo not in ALGOS:
@@ -249,9 +256,7 @@ def _rebuild(path: Path, data: dict, algo: str, obs_space: spaces.Box, act_space
     if algo in ("ppo", "a2c"):  # on-policy algorithms pass use_sde themselves
         kwargs["use_sde"] = bool(data.get("use_sde", False))
     try:
-        with zipfile.ZipFile(path) as archive:
-            weights = io.BytesIO(archive.read("policy.pth"))
-            state = torch.load(weights, weights_only=True, map_location="cpu")
+        state = read_sb3_tensors(path, "policy.pth")
         policy = policy_cls(obs_space, act_space, lambda _: 0.0, **kwargs)
         policy.load_state_dict(state)  # strict: every tensor must fit
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, pickle.PickleError) as e:

@@ -36,9 +36,7 @@ each real frame).
 from __future__ import annotations
 
 import argparse
-import io
 import time
-import zipfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -295,9 +293,8 @@ def resume(model, path: str) -> None:
     """Load the agent at ``path`` into ``model``: its weights and Adam's state (each ``.pth``
     read with ``torch.load(weights_only=True)``; nothing of the zip is unpickled) and its
     step count, after checking it was trained with this run's settings and dream."""
-    import torch
 
-    from dreamgym.agents import algo_of, obs_mode_of, read_sb3_data
+    from dreamgym.agents import algo_of, obs_mode_of, read_sb3_data, read_sb3_tensors
     from dreamgym.train.common import check_resume
 
     data = read_sb3_data(path)
@@ -306,13 +303,8 @@ def resume(model, path: str) -> None:
     started |= data.get("dream") or {}  # an agent saved before the dream was recorded: none
     now = {key: getattr(model, key) for key in RESUMED if hasattr(model, key)}  # A2C: no epochs
     check_resume(Path(path), started, now | model.dream)
-    with zipfile.ZipFile(path) as archive:
-        params = {
-            name.removesuffix(".pth"): torch.load(
-                io.BytesIO(archive.read(name)), weights_only=True, map_location=model.device
-            )
-            for name in ("policy.pth", "policy.optimizer.pth")
-        }
+    params = {name.removesuffix(".pth"): read_sb3_tensors(path, name, model.device)
+              for name in ("policy.pth", "policy.optimizer.pth")}  # fmt: skip
     model.set_parameters(params, exact_match=True, device=model.device)
     model.num_timesteps = int(data["num_timesteps"])
     print(f"continuing {path} from {model.num_timesteps:,} steps")
