@@ -5,7 +5,8 @@ Semantics (Ha & Schmidhuber 2018):
 - reset: z0 = mu + sigma * eps of a random real first frame from the bank; h0 = c0 = 0;
 - step(a): M consumes (z_t, executed a_t); z_{t+1} is sampled at temperature tau
   (logits / tau, sigma * sqrt(tau)); done when sigmoid(done_logit) > 0.5 (tau not
-  applied); reward is the game's constant, or M's reward head.
+  applied), and with a ``hazard`` > 0 also with probability hazard x M's calibrated
+  chance of dying; reward is the game's constant, or M's reward head.
 - observation: [z, c, h] (Doom) or [z, h] (CarRacing), z clamped to +-Z_BOUND.
 
 Honest dreams (see ``vary``): each dream may draw, when it starts, its own dropout
@@ -15,11 +16,20 @@ plays it; the controller always reads member 0's state, as in the real game.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import torch
 
-from dreamgym.mdnrnn import LSTMState, MDNRNNOutput, Mixture, dropout_mask, sample
+from dreamgym.mdnrnn import (
+    DONE_POS_WEIGHT,
+    LSTMState,
+    MDNRNNOutput,
+    Mixture,
+    dropout_mask,
+    sample,
+)
 from dreamgym.starts import RealStarts
 from dreamgym.world_model import WorldModel
 
@@ -136,6 +146,16 @@ def check_dropout(dropout: float | None) -> float | None:
     return float(dropout)
 
 
+def check_hazard(hazard: float) -> float:
+    """``hazard`` as a float, or a TypeError/ValueError that says what it must be: a finite
+    number >= 0 (0: dreams end only where M is sure, as in the paper)."""
+    if isinstance(hazard, bool) or not isinstance(hazard, numbers.Real):
+        raise TypeError(f"hazard: expected a finite number >= 0, got {type(hazard).__name__}")
+    if not (math.isfinite(hazard) and hazard >= 0):
+        raise ValueError(f"hazard: expected a finite number >= 0, got {hazard!r}")
+    return float(hazard)
+
+
 def vary(
     wm: WorldModel,
     state: DreamState,
@@ -198,9 +218,14 @@ def step(
     action: torch.Tensor,
     tau: float,
     generator: torch.Generator,
+    hazard: float = 0.0,
 ) -> tuple[DreamState, torch.Tensor, torch.Tensor]:
     """Advance n dreams one step. action (N, A) in the game's action space.
 
+    A dream ends where M's done head says p > 0.5, as in the paper. With ``hazard`` > 0
+    it also ends with probability hazard x sigmoid(done_logit - log(DONE_POS_WEIGHT)),
+    M's chance of dying with the fit's weight on deaths undone: a dream that takes the
+    near misses M foresees as the game would (0 draws nothing, so dreams stay the same).
     Returns (next state, reward (N,), terminated (N,) bool).
     """
     executed = wm.game.executed_action(action).to(state.z.dtype)
@@ -208,6 +233,10 @@ def step(
     reader = None if state.reader is None else wm.mdnrnn.cell(state.reader, state.z, executed)
     z = sample(out.mixture, tau, generator).clamp_(-Z_BOUND, Z_BOUND)
     terminated = out.done_logit > 0  # sigmoid(logit) > 0.5
+    if hazard > 0:
+        chance = torch.sigmoid(out.done_logit - math.log(DONE_POS_WEIGHT)) * hazard
+        draw = torch.rand(chance.shape, generator=generator, device=chance.device)
+        terminated = terminated | (draw < chance)
     if wm.game.constant_reward is not None:
         reward = torch.full_like(out.done_logit, wm.game.constant_reward)
     else:

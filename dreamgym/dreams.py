@@ -48,6 +48,7 @@ class Dreams:
         starts: str = "first",
         dropout: float | None = None,
         members: str | int = "sample",
+        hazard: float = 0.0,
     ):
         spec = get_game(game)
         self.tau = check_tau(spec.default_tau if tau is None else tau)
@@ -69,6 +70,7 @@ class Dreams:
             )
         self.starts = starts
         self.dropout = core.check_dropout(dropout)
+        self.hazard = core.check_hazard(hazard)
         self.members = core.check_members(self.wm, members)
         if starts == "real":
             core.check_bank(self.wm, self.wm.starts, self.members)
@@ -128,7 +130,9 @@ class Dreams:
         if self.wm.game.discrete:
             a = a.reshape(self.n, 1)  # (n, 1): the index, as M's executed_action reads it
         if active is None:
-            self.state, r, d = core.step(self.wm, self.state, a, self.tau, self.generator)
+            self.state, r, d = core.step(
+                self.wm, self.state, a, self.tau, self.generator, self.hazard
+            )
             reward, terminated = r.cpu().numpy(), d.cpu().numpy()
             self.t += 1
             stepped = None
@@ -138,8 +142,9 @@ class Dreams:
             if idx.size:  # step only these rows, so finished dreams draw no random numbers
                 i = self._index(idx)
                 sub, r, d = core.step(
-                    self.wm, core.select(self.state, i), a[i], self.tau, self.generator
-                )
+                    self.wm, core.select(self.state, i), a[i], self.tau, self.generator,
+                    self.hazard,
+                )  # fmt: skip
                 put(self.state, i, sub)
                 reward[idx], terminated[idx] = r.cpu().numpy(), d.cpu().numpy()
                 self.t[idx] += 1

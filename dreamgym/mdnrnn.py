@@ -182,10 +182,17 @@ def mdn_nll(mixture: Mixture, target: torch.Tensor, mask: torch.Tensor | None = 
     return (nll * m).sum() / (m.sum() * nll.shape[-1]).clamp(min=1)
 
 
+DONE_POS_WEIGHT = 10.0
+"""How many times a death weighs in the done head's cross-entropy (``fit-mdnrnn``'s default).
+
+The head's sigmoid then overstates the chance of dying: the calibrated one is
+``sigmoid(done_logit - log(DONE_POS_WEIGHT))`` (``dream_core.step``'s hazard reads it so)."""
+
+
 def done_loss(
     done_logit: torch.Tensor,
     done: torch.Tensor,
-    pos_weight: float = 10.0,
+    pos_weight: float = DONE_POS_WEIGHT,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary cross-entropy of the done head, positives weighted ``pos_weight`` times."""
@@ -221,5 +228,5 @@ def sample(mixture: Mixture, tau: float, generator: torch.Generator | None = Non
 
 __all__ = [
     "MDNRNN", "MDNRNNConfig", "Mixture", "LSTMState", "MDNRNNOutput", "dropout_mask",
-    "mixture_log_prob", "mdn_nll", "done_loss", "sample",
+    "mixture_log_prob", "mdn_nll", "done_loss", "DONE_POS_WEIGHT", "sample",
 ]  # fmt: skip

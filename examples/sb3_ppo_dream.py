@@ -54,11 +54,11 @@ REAL = {
 RECIPES = {  # SB3's defaults except these; measured in docs/agents.md
     "DreamDoom-v0": dict(
         num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=0.0, ent_coef=0.01,
-        timesteps=2_000_000, starts="first", max_episode_steps=None,
+        timesteps=2_000_000, starts="first", max_episode_steps=None, hazard=0.0,
     ),
     "DreamCarRacing-v0": dict(
         num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=-1.0, ent_coef=0.0,
-        timesteps=2_000_000, starts="first", max_episode_steps=None,
+        timesteps=2_000_000, starts="first", max_episode_steps=None, hazard=0.0,
     ),
 }  # fmt: skip
 PIXEL_RECIPE = dict(num_envs=16, n_steps=128, batch_size=256)  # V decodes every frame: fewer dreams
@@ -83,6 +83,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tau", type=float, default=None, help="dream temperature (default: the id's)")
     p.add_argument("--starts", choices=["first", "real"], help="dream starts (recipe's)")
     p.add_argument("--max-episode-steps", type=int, help="dream length (recipe's; none: game's)")
+    p.add_argument(
+        "--hazard", type=float,
+        help="the dreams also end with this many times M's chance of dying (recipe's: 0)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where the dreams and the agent run (cuda)")
     p.add_argument(
@@ -154,6 +158,12 @@ def parse_args() -> argparse.Namespace:
     for key, value in RECIPES[args.env].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    from dreamgym.dream_core import check_hazard
+
+    try:
+        args.hazard = check_hazard(args.hazard)
+    except (TypeError, ValueError) as e:
+        p.error(str(e))
     return args
 
 
@@ -185,6 +195,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     kwargs = {"tau": args.tau} if args.tau is not None else {}
+    kwargs["hazard"] = args.hazard
     if args.max_episode_steps is not None:
         kwargs["max_episode_steps"] = args.max_episode_steps
     dreams = gym.make_vec(
@@ -193,7 +204,7 @@ def main() -> None:
     )  # fmt: skip
     wm = dreams.unwrapped.world_model
     init = dreamgym.load_controller(args.init) if args.init else None
-    policy_kwargs, callback = {"log_std_init": args.log_std_init}, None
+    policy_kwargs, callbacks, best_c = {"log_std_init": args.log_std_init}, [], None
     if args.policy == "controller":
         cfg = init.controller.config if init else None
         hidden = cfg.hidden if cfg else args.hidden
@@ -202,10 +213,11 @@ def main() -> None:
         venv = as_vec_env(dreams, actions="controller", outputs=outputs)
         save = args.save or "runs/ppo_controller"
         meta = {"trainer": "ppo", "init": args.init, "starts": args.starts}
-        callback = DreamCheckpoint(
+        best_c = DreamCheckpoint(
             wm, save, args.check_every, args.check_trials, dreams.unwrapped.tau,
             args.max_episode_steps, args.starts, 0, meta,  # the same dreams for every seed
         )  # fmt: skip
+        callbacks.append(best_c)
     else:
         venv = as_vec_env(dreams)
     model = make_model(args, venv, policy_kwargs)
@@ -222,11 +234,11 @@ def main() -> None:
         print(f"{args.save_agent} has {model.num_timesteps:,} steps (--timesteps "
               f"{args.timesteps:,}): nothing to train")  # fmt: skip
     else:
-        train(model, args, callback, resumed, dreams.unwrapped.tau)
+        train(model, args, callbacks, resumed, dreams.unwrapped.tau)
 
     if args.policy == "controller":  # the best C by dream score, as saved
-        best = dreamgym.load_controller(callback.folder)
-        print(f"best C in the dream: {callback.best:.1f} (saved in {callback.folder})")
+        best = dreamgym.load_controller(best_c.folder)
+        print(f"best C in the dream: {best_c.best:.1f} (saved in {best_c.folder})")
         act = best
     else:
 
@@ -249,14 +261,13 @@ def main() -> None:
     print(f"{REAL[args.env]} over {len(returns)} episodes: {s['mean']:.0f} +- {s['std']:.0f}{ci}")
 
 
-def train(model, args, callback, resumed: bool, tau: float) -> None:
+def train(model, args, callbacks: list, resumed: bool, tau: float) -> None:
     """``model.learn`` up to ``--timesteps`` with a progress bar, saving the agent every
     ``--checkpoint-every`` steps and at the end; prints the steps, time and dream score."""
     start = time.perf_counter()
-    callbacks = [progress_bar(args.timesteps, model.num_timesteps)]
+    callbacks = [progress_bar(args.timesteps, model.num_timesteps), *callbacks]
     if args.save_agent and args.checkpoint_every > 0:
         callbacks.append(checkpoint(args.save_agent, args.checkpoint_every))
-    callbacks += [callback] if callback else []
     model.learn(
         total_timesteps=args.timesteps - model.num_timesteps, callback=callbacks,
         reset_num_timesteps=not resumed,
@@ -286,7 +297,8 @@ def dream_settings(args, wm, tau: float) -> dict:
     folder = Path(args.world_model) if args.world_model else shipped_dir(wm.game.name)
     return {"env": args.env, "algo": args.algo, "obs_mode": args.obs_mode,
             "world_model": file_digest(folder / WEIGHTS_FILE), "tau": tau,
-            "starts": args.starts, "max_episode_steps": args.max_episode_steps}  # fmt: skip
+            "starts": args.starts, "max_episode_steps": args.max_episode_steps,
+            "hazard": args.hazard}  # fmt: skip
 
 
 def resume(model, path: str) -> None:

@@ -1,5 +1,7 @@
 """Dropout in M and ensembles of Ms: properties of the world model, so of every dream."""
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -241,3 +243,74 @@ def test_cross_dream_scoring_overrides_the_dropout_rate():
 
     np.testing.assert_array_equal(returns(trained, dropout=0.0), returns(plain))
     assert not np.array_equal(returns(trained), returns(plain))
+
+
+# ---------------------------------------------------------------- hazard
+
+
+def constant_done(logit: float, game: str = "doom_take_cover") -> WorldModel:
+    """A tiny world model whose done head says ``logit`` in every state."""
+    wm = tiny_world_model(game)
+    cfg = wm.mdnrnn.config
+    done = 3 * cfg.n_mix * cfg.z_dim
+    with torch.no_grad():
+        wm.mdnrnn.head.weight[done] = 0.0
+        wm.mdnrnn.head.bias[done] = logit
+    return wm
+
+
+def first_lengths(wm: WorldModel, hazard: float, n: int = 2000, steps: int = 400) -> np.ndarray:
+    """How many steps each of n dreams lasts (``steps`` if it never ends)."""
+    env = gym.make_vec("DreamDoom-v0", num_envs=n, world_model=wm, hazard=hazard)
+    env.reset(seed=0)
+    length, alive = np.zeros(n), np.ones(n, bool)
+    for _ in range(steps):
+        _, _, terminated, _, _ = env.step(np.zeros((n, 1), np.float32))
+        length += alive
+        alive &= ~terminated
+    return length
+
+
+def test_hazard_ends_dreams_at_the_calibrated_rate():
+    # M's sigmoid says 0.34 (< 0.5: the paper's dream never ends); with deaths weighted
+    # 10x in its fit, the chance of dying is 0.05 a step, so hazard k ends a dream after
+    # 1 / (0.05 k) steps on average
+    wm = constant_done(math.log(10.0) + math.log(0.05 / 0.95))
+    assert first_lengths(wm, 0.0).min() == 400
+    for k in (1.0, 2.0):
+        mean = first_lengths(wm, k).mean()
+        assert abs(mean - 1 / (0.05 * k)) < 0.08 / (0.05 * k), (k, mean)
+
+
+def test_hazard_zero_dreams_as_before_and_where_m_is_sure_it_still_ends():
+    wm = tiny_world_model("doom_take_cover")
+    plain = gym.make("DreamDoom-v0", world_model=wm)
+    zero = gym.make("DreamDoom-v0", world_model=wm, hazard=0)
+    for env in (plain, zero):
+        env.reset(seed=3)
+    for _ in range(30):
+        a = np.array([0.7], np.float32)
+        out, same = plain.step(a), zero.step(a)
+        np.testing.assert_array_equal(out[0], same[0])
+        assert out[1:4] == same[1:4]
+        if out[2] or out[3]:
+            plain.reset(), zero.reset()
+    assert first_lengths(constant_done(10.0), 5.0, n=8, steps=3).max() == 1
+
+
+@pytest.mark.parametrize(
+    "bad,error", [(-0.1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                  ("3", TypeError), (True, TypeError)],
+)  # fmt: skip
+def test_bad_hazard_is_refused_and_the_dream_keeps_its_own(bad, error):
+    wm = tiny_world_model("doom_take_cover")
+    with pytest.raises(error, match="hazard"):
+        gym.make("DreamDoom-v0", world_model=wm, hazard=bad)
+    with pytest.raises(error, match="hazard"):
+        gym.make_vec("DreamDoom-v0", num_envs=2, world_model=wm, hazard=bad)
+    env = gym.make_vec("DreamDoom-v0", num_envs=2, world_model=wm, hazard=1.5)
+    with pytest.raises(error, match="hazard"):
+        env.unwrapped.hazard = bad
+    assert env.unwrapped.hazard == 1.5
+    env.unwrapped.hazard = 2
+    assert env.unwrapped.hazard == 2.0 and isinstance(env.unwrapped.hazard, float)

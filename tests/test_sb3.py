@@ -285,6 +285,7 @@ def test_the_sb3_example_saves_as_it_trains_and_the_same_command_continues_it(
     assert "64 steps: saved to" in first.stdout and "128 steps: saved to" in first.stdout
     data = read_sb3_data(zip_path)
     assert data["num_timesteps"] == 192 and data["dream"]["tau"] == 1.15
+    assert data["dream"]["hazard"] == 0.0
     trained = tensors("policy.pth")
     again = run("--timesteps", "192")  # past --timesteps: nothing to train, nothing written
     assert again.returncode == 0 and "nothing to train" in again.stdout
@@ -309,7 +310,8 @@ def test_the_sb3_example_saves_as_it_trains_and_the_same_command_continues_it(
     assert read_sb3_data(zip_path)["num_timesteps"] == 256
     assert not list(tmp_path.glob("*.tmp"))
     for extra, said in ((("--n-epochs", "3"), "n_epochs=4, now n_epochs=3"),
-                        (("--tau", "1.0"), "tau=1.15, now tau=1.0")):  # fmt: skip
+                        (("--tau", "1.0"), "tau=1.15, now tau=1.0"),
+                        (("--hazard", "2"), "hazard=0.0, now hazard=2.0")):  # fmt: skip
         wrong = run("--timesteps", "384", *extra)
         assert wrong.returncode != 0 and said in wrong.stderr.splitlines()[-1]
         assert read_sb3_data(zip_path)["num_timesteps"] == 256  # nothing changed
@@ -325,4 +327,21 @@ def test_the_sb3_example_refuses_a_device_this_machine_lacks_in_one_line(tmp_pat
                           str(tmp_path / "a.zip")], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert out.returncode == 2 and "--device: 'cuda:99'" in out.stderr.splitlines()[-1]
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    "extra,said", [(("--hazard", "-1"), "hazard: expected a finite number >= 0, got -1.0"),
+                   (("--hazard", "nan"), "hazard: expected a finite number >= 0, got nan")],
+)  # fmt: skip
+def test_the_sb3_example_refuses_a_bad_hazard_in_one_line(extra, said, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "sb3_ppo_dream.py"
+    out = subprocess.run([sys.executable, str(script), *extra, "--save-agent",
+                          str(tmp_path / "a.zip")], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 2 and said in out.stderr.splitlines()[-1]
     assert not list(tmp_path.iterdir())  # nothing written

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from dreamgym._io import METRICS_FILE, log_metrics
 from dreamgym.games import get_game
 from dreamgym.mdnrnn import (
+    DONE_POS_WEIGHT,
     MDNRNN,
     LSTMState,
     MDNRNNConfig,
@@ -84,7 +85,7 @@ class FitMDNRNNConfig:
     """The learning rate decays exponentially from lr to lr_final over the steps."""
     grad_clip: float = 1.0
     """Gradients are clipped to this global norm."""
-    done_pos_weight: float = 10.0
+    done_pos_weight: float = DONE_POS_WEIGHT
     """Weight of a positive (episode-ending) step in the done head's cross-entropy."""
     reward_weight: float = 1.0
     """Weight of the reward head's squared error (games with a reward head)."""
