@@ -54,7 +54,7 @@ REAL = {
 RECIPES = {  # SB3's defaults except these; measured in docs/agents.md
     "DreamDoom-v0": dict(
         num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=0.0, ent_coef=0.01,
-        timesteps=2_000_000, starts="first", max_episode_steps=None, hazard=0.0,
+        timesteps=2_000_000, starts="first", max_episode_steps=None, hazard=3.0,
     ),
     "DreamCarRacing-v0": dict(
         num_envs=32, n_steps=64, batch_size=512, n_epochs=4, log_std_init=-1.0, ent_coef=0.0,
@@ -85,7 +85,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-episode-steps", type=int, help="dream length (recipe's; none: game's)")
     p.add_argument(
         "--hazard", type=float,
-        help="the dreams also end with this many times M's chance of dying (recipe's: 0)",
+        help="the dreams also end with this many times M's chance of dying (recipe's)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where the dreams and the agent run (cuda)")

@@ -285,7 +285,7 @@ def test_the_sb3_example_saves_as_it_trains_and_the_same_command_continues_it(
     assert "64 steps: saved to" in first.stdout and "128 steps: saved to" in first.stdout
     data = read_sb3_data(zip_path)
     assert data["num_timesteps"] == 192 and data["dream"]["tau"] == 1.15
-    assert data["dream"]["hazard"] == 0.0
+    assert data["dream"]["hazard"] == 3.0  # Doom's recipe
     trained = tensors("policy.pth")
     again = run("--timesteps", "192")  # past --timesteps: nothing to train, nothing written
     assert again.returncode == 0 and "nothing to train" in again.stdout
@@ -311,7 +311,7 @@ def test_the_sb3_example_saves_as_it_trains_and_the_same_command_continues_it(
     assert not list(tmp_path.glob("*.tmp"))
     for extra, said in ((("--n-epochs", "3"), "n_epochs=4, now n_epochs=3"),
                         (("--tau", "1.0"), "tau=1.15, now tau=1.0"),
-                        (("--hazard", "2"), "hazard=0.0, now hazard=2.0")):  # fmt: skip
+                        (("--hazard", "2"), "hazard=3.0, now hazard=2.0")):  # fmt: skip
         wrong = run("--timesteps", "384", *extra)
         assert wrong.returncode != 0 and said in wrong.stderr.splitlines()[-1]
         assert read_sb3_data(zip_path)["num_timesteps"] == 256  # nothing changed
