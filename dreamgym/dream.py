@@ -125,7 +125,7 @@ class DreamEnv(gym.Env):
       chance of dying with ``fit-mdnrnn``'s 10x weight on deaths undone. The paper's
       dream ends only where M is sure, so the near misses it foresees cost nothing;
       at 3 the shipped Doom dream pays a stock agent 1.1-1.3x what the game pays,
-      against 2.2x at 0 (docs/honest_dreams.md). Settable later: ``env.unwrapped.hazard = x``.
+      against 2.0-2.2x at 0 (docs/honest_dreams.md). Settable later: ``env.unwrapped.hazard = x``.
     * ``game``: set by the registered id (``doom_take_cover``, ``car_racing``, or the
       game of a folder ``dreamgym.register`` registered, which also sets ``world_model``).
 

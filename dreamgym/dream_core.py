@@ -151,9 +151,13 @@ def check_hazard(hazard: float) -> float:
     number >= 0 (0: dreams end only where M is sure, as in the paper)."""
     if isinstance(hazard, bool) or not isinstance(hazard, numbers.Real):
         raise TypeError(f"hazard: expected a finite number >= 0, got {type(hazard).__name__}")
-    if not (math.isfinite(hazard) and hazard >= 0):
+    try:
+        value = float(hazard)
+    except OverflowError:  # an int too large for a float
+        value = math.inf
+    if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"hazard: expected a finite number >= 0, got {hazard!r}")
-    return float(hazard)
+    return value
 
 
 def vary(

@@ -212,7 +212,8 @@ def main() -> None:
         outputs = cfg.out_dim if cfg else 0
         venv = as_vec_env(dreams, actions="controller", outputs=outputs)
         save = args.save or "runs/ppo_controller"
-        meta = {"trainer": "ppo", "init": args.init, "starts": args.starts}
+        # trained in dreams with --hazard; the checks keep C by the paper's dream
+        meta = {"trainer": "ppo", "init": args.init, "starts": args.starts, "hazard": args.hazard}
         best_c = DreamCheckpoint(
             wm, save, args.check_every, args.check_trials, dreams.unwrapped.tau,
             args.max_episode_steps, args.starts, 0, meta,  # the same dreams for every seed
@@ -312,7 +313,8 @@ def resume(model, path: str) -> None:
     data = read_sb3_data(path)
     started = {key: data[key] for key in RESUMED if key in data}
     started |= {"algo": algo_of(data, Path(path)), "obs_mode": obs_mode_of(path)}
-    started |= data.get("dream") or {}  # an agent saved before the dream was recorded: none
+    if data.get("dream"):  # an agent saved before the dream was recorded: nothing to check
+        started |= {"hazard": 0.0} | data["dream"]  # before hazard was recorded, it was 0
     now = {key: getattr(model, key) for key in RESUMED if hasattr(model, key)}  # A2C: no epochs
     check_resume(Path(path), started, now | model.dream)
     params = {name.removesuffix(".pth"): read_sb3_tensors(path, name, model.device)

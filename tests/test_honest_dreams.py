@@ -314,3 +314,8 @@ def test_bad_hazard_is_refused_and_the_dream_keeps_its_own(bad, error):
     assert env.unwrapped.hazard == 1.5
     env.unwrapped.hazard = 2
     assert env.unwrapped.hazard == 2.0 and isinstance(env.unwrapped.hazard, float)
+
+
+def test_a_hazard_too_large_for_a_float_is_refused_as_out_of_range():
+    with pytest.raises(ValueError, match="hazard"):
+        dc.check_hazard(10**400)

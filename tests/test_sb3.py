@@ -315,6 +315,17 @@ def test_the_sb3_example_saves_as_it_trains_and_the_same_command_continues_it(
         wrong = run("--timesteps", "384", *extra)
         assert wrong.returncode != 0 and said in wrong.stderr.splitlines()[-1]
         assert read_sb3_data(zip_path)["num_timesteps"] == 256  # nothing changed
+    # an agent saved before the hazard was recorded dreamt at 0: the recipe's 3 is refused
+    with zipfile.ZipFile(zip_path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(entries["data"])
+    del data["dream"]["hazard"]
+    entries["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    old = run("--timesteps", "384")
+    assert old.returncode != 0 and "hazard=0.0, now hazard=3.0" in old.stderr.splitlines()[-1]
 
 
 def test_the_sb3_example_refuses_a_device_this_machine_lacks_in_one_line(tmp_path):
