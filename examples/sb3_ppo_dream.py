@@ -204,7 +204,7 @@ def main() -> None:
     )  # fmt: skip
     wm = dreams.unwrapped.world_model
     init = dreamgym.load_controller(args.init) if args.init else None
-    policy_kwargs, callbacks, best_c = {"log_std_init": args.log_std_init}, [], None
+    policy_kwargs, callback = {"log_std_init": args.log_std_init}, None
     if args.policy == "controller":
         cfg = init.controller.config if init else None
         hidden = cfg.hidden if cfg else args.hidden
@@ -214,11 +214,10 @@ def main() -> None:
         save = args.save or "runs/ppo_controller"
         # trained in dreams with --hazard; the checks keep C by the paper's dream
         meta = {"trainer": "ppo", "init": args.init, "starts": args.starts, "hazard": args.hazard}
-        best_c = DreamCheckpoint(
+        callback = DreamCheckpoint(
             wm, save, args.check_every, args.check_trials, dreams.unwrapped.tau,
             args.max_episode_steps, args.starts, 0, meta,  # the same dreams for every seed
         )  # fmt: skip
-        callbacks.append(best_c)
     else:
         venv = as_vec_env(dreams)
     model = make_model(args, venv, policy_kwargs)
@@ -235,11 +234,11 @@ def main() -> None:
         print(f"{args.save_agent} has {model.num_timesteps:,} steps (--timesteps "
               f"{args.timesteps:,}): nothing to train")  # fmt: skip
     else:
-        train(model, args, callbacks, resumed, dreams.unwrapped.tau)
+        train(model, args, callback, resumed, dreams.unwrapped.tau)
 
     if args.policy == "controller":  # the best C by dream score, as saved
-        best = dreamgym.load_controller(best_c.folder)
-        print(f"best C in the dream: {best_c.best:.1f} (saved in {best_c.folder})")
+        best = dreamgym.load_controller(callback.folder)
+        print(f"best C in the dream: {callback.best:.1f} (saved in {callback.folder})")
         act = best
     else:
 
@@ -262,13 +261,14 @@ def main() -> None:
     print(f"{REAL[args.env]} over {len(returns)} episodes: {s['mean']:.0f} +- {s['std']:.0f}{ci}")
 
 
-def train(model, args, callbacks: list, resumed: bool, tau: float) -> None:
+def train(model, args, callback, resumed: bool, tau: float) -> None:
     """``model.learn`` up to ``--timesteps`` with a progress bar, saving the agent every
     ``--checkpoint-every`` steps and at the end; prints the steps, time and dream score."""
     start = time.perf_counter()
-    callbacks = [progress_bar(args.timesteps, model.num_timesteps), *callbacks]
+    callbacks = [progress_bar(args.timesteps, model.num_timesteps)]
     if args.save_agent and args.checkpoint_every > 0:
         callbacks.append(checkpoint(args.save_agent, args.checkpoint_every))
+    callbacks += [callback] if callback else []
     model.learn(
         total_timesteps=args.timesteps - model.num_timesteps, callback=callbacks,
         reset_num_timesteps=not resumed,
